@@ -1,0 +1,276 @@
+"""What one reader (a rank's DataLoader worker) does for one dataset: read shards, shuffle, decode, batch.
+
+Training position = (epoch, block, emitted). Each epoch has a shard order shared by all ranks
+(`shardlists.epoch_order`); reader g of G takes every G-th shard and cuts its list into blocks of
+`shards_per_block` shards. A block is read by interleaving its shards (a seeded choice among the open
+ones) through a seeded shuffle buffer. Everything random is a function of (seed, dataset, epoch, reader,
+block) or, per sample, of (seed, dataset, epoch, shard, index in shard), never of the wall clock or of
+how far ahead a worker has prefetched. So to resume at (epoch, block, emitted) a reader replays that one
+block's tar reading and shuffling, without decoding any JPEG, and drops the first `emitted` samples:
+resume costs at most one block of reading, never a replay of the stream.
+
+Frames and caption are chosen when a sample is read, before the shuffle buffer, so the buffer holds only the
+T JPEGs a sample will use (not all K) plus its caption: memory per reader is about
+`shuffle_buffer x T x frame bytes`.
+"""
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from pipeline import frames as frame_ops
+from pipeline import transforms
+from pipeline.shardlists import epoch_order, stream_id, worker_shards
+from pipeline.tarstream import ShardReadError, iter_samples
+from pipeline.tokenize import load_tokenizer, tokenize
+
+log = logging.getLogger(__name__)
+
+FRAME_SUFFIX = re.compile(r"^(\d{3})\.jpg$")
+LOG_FIRST = 20          # log every skip up to this many per reason and reader, then every LOG_EVERY-th
+LOG_EVERY = 1000
+
+
+class CorruptDataError(RuntimeError):
+    """Too large a fraction of a dataset's samples could not be used."""
+
+
+@dataclass
+class RawSample:
+    """A sample as read from its shard, reduced to what the batch needs (before JPEG decoding)."""
+    key: str
+    shard: str
+    jpegs: list[bytes]
+    caption: str
+    captions: list[str]
+    seed: list[int]       # per-sample RNG seed for augmentation
+    short: bool           # fewer stored frames than T
+
+
+@dataclass
+class Counters:
+    """Per-reader accounting for one dataset; summed over readers by the loader."""
+    seen: int = 0                       # samples (and unreadable shards) met
+    used: int = 0                       # samples delivered in batches
+    short: int = 0                      # used samples with fewer stored frames than T (frames repeated)
+    skipped: dict = field(default_factory=dict)  # reason -> count
+
+    def to_dict(self) -> dict:
+        return {"seen": self.seen, "used": self.used, "short": self.short, "skipped": dict(self.skipped)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Counters":
+        return cls(d["seen"], d["used"], d["short"], dict(d["skipped"]))
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """Everything a reader needs about one dataset and the shared options (picklable for workers)."""
+    name: str
+    urls: tuple[str, ...]
+    counts: tuple[int, ...] | None
+    kind: str
+    num_frames: int
+    batch_size: int
+    train: bool
+    caption_mode: str
+    res: int
+    crop_scale: tuple[float, float]
+    crop_ratio: tuple[float, float]
+    eval_resize: int
+    eval_crop: int
+    tokenizer: str
+    max_text_length: int
+    seed: int
+    shuffle_buffer: int
+    shards_per_block: int
+    max_corrupt_fraction: float
+    corrupt_check_after: int
+
+
+class DatasetReader:
+    """Reads, decodes and batches one dataset for one reader; `quiet` during a resume replay."""
+
+    def __init__(self, cfg: ReaderConfig, counters: Counters | None = None):
+        self.cfg = cfg
+        self.sid = stream_id(cfg.name)
+        self.counters = counters or Counters()
+        self.quiet = False
+
+    # ---- accounting -------------------------------------------------------------------------------------
+    def skip(self, reason: str, shard: str, key: str | None, detail: str, count: int = 1,
+             unseen: bool = False) -> None:
+        """Count and log `count` unusable samples; `unseen` when they were never counted as seen (a broken
+        shard's lost tail). Raises CorruptDataError once the unusable fraction passes the limit."""
+        if self.quiet:
+            return
+        c = self.counters
+        if unseen:
+            c.seen += count
+        c.skipped[reason] = c.skipped.get(reason, 0) + count
+        n = c.skipped[reason]
+        if n <= LOG_FIRST or n % LOG_EVERY == 0:
+            log.warning("%s: skipped %s (%s) in %s: %s [%d so far]", self.cfg.name, key or "-", reason, shard,
+                        detail, n)
+        bad = sum(c.skipped.values())
+        if c.seen >= self.cfg.corrupt_check_after and bad > self.cfg.max_corrupt_fraction * c.seen:
+            raise CorruptDataError(
+                f"dataset {self.cfg.name!r}: {bad} of {c.seen} samples unusable ({bad / c.seen:.1%} > "
+                f"max_corrupt_fraction {self.cfg.max_corrupt_fraction:.1%}); by reason: {c.skipped}. "
+                f"Last: {reason} at {shard} key {key}: {detail}. Check the shards (make-shards verify) or "
+                f"raise data.options.max_corrupt_fraction if this is expected.")
+
+    # ---- reading ----------------------------------------------------------------------------------------
+    def prepare(self, key: str, members: dict, shard: str, seed: list[int]) -> RawSample | None:
+        """Pick frames and caption from a sample's members; None (counted) when it is unusable."""
+        cfg = self.cfg
+        meta = {}
+        if "json" in members:
+            try:
+                meta = json.loads(members["json"].decode("utf-8"))
+                if not isinstance(meta, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as err:
+                self.skip("bad_json", shard, key, str(err))
+                return None
+        numbered = sorted((int(m.group(1)), s) for s in members if (m := FRAME_SUFFIX.match(s)))
+        if not numbered or [i for i, _ in numbered] != list(range(len(numbered))):
+            self.skip("missing_frames", shard, key, f"frames present: {[s for _, s in numbered]}")
+            return None
+        captions = [c for c in meta.get("captions") or [] if isinstance(c, str) and c.strip()]
+        primary = members.get("txt", b"").decode("utf-8", "replace").strip()
+        if not captions and primary:
+            captions = [primary]
+        if not captions:
+            self.skip("missing_caption", shard, key, "no .txt and no json captions")
+            return None
+        rng = np.random.default_rng(seed)
+        wanted = 1 if cfg.kind == "image" else cfg.num_frames
+        stored = len(numbered)
+        picks = frame_ops.frame_indices(stored, wanted, "rand" if cfg.train else "uniform", rng)
+        caption = captions[int(rng.integers(len(captions)))] if cfg.train else (primary or captions[0])
+        return RawSample(key, shard, [members[numbered[i][1]] for i in picks], caption, captions, seed,
+                         stored < wanted)
+
+    def read_shard(self, shard_index: int, epoch: int, keep=lambda ordinal: True, count_loss: bool = True):
+        """Yield RawSamples of one shard in tar order.
+
+        `keep(ordinal)` selects samples (eval striding); `count_loss` says whether this reader accounts for
+        the samples a broken shard loses (with striding, only one of the readers sharing it does).
+        """
+        url = self.cfg.urls[shard_index]
+        expected = self.cfg.counts[shard_index] if self.cfg.counts else None
+        ordinal = 0
+        try:
+            for key, members in iter_samples(url):
+                mine = keep(ordinal)
+                seed = [self.cfg.seed, self.sid, epoch, shard_index, ordinal]
+                ordinal += 1
+                if not mine:
+                    continue
+                if not self.quiet:
+                    self.counters.seen += 1
+                sample = self.prepare(key, members, url, seed)
+                if sample is not None:
+                    yield sample
+        except ShardReadError as err:
+            if not count_loss:
+                return
+            lost = max(expected - ordinal, 1) if expected is not None else 1
+            self.skip("truncated_tar", url, err.after_key, str(err.__cause__), count=lost, unseen=True)
+
+    def block_samples(self, epoch: int, shard_ids: list[int], rng: np.random.Generator):
+        """Interleave the block's shards through a shuffle buffer, all driven by `rng`."""
+        readers = [self.read_shard(s, epoch) for s in shard_ids]
+        buffer = []
+        while readers:
+            i = int(rng.integers(len(readers)))
+            try:
+                buffer.append(next(readers[i]))
+            except StopIteration:
+                readers.pop(i)
+                continue
+            if len(buffer) >= self.cfg.shuffle_buffer:
+                yield self._pop_random(buffer, rng)
+        while buffer:
+            yield self._pop_random(buffer, rng)
+
+    @staticmethod
+    def _pop_random(buffer: list, rng: np.random.Generator):
+        j = int(rng.integers(len(buffer)))
+        buffer[j], buffer[-1] = buffer[-1], buffer[j]
+        return buffer.pop()
+
+    def train_samples(self, reader: int, readers: int, position: list[int]):
+        """Endless RawSamples for reader `reader` of `readers`, starting at position [epoch, block, emitted].
+
+        `position` is updated in place after each sample, so it always names the next one.
+        """
+        cfg = self.cfg
+        epoch, block, emitted = position
+        produced = block > 0 or emitted > 0  # whether this epoch yielded anything (guards against empty shards)
+        while True:
+            shards = worker_shards(epoch_order(len(cfg.urls), cfg.seed, cfg.name, epoch), reader, readers)
+            blocks = [shards[i:i + cfg.shards_per_block] for i in range(0, len(shards), cfg.shards_per_block)]
+            if block >= len(blocks):
+                if not produced:  # unusable samples trip max_corrupt_fraction; this catches empty shards
+                    raise CorruptDataError(f"dataset {cfg.name!r}: reader {reader} went through a whole epoch "
+                                           f"of its shards {[cfg.urls[s] for s in shards]} without one "
+                                           f"sample; counters: {self.counters.to_dict()}")
+                epoch, block, emitted, produced = epoch + 1, 0, 0, False
+                position[:] = [epoch, block, emitted]
+                continue
+            rng = np.random.default_rng([cfg.seed, self.sid, epoch, reader, block])
+            samples = self.block_samples(epoch, blocks[block], rng)
+            if emitted:  # resume: replay the block's reading and shuffling, decode nothing
+                self.quiet = True
+                for _ in range(emitted):
+                    next(samples)
+                self.quiet = False
+            for sample in samples:
+                emitted, produced = emitted + 1, True
+                position[:] = [epoch, block, emitted]
+                yield sample
+            block, emitted = block + 1, 0
+            position[:] = [epoch, block, emitted]
+
+    # ---- decoding and batching --------------------------------------------------------------------------
+    def decode(self, sample: RawSample) -> torch.Tensor | None:
+        """JPEGs -> augmented uint8 [T, 3, res, res]; None (counted) for a corrupt JPEG."""
+        cfg = self.cfg
+        try:
+            clip = frame_ops.decode_frames(sample.jpegs)
+        except ValueError as err:
+            self.skip("corrupt_jpeg", sample.shard, sample.key, str(err))
+            return None
+        if cfg.train:
+            # its own stream (seed + tag), independent of the frame and caption draws made in `prepare`
+            rng = np.random.default_rng(sample.seed + [1])
+            return transforms.train_clip(clip, rng, cfg.res, cfg.crop_scale, cfg.crop_ratio)
+        return transforms.eval_clip(clip, cfg.res, cfg.eval_resize, cfg.eval_crop)
+
+    def make_batch(self, samples, limit: int | None = None) -> dict | None:
+        """Decode up to batch_size samples from the iterator into a batch; None when it is exhausted."""
+        clips, used = [], []
+        for sample in samples:
+            clip = self.decode(sample)
+            if clip is None:
+                continue
+            clips.append(clip)
+            used.append(sample)
+            if len(used) == self.cfg.batch_size:
+                break
+        if not used:
+            return None
+        self.counters.used += len(used)
+        self.counters.short += sum(s.short for s in used)
+        tokenizer = load_tokenizer(self.cfg.tokenizer)
+        batch = {"video": torch.stack(clips), "text": tokenize(tokenizer, [s.caption for s in used],
+                                                                self.cfg.max_text_length),
+                 "keys": [s.key for s in used], "dataset": self.cfg.name}
+        if not self.cfg.train:
+            batch["captions"] = [s.captions if self.cfg.caption_mode == "all" else [s.caption] for s in used]
+        return batch
