@@ -1,0 +1,198 @@
+"""Benchmark make-shards against the decode floor and video2dataset on the same generated clips.
+
+    python bench/bench_shards.py --clips 40 --out /tmp/bench_shards [--v2d-python /tmp/v2d-venv/bin/python]
+
+Clips: 5-20 s, 480x270 .. 1280x720, 24-30 fps, x264 default GOP, testsrc2/mandelbrot with noise (seeded).
+Figures (clips/s per core, from CPU time of the process and its children, one worker):
+- make-shards: full path (decode K=8 frames, resize to 256, JPEG q90, tar, stats), --workers 1;
+- floor A, PyAV: the same frames decoded and resized with the same seeking, no JPEG, no tar;
+- floor B, ffmpeg CLI: `select` of the same 8 frames + scale to 256, rawvideo to a pipe, one thread;
+- video2dataset 1.3.0 (its own venv): local files, ResolutionSubsampler(256, scale) re-encoding, 1 process.
+Prints a JSON line per measurement and a summary table. Not a test: no asserts on speed.
+"""
+import argparse
+import csv
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def cpu_seconds() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def make_clips(root: Path, n: int, seed: int) -> list[Path]:
+    import ffmpeg
+    from media import ffmpeg_exe
+    rng = random.Random(seed)
+    sizes = [(480, 270), (640, 360), (854, 480), (960, 540), (1280, 720)]
+    paths = []
+    for i in range(n):
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / f"clip{i:04d}.mp4"
+        paths.append(path)
+        if path.exists():
+            continue
+        w, h = rng.choice(sizes)
+        seconds, fps = rng.randint(5, 20), rng.choice([24, 25, 30])
+        pattern = rng.choice(["testsrc2", "mandelbrot"])
+        src = ffmpeg.input(f"{pattern}=s={w}x{h}:r={fps}", f="lavfi", t=seconds).filter("noise", alls=6, allf="t")
+        (ffmpeg.output(src, str(path), vcodec="libx264", preset="veryfast", crf=23, pix_fmt="yuv420p",
+                       movflags="+faststart").global_args("-loglevel", "error").overwrite_output()
+         .run(cmd=ffmpeg_exe()))
+    return paths
+
+
+def measure(label: str, fn, clips: int) -> dict:
+    c0, t0 = cpu_seconds(), time.monotonic()
+    fn()
+    cpu, wall = cpu_seconds() - c0, time.monotonic() - t0
+    result = {"what": label, "clips": clips, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
+              "clips_per_cpu_s": round(clips / cpu, 3), "clips_per_wall_s": round(clips / wall, 3)}
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def run_make_shards(paths, out: Path, workers: int):
+    from shard_tools.api import RunOptions, ShardOptions, make_shards
+    shutil.rmtree(out, ignore_errors=True)
+    rows = [{"key": p.stem, "path": str(p), "caption": p.stem} for p in paths]
+    report = make_shards(rows, out, ShardOptions(name="bench", samples_per_shard=100),
+                         RunOptions(workers=workers, progress=False))
+    assert report.manifest["total_samples"] == len(paths), report.summary()
+
+
+def floor_pyav(paths):
+    """Decode + resize the same 8 frames with the shard writer's seeking, skip JPEG and tar."""
+    import shard_tools.decode as d
+    spec = d.FrameSpec()
+    real_encode = d._encode
+    d._encode = lambda frame, spec: (frame.to_ndarray(width=d.resized_size(frame.width, frame.height, 256)[0],
+                                                      height=d.resized_size(frame.width, frame.height, 256)[1],
+                                                      format="rgb24", interpolation="AREA"), 0, 0)
+    try:
+        for p in paths:
+            d.decode_sample(str(p), "video", spec)
+    finally:
+        d._encode = real_encode
+
+
+def floor_ffmpeg(paths):
+    """ffmpeg decoding just the frames it needs: select the 8 indices, scale, rawvideo to a pipe."""
+    import av
+    from media import ffmpeg_exe
+    from shard_tools.sampling import resized_size, segment_midpoints
+    exe = ffmpeg_exe()
+    for p in paths:
+        with av.open(str(p)) as c:           # frame count and size, as a real user of the CLI must probe
+            s = c.streams.video[0]
+            n, w, h = s.frames, s.codec_context.width, s.codec_context.height
+        idx = sorted(set(segment_midpoints(n, 8)))
+        ow, oh = resized_size(w, h, 256)
+        sel = "+".join(f"eq(n\\,{i})" for i in idx)
+        out = subprocess.run([exe, "-loglevel", "error", "-threads", "1", "-filter_threads", "1", "-i", str(p),
+                              "-vf", f"select='{sel}',scale={ow}:{oh}:flags=area", "-fps_mode", "passthrough",
+                              "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+        assert len(out) == len(idx) * ow * oh * 3, (p, len(out))
+
+
+V2D_SCRIPT = r"""
+import sys, yaml
+from video2dataset import video2dataset
+from video2dataset.subsamplers import ResolutionSubsampler
+# 1.3.0 crashes with "'ResolutionSubsampler' object has no attribute 'encode_formats'" (anchors.md): supply it
+ResolutionSubsampler.encode_formats = {"video": "mp4"}
+table, out, config = sys.argv[1:4]
+video2dataset(url_list=table, output_folder=out, input_format="csv", output_format="webdataset",
+              url_col="url", caption_col="caption", config=config)
+"""
+
+V2D_CONFIG = """
+subsampling:
+  ResolutionSubsampler:
+    args:
+      video_size: 256
+      resize_mode: "scale"
+reading:
+  yt_args: {download_size: 360, download_audio_rate: 44100, yt_metadata_args: null}
+  timeout: 60
+  sampler: null
+storage:
+  number_sample_per_shard: 100
+  oom_shard_count: 5
+  captions_are_subtitles: false
+distribution:
+  processes_count: 1
+  thread_count: 1
+  subjob_size: 1000
+  distributor: "multiprocessing"
+"""
+
+
+def run_v2d(python: str, paths, work: Path):
+    work.mkdir(parents=True, exist_ok=True)
+    table = work / "clips.csv"
+    with open(table, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["url", "caption"])
+        for p in paths:
+            w.writerow([str(p), p.stem])
+    (work / "config.yaml").write_text(V2D_CONFIG)
+    (work / "run_v2d.py").write_text(V2D_SCRIPT)
+    out = work / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    proc = subprocess.run([python, str(work / "run_v2d.py"), str(table), str(out), str(work / "config.yaml")],
+                          capture_output=True, text=True, cwd=work)
+    stats = sorted(out.glob("*_stats.json"))
+    ok = sum(json.loads(s.read_text()).get("successes", 0) for s in stats)
+    if proc.returncode != 0 or ok != len(paths):
+        print(proc.stdout[-2000:], proc.stderr[-3000:], file=sys.stderr)
+        raise RuntimeError(f"video2dataset wrote {ok} of {len(paths)} clips (rc {proc.returncode})")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clips", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="/tmp/bench_shards")
+    ap.add_argument("--v2d-python", help="python of a venv with video2dataset 1.3.0 (skipped if not given)")
+    ap.add_argument("--also-two-workers", action="store_true", help="also time make-shards --workers 2 (wall)")
+    args = ap.parse_args(argv)
+    root = Path(args.out)
+    paths = make_clips(root / "clips", args.clips, args.seed)
+    seconds = 0.0
+    import av
+    for p in paths:
+        with av.open(str(p)) as c:
+            seconds += float(c.streams.video[0].duration * c.streams.video[0].time_base)
+    print(json.dumps({"clips": len(paths), "total_video_s": round(seconds, 1),
+                      "load": os.getloadavg()}), flush=True)
+    results = [measure("make-shards --workers 1", lambda: run_make_shards(paths, root / "shards", 1), len(paths)),
+               measure("floor A: PyAV same frames, no JPEG/tar", lambda: floor_pyav(paths), len(paths)),
+               measure("floor B: ffmpeg CLI select+scale", lambda: floor_ffmpeg(paths), len(paths))]
+    if args.also_two_workers:
+        results.append(measure("make-shards --workers 2", lambda: run_make_shards(paths, root / "shards2", 2),
+                               len(paths)))
+    if args.v2d_python:
+        results.append(measure("video2dataset 1.3.0 ResolutionSubsampler(256)",
+                               lambda: run_v2d(args.v2d_python, paths, root / "v2d"), len(paths)))
+    print(json.dumps({"load_after": os.getloadavg()}))
+    print("\n| what | clips/s per core (CPU time) | clips/s wall |\n|---|---|---|")
+    for r in results:
+        print(f"| {r['what']} | {r['clips_per_cpu_s']} | {r['clips_per_wall_s']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

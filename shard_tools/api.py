@@ -1,0 +1,307 @@
+"""make_shards: the library entry point behind the `make-shards` command (no argv, no environment).
+
+    from shard_tools.api import ShardOptions, RunOptions, make_shards
+    report = make_shards(rows, "out/webvid", ShardOptions(name="webvid"), RunOptions(workers=4))
+
+`rows` is an iterable of `shard_tools.rows.Row` or of plain dicts (`key`, `path` or `url`, `caption` or
+`captions`, optional `kind`, `id`, `extra`). Row i belongs to chunk i // samples_per_shard; task I of N
+handles the chunks c with c % N == I, so array tasks write disjoint parts of the same dataset.
+"""
+import logging
+import os
+import tempfile
+import time
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from shard_tools import records
+from shard_tools.decode import FrameSpec, SampleError, decode_sample
+from shard_tools.download import DownloadSpec, fetch
+from shard_tools.rows import Row, finish_rows, row_from_record
+from shard_tools.workers import DecodePool
+from shard_tools.writer import ChunkWriter, read_samples, sample_members
+
+log = logging.getLogger("shard_tools")
+
+
+@dataclass
+class ShardOptions:
+    """Everything that decides the shards' bytes (recorded in every stats file and the manifest)."""
+    name: str
+    kind: str = "video"              # dataset kind; an image dataset stores 1 frame per sample
+    frames: int = 8
+    short_side: int = 256
+    quality: int = 90
+    samples_per_shard: int = 1000
+    max_bytes: int | None = None
+    max_pixels: int = FrameSpec.max_pixels
+
+    def validate(self) -> None:
+        if self.kind not in ("video", "image"):
+            raise ValueError(f"kind {self.kind!r}: use video or image")
+        if not self.name or "." in self.name or "/" in self.name:
+            raise ValueError(f"name {self.name!r}: give a non-empty name without dots or slashes")
+        for field_name in ("frames", "short_side", "samples_per_shard", "max_pixels"):
+            if getattr(self, field_name) < 1:
+                raise ValueError(f"{field_name} must be >= 1, got {getattr(self, field_name)}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"quality must be in 1..100, got {self.quality}")
+
+    def frame_spec(self, kind: str) -> FrameSpec:
+        return FrameSpec(frames=self.frames if kind == "video" else 1, short_side=self.short_side,
+                         quality=self.quality, max_pixels=self.max_pixels)
+
+
+@dataclass
+class RunOptions:
+    """How to run (does not change the output)."""
+    workers: int = 0                 # decoder processes; 0 decodes in this process (no crash isolation)
+    threads: int = 16                # download threads
+    task_index: int = 0
+    num_tasks: int = 1
+    retry_failed: bool = False
+    download: bool = False           # fetch rows' URLs (else read rows' paths)
+    download_spec: DownloadSpec = field(default_factory=DownloadSpec)
+    decode_timeout: float = 120.0
+    progress: bool = True
+    decoder: object = decode_sample  # (path, kind, FrameSpec) -> Decoded; tests inject crashing ones
+
+
+@dataclass
+class RunReport:
+    input_rows: int = 0              # whole dataset
+    task_rows: int = 0               # rows of this task's chunks
+    chunks_done_before: int = 0
+    chunks_written: int = 0
+    written: int = 0                 # samples in this task's chunks (incl. ones kept from before)
+    failed: Counter = field(default_factory=Counter)
+    manifest: dict | None = None
+    missing_chunks: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return records.summary_line(self.task_rows, self.written, dict(self.failed))
+
+
+def make_shards(rows, out_dir, options: ShardOptions, run: RunOptions | None = None) -> RunReport:
+    run = run or RunOptions()
+    options.validate()
+    if not 0 <= run.task_index < run.num_tasks:
+        raise ValueError(f"task index {run.task_index} is outside 0..{run.num_tasks - 1}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    per = options.samples_per_shard
+    mine: dict[int, list[tuple[int, Row]]] = {}
+    total = 0
+    as_rows = (r if isinstance(r, Row) else row_from_record(r, i, options.kind) for i, r in enumerate(rows))
+    for index, row in enumerate(finish_rows(as_rows)):
+        total = index + 1
+        chunk = index // per
+        if chunk % run.num_tasks == run.task_index:
+            mine.setdefault(chunk, []).append((index, row))
+    if total == 0:
+        raise ValueError(f"no input rows: the source is empty, nothing to write to {out_dir}")
+    num_chunks = (total + per - 1) // per
+    report = RunReport(input_rows=total)
+    fingerprint = asdict(options)
+
+    plan = _plan(out_dir, options, fingerprint, mine, run, report)
+    if plan:
+        (out_dir / records.MANIFEST).unlink(missing_ok=True)   # the folder is about to change
+    _remove_stale_temps(out_dir, options.name, [c for c, _, _ in plan])
+    _execute(plan, out_dir, options, run, report, fingerprint, num_chunks, total)
+
+    report.manifest, report.missing_chunks = records.finalize(out_dir, options.name)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _plan(out_dir, options, fingerprint, mine, run, report):
+    """[(chunk, rows to process, kept samples)] for this task; counts finished chunks into `report`."""
+    plan = []
+    for chunk, rows in sorted(mine.items()):
+        report.task_rows += len(rows)
+        record = records.read_stats(out_dir, options.name, chunk)
+        if record is not None:
+            records.check_options(record, fingerprint, out_dir / records.stats_name(options.name, chunk))
+        if record is None or not records.chunk_is_complete(out_dir, record):
+            plan.append((chunk, rows, {}))
+            continue
+        failed_rows = {f["row"] for f in record["failures"]}
+        if run.retry_failed and failed_rows:
+            kept = {}
+            written = dict(map(tuple, record["samples"]))
+            for shard in record["shards"]:
+                for key, members in read_samples(out_dir / shard["path"]).items():
+                    kept[key] = members
+            kept = {row: kept[key] for row, key in written.items()}
+            plan.append((chunk, rows, kept))
+            continue
+        report.chunks_done_before += 1
+        report.written += len(record["samples"])
+        report.failed.update(f["reason"] for f in record["failures"])
+    return plan
+
+
+def _chunk_files(out_dir: Path, name: str, chunk: int, temp_prefix: str):
+    """The chunk's tar parts (temp_prefix "") or their temp files (temp_prefix ".")."""
+    base = f"{temp_prefix}{name}-{chunk:06d}"
+    suffix = ".*.tmp" if temp_prefix else ""
+    for pattern in (f"{base}.tar{suffix}", f"{base}-p[0-9]*.tar{suffix}"):
+        yield from out_dir.glob(pattern)
+
+
+def _remove_stale_temps(out_dir: Path, name: str, chunks) -> None:
+    """Temp files of our own chunks left by a killed run (other array tasks' temps are not touched)."""
+    for chunk in chunks:
+        for tmp in _chunk_files(out_dir, name, chunk, "."):
+            tmp.unlink(missing_ok=True)
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool):
+        self.bar = tqdm(total=total, unit="clip", dynamic_ncols=True, disable=not enabled, smoothing=0.1)
+        self.failed = 0
+
+    def step(self, ok: bool) -> None:
+        if not ok:
+            self.failed += 1
+            self.bar.set_postfix(failed=self.failed, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _execute(plan, out_dir, options, run, report, fingerprint, num_chunks, total):
+    tasks = deque()
+    writers: dict[int, ChunkWriter] = {}
+    for chunk, rows, kept in plan:
+        writer = ChunkWriter(out_dir, options.name, chunk, [i for i, _ in rows], options.max_bytes)
+        writers[chunk] = writer
+        for index, row in rows:
+            if index in kept:
+                writer.add_sample(index, row.key, kept[index])
+            else:
+                tasks.append((chunk, index, row))
+        if kept:        # a retry rewrites this chunk: it is no longer complete until re-recorded
+            (out_dir / records.stats_name(options.name, chunk)).unlink(missing_ok=True)
+    if not tasks and not writers:
+        return
+    progress = _Progress(len(tasks), run.progress)
+    pool = DecodePool(run.workers, run.decoder, run.decode_timeout) if run.workers > 0 else None
+    downloads = ThreadPoolExecutor(run.threads, thread_name_prefix="download") if run.download else None
+    scratch = tempfile.TemporaryDirectory(prefix=".downloads-", dir=out_dir) if run.download else None
+    by_id = {}
+
+    def deliver(task_id, status, payload):
+        chunk, index, row = by_id.pop(task_id)
+        writer = writers[chunk]
+        if status == "ok":
+            writer.add_sample(index, row.key, sample_members(row, index, payload))
+        else:
+            reason, detail = payload
+            writer.add_failure(index, {"row": index, "key": row.key, "where": row.where, "reason": reason,
+                                       "detail": detail, "source": row.source()})
+        progress.step(status == "ok")
+        downloaded = row_tmp.pop(task_id, None)
+        if downloaded:
+            Path(downloaded).unlink(missing_ok=True)
+        if writer.complete:
+            _finish_chunk(writer, out_dir, options, fingerprint, num_chunks, total, report)
+            del writers[chunk]
+
+    row_tmp: dict = {}
+    ready: deque = deque()            # (task_id, path, kind)
+    fetching: dict = {}               # future -> task_id
+    window = max(4 * max(run.workers, 1), 8) + (run.threads if run.download else 0)
+    try:
+        for chunk in [c for c, w in writers.items() if w.complete]:   # chunks fully kept
+            _finish_chunk(writers.pop(chunk), out_dir, options, fingerprint, num_chunks, total, report)
+        while tasks or ready or fetching or (pool and pool.busy()):
+            while tasks and len(ready) + len(fetching) + (pool.busy() if pool else 0) < window:
+                chunk, index, row = tasks.popleft()
+                task_id = index
+                by_id[task_id] = (chunk, index, row)
+                if row.error:
+                    deliver(task_id, "error", row.error)
+                elif run.download and row.url:
+                    dest = os.path.join(scratch.name, f"{row.key}")
+                    row_tmp[task_id] = dest
+                    fetching[downloads.submit(fetch, row.url, dest, run.download_spec, row.kind)] = task_id
+                elif row.path:
+                    ready.append((task_id, row.path, row.kind))
+                else:
+                    deliver(task_id, "error", ("missing_field", f"{row.where}: no media path "
+                                               f"(pass --download to fetch {row.url})"))
+            for future in [f for f in fetching if f.done()]:
+                task_id = fetching.pop(future)
+                try:
+                    future.result()
+                    ready.append((task_id, row_tmp[task_id], by_id[task_id][2].kind))
+                except SampleError as e:
+                    deliver(task_id, "error", (e.reason, e.detail))
+            if pool is None:
+                if ready:
+                    task_id, path, kind = ready.popleft()
+                    try:
+                        decoded = run.decoder(path, kind, options.frame_spec(kind))
+                    except SampleError as e:
+                        deliver(task_id, "error", (e.reason, e.detail))
+                    except Exception as e:     # same contract as a worker process: one sample lost
+                        deliver(task_id, "error", ("decode_error", f"{path}: {type(e).__name__}: {e}"))
+                    else:
+                        deliver(task_id, "ok", decoded)
+                elif fetching:
+                    time.sleep(0.01)
+                continue
+            while ready and pool.idle():
+                task_id, path, kind = ready.popleft()
+                pool.submit(task_id, path, kind, options.frame_spec(kind))
+            for task_id, status, payload in pool.poll(0.05 if (pool.busy() or fetching) else 0):
+                deliver(task_id, status, payload)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    finally:
+        progress.close()
+        if pool:
+            pool.close()
+        if downloads:
+            downloads.shutdown(wait=False, cancel_futures=True)
+        if scratch:
+            scratch.cleanup()
+
+
+def _finish_chunk(writer: ChunkWriter, out_dir, options, fingerprint, num_chunks, total, report):
+    shards = writer.commit()
+    failures = writer.failures
+    start = writer.chunk * options.samples_per_shard
+    records.write_stats(out_dir, {
+        "format": records.FORMAT,
+        "name": options.name,
+        "chunk": writer.chunk,
+        "num_chunks": num_chunks,
+        "input_rows": total,
+        "rows": [start, min(start + options.samples_per_shard, total)],
+        "options": fingerprint,
+        "shards": shards,
+        "samples": [list(s) for s in writer.written],
+        "failures": failures,
+    })
+    # a retry may need fewer parts than before: drop parts this chunk no longer lists
+    listed = {s["path"] for s in shards}
+    for old in _chunk_files(out_dir, options.name, writer.chunk, ""):
+        if old.name not in listed:
+            old.unlink()
+    report.chunks_written += 1
+    report.written += len(writer.written)
+    report.failed.update(f["reason"] for f in failures)
+    log.debug("chunk %d: %d samples, %d failed", writer.chunk, len(writer.written), len(failures))

@@ -1,0 +1,174 @@
+"""The datasets make-shards knows: each function turns a dataset's own metadata layout into Rows.
+
+Layouts (see frozen_in_time_spec.md 3.5-3.7 and docs/SHARDS.md):
+- WebVid: CSV `videoid,contentUrl,duration,page_dir,name`; media at `{videos_root}/{page_dir}/{videoid}.mp4`.
+- CC-3M: headerless TSV `caption<TAB>url`, or a CSV with `thumbnailUrl,caption`; images named by the
+  unsigned CRC32 of the URL in `{images_root}` (optionally with an extension).
+- MSR-VTT: MSRVTT.zip (`annotation/MSR_VTT.json`, `high-quality/structured-symlinks/*.txt`,
+  `videos/all/{id}.mp4`), split lists chosen by cut.
+- csv: any table with configurable columns; the other columns pass through to the json's `extra`.
+"""
+import json
+import os
+import pickle
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+from shard_tools.rows import Row, safe_key
+from shard_tools.tables import read_table
+
+WEBVID_COLUMNS = ("videoid", "contentUrl", "duration", "page_dir", "name")
+
+
+def _missing(record: dict, columns, caption_col: str) -> list[str]:
+    """Columns absent or empty; an empty caption is not 'missing' but fails later as empty_caption."""
+    return [c for c in columns if record.get(c) is None or (c != caption_col and record.get(c) == "")]
+
+
+def webvid_rows(csv_path, videos_root=None) -> Iterator[Row]:
+    for where, rec in read_table(csv_path, "csv"):
+        missing = _missing(rec, ("videoid", "name") + (("page_dir",) if videos_root else ("contentUrl",)), "name")
+        videoid = (rec.get("videoid") or "").strip()
+        row = Row(key=safe_key(videoid), captions=[rec.get("name")], kind="video", source_id=videoid or None,
+                  url=rec.get("contentUrl") or None, where=where,
+                  extra={c: rec[c] for c in ("duration", "page_dir") if rec.get(c) not in (None, "")})
+        if videos_root and not missing:
+            row.path = os.path.join(str(videos_root), rec["page_dir"], f"{videoid}.mp4")
+        if missing:
+            row.error = ("missing_field", f"{where}: empty or missing column(s) {', '.join(missing)}")
+        yield row
+
+
+def cc3m_image_name(url: str) -> str:
+    """The file name common CC-3M downloaders give an image: unsigned CRC32 of the UTF-8 URL."""
+    return str(zlib.crc32(url.encode("utf-8", "surrogateescape")) & 0xFFFFFFFF)
+
+
+def _cc3m_path(images_root: str, url: str) -> str:
+    base = os.path.join(images_root, cc3m_image_name(url))
+    for ext in ("", ".jpg", ".jpeg", ".png", ".webp"):
+        if os.path.exists(base + ext):
+            return base + ext
+    return base            # missing: the decoder reports missing_file with this path
+
+
+def cc3m_rows(table_path, images_root=None) -> Iterator[Row]:
+    """Keys are the row number (URLs repeat in CC-3M); the CRC32 name is the source id."""
+    with open(table_path, "rb") as f:
+        first = f.readline()
+    if b"thumbnailUrl" in first:
+        records = read_table(table_path, "tsv" if b"\t" in first else "csv")
+        url_col = "thumbnailUrl"
+    else:
+        records = read_table(table_path, "tsv", header=["caption", "url"])
+        url_col = "url"
+    for index, (where, rec) in enumerate(records):
+        url = rec.get(url_col) or None
+        row = Row(key=f"{index:09d}", captions=[rec.get("caption")], kind="image", url=url, where=where,
+                  source_id=cc3m_image_name(url) if url else None)
+        missing = _missing(rec, ("caption", url_col), "caption")
+        if missing:
+            row.error = ("missing_field", f"{where}: empty or missing column(s) {', '.join(missing)}")
+        elif images_root:
+            row.path = _cc3m_path(str(images_root), url)
+        yield row
+
+
+MSRVTT_CUTS = {
+    # cut: (train list, test list), under high-quality/structured-symlinks
+    "jsfusion": ("train_list_jsfusion.txt", "val_list_jsfusion.txt"),
+    "miech": ("train_list_miech.txt", "test_list_miech.txt"),
+    "full": ("train_list_full.txt", "test_list_full.txt"),
+}
+
+
+class _IndexUnpickler(pickle.Unpickler):
+    """The 1k-A caption index ships as a pickle; allow plain containers and numpy scalars, nothing else."""
+    _ALLOWED = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                ("numpy", "dtype"), ("collections", "OrderedDict")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a caption-index pickle")
+
+
+def _load_caption_index(root: Path) -> dict:
+    for candidate in (root / "jsfusion_val_caption_idx.pkl",
+                      root / "high-quality" / "structured-symlinks" / "jsfusion_val_caption_idx.pkl"):
+        if candidate.is_file():
+            with open(candidate, "rb") as f:
+                index = _IndexUnpickler(f).load()
+            return {str(k): int(v) for k, v in index.items()}
+    raise FileNotFoundError(f"{root}: jsfusion_val_caption_idx.pkl not found (needed for the 1k-A test "
+                            f"captions); it ships in MSRVTT.zip next to annotation/")
+
+
+def msrvtt_rows(root, split: str, cut: str = "jsfusion") -> Iterator[Row]:
+    """Train rows keep every caption (about 20); test rows put the 1k-A caption first (jsfusion) and
+    keep all captions, so both evaluation conventions can be run from the same shards."""
+    root = Path(root)
+    if cut not in MSRVTT_CUTS:
+        raise ValueError(f"--cut {cut!r}: use one of {', '.join(MSRVTT_CUTS)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"--split {split!r}: use train or test")
+    list_path = root / "high-quality" / "structured-symlinks" / MSRVTT_CUTS[cut][split == "test"]
+    ann_path = root / "annotation" / "MSR_VTT.json"
+    for p in (list_path, ann_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found: --root must be the unpacked MSRVTT.zip folder")
+    with open(ann_path, encoding="utf-8") as f:
+        annotations = json.load(f)["annotations"]
+    captions: dict[str, list[str]] = {}
+    for ann in annotations:
+        captions.setdefault(str(ann["image_id"]), []).append(ann["caption"])
+    cap_index = _load_caption_index(root) if (split == "test" and cut == "jsfusion") else None
+    with open(list_path, encoding="utf-8") as f:
+        video_ids = [line.strip() for line in f if line.strip()]
+    for line_no, vid in enumerate(video_ids, 1):
+        where = f"{list_path.name} line {line_no}"
+        caps = captions.get(vid)
+        row = Row(key=safe_key(vid), captions=list(caps or []), kind="video", source_id=vid, where=where,
+                  path=str(root / "videos" / "all" / f"{vid}.mp4"))
+        if not caps:
+            row.error = ("missing_field", f"{where}: video {vid} has no caption in {ann_path.name}")
+        elif cap_index is not None:
+            if vid not in cap_index or not 0 <= cap_index[vid] < len(caps):
+                row.error = ("missing_field", f"{where}: no valid 1k-A caption index for {vid}")
+            else:
+                i = cap_index[vid]
+                row.captions = [caps[i]] + caps[:i] + caps[i + 1:]
+                row.extra["caption_index"] = i
+        yield row
+
+
+def table_rows(table_path, *, path_col=None, url_col=None, caption_col="caption", key_col=None,
+               kind="video", media_root=None, fmt=None) -> Iterator[Row]:
+    """Rows from any table. Relative paths resolve against `media_root` (default: the table's folder).
+    Keys: `key_col` made dot-free, else the row number. Other columns go to `extra`."""
+    if not path_col and not url_col:
+        raise ValueError("csv source: give --path-col or --url-col (or both)")
+    root = Path(media_root) if media_root else Path(table_path).resolve().parent
+    used = {c for c in (path_col, url_col, caption_col, key_col) if c}
+    for index, (where, rec) in enumerate(read_table(table_path, fmt)):
+        key_value = rec.get(key_col) if key_col else f"{index:09d}"
+        row = Row(key=safe_key(str(key_value)) if key_value not in (None, "") else "",
+                  captions=[None if rec.get(caption_col) is None else str(rec.get(caption_col))],
+                  kind=kind, where=where, source_id=str(key_value) if key_col and key_value else None,
+                  extra={k: v for k, v in rec.items() if k not in used and k != "__error__"})
+        if "__error__" in rec:
+            row.error = ("bad_row", f"{where}: {rec['__error__']}")
+            yield row
+            continue
+        path = rec.get(path_col) if path_col else None
+        url = rec.get(url_col) if url_col else None
+        row.path = str(root / path) if path else None
+        row.url = url or None
+        needed = [c for c in (caption_col, key_col) if c] + ([path_col] if path_col and not url else [])
+        missing = _missing(rec, needed, caption_col)
+        if not path and not url:
+            missing += [c for c in (path_col, url_col) if c and c not in missing]
+        if missing:
+            row.error = ("missing_field", f"{where}: empty or missing column(s) {', '.join(missing)}")
+        yield row
