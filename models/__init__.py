@@ -1,0 +1,14 @@
+"""Frozen-in-Time models: space-time ViT + text encoder -> shared embedding, loss, checkpoints.
+
+    from models import FrozenInTime, ModelConfig, preset
+    model = FrozenInTime(ModelConfig.from_dict(run_config["model"]))
+"""
+from .checkpoint import load_pretrained, load_weights_into, save_pretrained
+from .config import ModelConfig, TextConfig, VideoConfig, preset
+from .frozen import FrozenInTime
+from .loss import NormSoftmaxLoss, distributed_norm_softmax_loss, norm_softmax_loss, sim_matrix
+from .video_transformer import SpaceTimeTransformer
+
+__all__ = ["FrozenInTime", "ModelConfig", "VideoConfig", "TextConfig", "preset", "SpaceTimeTransformer",
+           "sim_matrix", "norm_softmax_loss", "NormSoftmaxLoss", "distributed_norm_softmax_loss",
+           "save_pretrained", "load_pretrained", "load_weights_into"]
