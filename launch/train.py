@@ -1,0 +1,57 @@
+"""Train a Frozen-in-Time model with DeepSpeed ZeRO (docs/TRAINING.md).
+
+    deepspeed --num_gpus 8 launch/train.py --config configs/pretrain_1f.json [--resume auto]
+    torchrun --nproc_per_node 8 launch/train.py --config configs/pretrain_1f.json
+    srun python launch/train.py --config configs/pretrain_1f.json --resume auto      (one task per GPU)
+    python launch/train.py --config configs/tiny_1f.json --set optim.lr=1e-4 --set output_dir=runs/x
+
+Exit codes: 0 done, 75 (pipeline.trainer.EXIT_PREEMPTED) stopped by SIGUSR1/SIGTERM after saving a
+checkpoint (requeue with --resume auto), 2 bad config or arguments, 1 anything else.
+"""
+import argparse
+import logging
+import sys
+
+log = logging.getLogger("train")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="run config JSON")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (JSON value or string), e.g. optim.lr=1e-4, "
+                             "data.train[0].batch_size=32; repeatable")
+    parser.add_argument("--resume", default=None, metavar="auto|DIR",
+                        help="auto: the newest complete checkpoint of output_dir (none: start fresh); "
+                             "or a checkpoint folder")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help="set by the deepspeed launcher (the rank is read from the environment)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from pipeline.config import load_config
+    from pipeline.distributed import init_distributed, read_env, shutdown
+    from pipeline.logs import setup_logging
+    from pipeline.schema import ConfigError
+
+    env = read_env()
+    setup_logging(rank=env.rank if env.world_size > 1 else None)
+    if env.rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)    # one progress line per job, from rank 0
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        log.error("%s", err)
+        return 2
+    from pipeline.trainer import train
+    init_distributed(env, timeout_s=cfg.deepspeed.comm_timeout_s)
+    try:
+        return train(cfg, env, resume=args.resume)
+    finally:
+        shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

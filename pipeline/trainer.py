@@ -1,0 +1,397 @@
+"""The DeepSpeed ZeRO training loop: steps, logging, evaluation, checkpoints, preemption (docs/TRAINING.md).
+
+One training step takes one loader step `{dataset: batch}` per gradient-accumulation micro step. Each
+dataset's batch gets its own forward pass and its own NormSoftmax loss over negatives gathered from all
+ranks (negatives never cross datasets, as the original); the per-dataset losses are summed (optionally
+weighted, `loss.weights`) into one backward pass, and the optimizer steps once per step. The original instead
+stepped the optimizer once per dataset in turn; summing keeps one optimizer step per loader step (so the step
+count, LR schedule, gradient accumulation and checkpoints all count the same thing), halves the optimizer and
+gradient-communication cost, and still gives each dataset's gradient the same weight.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import resource
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pipeline import checkpointing as ckpt
+from pipeline.config import RunConfig
+from pipeline.distributed import DistEnv, device_for
+from pipeline.evaluation import evaluate_run, flatten
+from pipeline.fsutil import atomic_write_json
+from pipeline.optim import LRSchedule, adamw, lambda_lr, param_groups
+from pipeline.tb import ScalarWriter
+
+log = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = 75        # EX_TEMPFAIL: stopped by SIGUSR1/SIGTERM after saving; requeue and resume
+PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class RunPaths:
+    """The output layout other tools rely on (docs/TRAINING.md)."""
+
+    def __init__(self, output_dir: str | Path):
+        self.root = Path(output_dir)
+        self.config = self.root / "config.json"
+        self.checkpoints = self.root / "checkpoints"
+        self.tb = self.root / "tb"
+        self.final_weights = self.root / "weights" / "final"
+        self.best_weights = self.root / "weights" / "best"
+        self.metrics = self.root / "metrics"
+
+    def eval_metrics(self, step: int) -> Path:
+        return self.metrics / f"eval_step_{step:08d}.json"
+
+
+class PreemptionFlag:
+    """Set by SIGUSR1/SIGTERM; the loop finishes the step, saves and exits with EXIT_PREEMPTED."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def install(self) -> "PreemptionFlag":
+        for sig in PREEMPT_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        log.warning("received %s: finishing this step, then saving and exiting with %d",
+                    signal.Signals(signum).name, EXIT_PREEMPTED)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def precision(cfg: RunConfig, device: torch.device) -> str:
+    if cfg.deepspeed.precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return cfg.deepspeed.precision
+
+
+def deepspeed_config(cfg: RunConfig, world_size: int, dtype_name: str) -> dict:
+    micro = sum(spec.batch_size for spec in cfg.train_datasets)    # samples per rank per micro step
+    accum = cfg.optim.grad_accum_steps
+    ds = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accum,
+        "train_batch_size": micro * accum * world_size,
+        "gradient_clipping": float(cfg.optim.grad_clip),    # explicit: DeepSpeed 0.19 defaults to 1.0
+        "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
+        "bf16": {"enabled": dtype_name == "bf16"},
+        "zero_allow_untested_optimizer": True,              # torch AdamW (no JIT-built fused kernels)
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10 ** 12,                        # our own progress line instead
+    }
+    ds.update(cfg.deepspeed.extra)
+    return ds
+
+
+def memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # KiB on Linux
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, env: DistEnv, train_loader=None, eval_loaders=None):
+        import deepspeed
+        from models import FrozenInTime
+        from models.checkpoint import load_weights_into
+        from pipeline.transforms import normalize_video
+
+        self.cfg, self.env = cfg, env
+        self.paths = RunPaths(cfg.output_dir)
+        self.device = device_for(env)
+        self.dtype_name = precision(cfg, self.device)
+        self.dtype = torch.bfloat16 if self.dtype_name == "bf16" else torch.float32
+        if self.dtype_name == "bf16" and self.device.type == "cpu":
+            log.warning("bf16 on CPU: supported but slow; fp32 is the CPU default")
+        if cfg.deepspeed.zero_stage == 3 and cfg.model.learnable_temperature:
+            raise ValueError("model.learnable_temperature with deepspeed.zero_stage 3: the temperature parameter "
+                             "is partitioned outside the forward pass; use ZeRO stage 0-2 or a fixed temperature")
+        self._normalize = normalize_video
+
+        torch.manual_seed(cfg.seed)            # identical initial weights on every rank and every run
+        model = FrozenInTime(cfg.model)
+        if cfg.checkpoint.load_checkpoint:
+            log.info("initialising from %s (temporal fix %s)", cfg.checkpoint.load_checkpoint,
+                     cfg.checkpoint.load_temporal_fix)
+            load_weights_into(model, cfg.checkpoint.load_checkpoint, cfg.checkpoint.load_temporal_fix)
+        schedule = LRSchedule(cfg.optim.schedule, cfg.optim.total_steps, cfg.optim.warmup_steps,
+                              cfg.optim.min_lr_ratio)
+        optimizer = adamw(param_groups(model, cfg.optim.weight_decay), cfg.optim.lr, cfg.optim.betas, cfg.optim.eps)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lambda_lr(schedule),
+                                               config=deepspeed_config(cfg, env.world_size, self.dtype_name))
+        self.model = self.engine.module
+        self.train_loader = train_loader if train_loader is not None else self._build_train_loader()
+        self.eval_loaders = eval_loaders
+        self.step = 0
+        self.evaluated_step: int | None = None
+        self._last_eval: dict | None = None
+        self.best: dict = {"metric": cfg.eval.best_metric, "value": None, "step": None}
+        self.writer = ScalarWriter(self.paths.tb if env.is_main and cfg.log.tensorboard else None)
+
+    # ------------------------------------------------------------------------------------------ data
+
+    def _build_train_loader(self):
+        from pipeline.data import build_train_loader
+        return build_train_loader(self.cfg.train_datasets, self.cfg.loader, self.env.rank, self.env.world_size)
+
+    def prepare_video(self, video_uint8: torch.Tensor) -> torch.Tensor:
+        return self._normalize(video_uint8, self.cfg.loader.mean, self.cfg.loader.std).to(self.dtype)
+
+    # ------------------------------------------------------------------------------------------ steps
+
+    def _micro_step(self, step_batches: dict) -> dict[str, float]:
+        from models.loss import distributed_norm_softmax_loss
+        total, losses = 0.0, {}
+        for name, batch in step_batches.items():
+            video = self.prepare_video(batch["video"].to(self.device, non_blocking=True))
+            text = batch["text"]
+            text_emb, video_emb = self.engine(video, text["input_ids"].to(self.device),
+                                              text["attention_mask"].to(self.device))
+            loss = distributed_norm_softmax_loss(text_emb.float(), video_emb.float(), self.model.temperature())
+            losses[name] = loss.detach()
+            total = total + self.cfg.loss_weights.get(name, 1.0) * loss
+        self.engine.backward(total)
+        self._lr = self.engine.get_lr()[0]       # the LR this step uses (the scheduler advances in step())
+        self.engine.step()
+        return losses
+
+    def _all_ranks_agree(self, local: bool) -> bool:
+        if self.env.world_size == 1:
+            return local
+        flag = torch.tensor([1.0 if local else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        if self.env.world_size == 1 or not values:
+            return values
+        names = sorted(values)
+        t = torch.tensor([values[n] for n in names], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return {n: float(v) / self.env.world_size for n, v in zip(names, t.tolist())}
+
+    # ------------------------------------------------------------------------------------------ run
+
+    def fit(self, resume: str | None = None) -> int:
+        """Train to optim.total_steps (or until preempted); returns the process exit code."""
+        cfg = self.cfg
+        if resume:
+            self._resume(resume)
+        if self.env.is_main:
+            cfg.save(self.paths.config)      # the config this launch uses (a resume may extend total_steps)
+        preempt = PreemptionFlag().install()
+        try:
+            if cfg.eval_datasets and self.evaluated_step != self.step and (
+                    (cfg.eval.at_start and self.step == 0) or self._eval_due()):
+                self._evaluate()             # at start, or the evaluation a preempted step had not run yet
+            return self._loop(preempt)
+        finally:
+            preempt.uninstall()
+            self.writer.close()
+            if hasattr(self.train_loader, "close"):
+                self.train_loader.close()    # stop the loader's worker processes
+
+    def _loop(self, preempt: PreemptionFlag) -> int:
+        cfg, env = self.cfg, self.env
+        samples_per_step = (sum(s.batch_size for s in cfg.train_datasets) * cfg.optim.grad_accum_steps
+                            * env.world_size)
+        batches = iter(self.train_loader)
+        window = {"start": time.perf_counter(), "wait": 0.0, "steps": 0, "losses": {}}
+        while self.step < cfg.optim.total_steps:
+            for _ in range(cfg.optim.grad_accum_steps):
+                waited = time.perf_counter()
+                with torch.random.fork_rng(devices=[]):   # (re)starting loader workers draws a seed: keep the
+                    step_batches = next(batches)           # training RNG (dropout) independent of it for resumes
+                window["wait"] += time.perf_counter() - waited
+                for name, loss in self._micro_step(step_batches).items():   # tensors: no host sync per step
+                    window["losses"][name] = window["losses"].get(name, 0.0) + loss
+            self.step += 1
+            window["steps"] += 1
+            if self.step % cfg.log.every_steps == 0 or self.step == cfg.optim.total_steps:
+                self._log_window(window, samples_per_step)
+                window = {"start": time.perf_counter(), "wait": 0.0, "steps": 0, "losses": {}}
+            if self._all_ranks_agree(preempt.signum is not None):
+                self.save_checkpoint()
+                log.warning("preempted at step %d: checkpoint saved, exiting with %d", self.step, EXIT_PREEMPTED)
+                return EXIT_PREEMPTED
+            last = self.step == cfg.optim.total_steps
+            if cfg.eval_datasets and self._eval_due():
+                self._evaluate()
+            if last or (cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0):
+                self.save_checkpoint()
+        self.export_weights(self.paths.final_weights)
+        if env.is_main:
+            atomic_write_json(self.paths.metrics / "final.json",
+                              {"step": self.step, "best": self.best, "eval": self._last_eval})
+        log.info("finished %d steps; weights in %s", self.step, self.paths.final_weights)
+        return 0
+
+    def _eval_due(self) -> bool:
+        every = self.cfg.eval.every_steps
+        return self.step > 0 and (self.step == self.cfg.optim.total_steps or (every and self.step % every == 0))
+
+    def _log_window(self, window: dict, samples_per_step: int) -> None:
+        elapsed = time.perf_counter() - window["start"]
+        steps = window["steps"]
+        micro = steps * self.cfg.optim.grad_accum_steps
+        losses = self._mean_over_ranks({n: float(v) / micro for n, v in window["losses"].items()})
+        waits = self._mean_over_ranks({"wait": window["wait"] / max(elapsed, 1e-9)})
+        lr = self._lr
+        throughput = samples_per_step * steps / max(elapsed, 1e-9)
+        scalars = {f"train/loss/{name}": value for name, value in losses.items()}
+        scalars.update({
+            "train/loss_total": sum(self.cfg.loss_weights.get(n, 1.0) * v for n, v in losses.items()),
+            "train/lr": lr, "perf/samples_per_s": throughput,
+            "perf/samples_per_s_per_device": throughput / self.env.world_size,
+            "perf/data_wait_fraction": waits["wait"], "perf/step_time_s": elapsed / steps,
+            "perf/memory_gb": memory_gb(self.device)})
+        self.writer.scalars(scalars, self.step)
+        if self.env.is_main:
+            loss_text = " ".join(f"{n} {v:.4f}" for n, v in losses.items())
+            log.info("step %d/%d | loss %s | lr %.3g | %.1f samples/s (%.1f/device) | data wait %.0f%% | "
+                     "%.3f s/step | mem %.2f GB", self.step, self.cfg.optim.total_steps, loss_text, lr, throughput,
+                     throughput / self.env.world_size, 100 * waits["wait"], elapsed / steps,
+                     scalars["perf/memory_gb"])
+
+    # ------------------------------------------------------------------------------------------ eval
+
+    def evaluate(self) -> dict[str, dict]:
+        self.engine.eval()
+        # fork_rng: evaluating (its loader's worker seeds) must not move the training RNG
+        devices = [self.device.index] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                return evaluate_run(self.engine, self.cfg, self.env, self.device, self.dtype,
+                                    float(self.model.temperature()), lockstep=self.cfg.deepspeed.zero_stage == 3,
+                                    loaders=self.eval_loaders() if self.eval_loaders is not None else None)
+        finally:
+            self.engine.train()
+
+    def _evaluate(self) -> None:
+        results = self.evaluate()
+        self._last_eval = results
+        self.evaluated_step = self.step
+        flat = flatten(results)
+        self.writer.scalars({f"eval/{k}": v for k, v in flat.items()}, self.step)
+        if self.env.is_main:
+            atomic_write_json(self.paths.eval_metrics(self.step), {"step": self.step, "metrics": results})
+        metric = self.cfg.eval.best_metric
+        if metric is None or metric not in flat:
+            return
+        value, best = flat[metric], self.best["value"]
+        better = best is None or (value > best if self.cfg.eval.best_mode == "max" else value < best)
+        if better:
+            self.best = {"metric": metric, "value": value, "step": self.step}
+            log.info("new best %s = %.4f at step %d", metric, value, self.step)
+            self.export_weights(self.paths.best_weights, {"best": self.best})
+
+    # ------------------------------------------------------------------------------------------ weights
+
+    def export_weights(self, folder: Path, info: dict | None = None) -> None:
+        """Consolidated fp32 weights + model config (loadable without DeepSpeed); collective under ZeRO-3.
+
+        These are the weights the model ran with (under bf16: its bf16 weights, stored as fp32); the fp32
+        master weights stay in the DeepSpeed checkpoint (deepspeed.utils.zero_to_fp32).
+        """
+        import deepspeed
+        from models import FrozenInTime, save_pretrained
+        gather = (deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None)
+                  if self.cfg.deepspeed.zero_stage == 3 else contextlib.nullcontext())
+        with gather:
+            if self.env.is_main:
+                model = self.model
+                if any(p.dtype != torch.float32 for p in model.parameters()):
+                    model = FrozenInTime(self.cfg.model, init_weights=False,
+                                         text_config=self.model.text_model.config)
+                    model.load_state_dict({k: v.float().cpu() for k, v in self.model.state_dict().items()})
+                atomic_write_json(Path(folder) / "export.json",
+                                  {"run": self.cfg.name, "step": self.step, **(info or {})})
+                save_pretrained(model, self.cfg.model, folder)
+        if self.env.world_size > 1:
+            dist.barrier()
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """DeepSpeed state + each rank's loader/RNG state; COMPLETE once every rank has written."""
+        root = self.paths.checkpoints
+        tag = ckpt.tag_for_step(self.step)
+        path = root / tag
+        if (path / ckpt.MARKER).is_file():
+            return path                                     # already saved at this step (e.g. preempted at end)
+        started = time.time()
+        self.engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+        ckpt.save_rank_state(path, self.env.rank, {
+            "step": self.step, "loader": self.train_loader.state_dict(), "rng": ckpt.rng_state(),
+            "best": self.best, "evaluated_step": self.evaluated_step, "last_eval": self._last_eval})
+        if self.env.is_main:
+            ckpt.write_run_info(path, {"step": self.step, "world_size": self.env.world_size,
+                                       "zero_stage": self.cfg.deepspeed.zero_stage, "precision": self.dtype_name,
+                                       "config": self.cfg.raw})
+        if self.env.world_size > 1:
+            dist.barrier()                                  # every rank's files are on disk
+        if self.env.is_main:
+            ckpt.mark_complete(path, self.step)
+            ckpt.prune(root, self.cfg.checkpoint.keep_last)
+        log.info("checkpoint %s saved in %.1f s", path, time.time() - started)
+        return path
+
+    def _resume(self, resume: str) -> None:
+        choice = [str(ckpt.resolve_resume(resume, self.paths.checkpoints) or "")] if self.env.is_main else [None]
+        if self.env.world_size > 1:
+            dist.broadcast_object_list(choice, src=0)      # every rank takes the checkpoint rank 0 chose
+        if not choice[0]:
+            log.info("--resume %s: no finished checkpoint under %s; starting from step 0", resume,
+                     self.paths.checkpoints)
+            return
+        path = Path(choice[0])
+        universal = ckpt.is_universal(path)
+        info = ckpt.read_run_info(path)
+        if info["world_size"] != self.env.world_size and not universal:
+            raise RuntimeError(
+                f"{path} was saved by {info['world_size']} ranks but this run has {self.env.world_size}. "
+                f"ZeRO optimizer state is partitioned per rank, so convert it first:\n"
+                f"  python -m deepspeed.checkpoint.ds_to_universal --input_folder {path} "
+                f"--output_folder {path}_universal --inject_missing_state\n"
+                f"then resume with --resume {path}_universal (model, optimizer and schedule carry over; the "
+                f"loader starts a fresh pass).")
+        # DeepSpeed reads the universal layout when its config says so; it is decided here, per folder
+        self.engine._config.load_universal_checkpoint = universal
+        try:
+            loaded, _ = self.engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True,
+                                                    load_optimizer_states=True, load_lr_scheduler_states=True)
+        finally:
+            self.engine._config.load_universal_checkpoint = False
+        if loaded is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+        self.step = int(info["step"])
+        own = ckpt.rank_state_path(path, self.env.rank)
+        if info["world_size"] == self.env.world_size and own.is_file() and not universal:
+            state = ckpt.load_rank_state(path, self.env.rank)
+            self.train_loader.load_state_dict(state["loader"])
+            ckpt.set_rng_state(state["rng"])
+            self.best, self.evaluated_step = state["best"], state["evaluated_step"]
+            self._last_eval = state["last_eval"]
+        else:
+            log.warning("resumed the universal checkpoint %s (saved by %d ranks) on %d: model, optimizer and "
+                        "schedule restored; the loader starts a fresh pass and the RNG from the seed", path,
+                        info["world_size"], self.env.world_size)
+        log.info("resumed from %s at step %d", path, self.step)
+
+
+def train(cfg: RunConfig, env: DistEnv, resume: str | None = None, train_loader=None, eval_loaders=None) -> int:
+    """Build the trainer and run it; returns the exit code (0, or EXIT_PREEMPTED)."""
+    return Trainer(cfg, env, train_loader=train_loader, eval_loaders=eval_loaders).fit(resume)

@@ -1,0 +1,191 @@
+"""Shared by the trainer tests and bench/bench_train.py: tiny assets, launching ranks, a synthetic loader.
+
+- `make_tiny_assets(root)`: a tiny random text model folder and fit-shards/1 shards (images, videos, an
+  evaluation set with two captions per video) matching configs/tiny_*.json; returns the `--set` overrides.
+- `launch_ranks(...)`: start N `launch/train.py` processes the way srun does (rank variables in the
+  environment, a port chosen free at run time); `wait_all` never leaves a process behind.
+- `python tests/test_train_fixtures.py synthetic --config C --out O`: train with `SyntheticSteps`, a loader
+  whose global batch at each step is fixed by the seed and cut into rank slices, so a 2-rank run and a
+  1-rank run with the whole batch see exactly the same samples (the real loader splits shards by rank).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def write_random_shards(folder: Path, name: str, kind: str, shard_sizes, num_frames: int = 8,
+                        captions_per_sample: int = 1, size: int = 40) -> Path:
+    """fit-shards/1 shards whose frames are seeded noise, so every sample looks different (shardgen's
+    frames are the same for every sample, which makes retrieval a tie everywhere)."""
+    import io
+    import tarfile
+
+    import numpy as np
+    import simplejpeg
+
+    import shardgen
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for s, count in enumerate(shard_sizes):
+        path = folder / f"{name}-{s:06d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for i in range(count):
+                key = f"{name}_{s}_{i}"
+                rng = np.random.default_rng([s, i, len(name)])
+                base = rng.integers(0, 256, (size // 4, size // 4, 3), dtype=np.uint8)
+                for member, data in shardgen.sample_members(
+                        key, kind, num_frames, [f"caption {j} of {key}" for j in range(captions_per_sample)],
+                        height=size, width=size):
+                    if member.endswith(".jpg"):   # blocky noise drifting over the frames: clips differ in time
+                        frame = np.roll(base, int(member.split(".")[1]), axis=1).repeat(4, 0).repeat(4, 1)
+                        data = simplejpeg.encode_jpeg(np.ascontiguousarray(frame), quality=95)
+                    info = tarfile.TarInfo(member)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        shards.append({"path": path.name, "samples": count, "bytes": path.stat().st_size})
+    shardgen.write_manifest(folder, name, kind, num_frames if kind == "video" else 1, shards)
+    return folder
+
+
+def make_tiny_assets(root: Path) -> list[str]:
+    """Text model + shards for configs/tiny_*.json under `root` (kept if present); returns `--set` overrides."""
+    from models.tiny import write_tiny_text_model
+    root = Path(root)
+    text = write_tiny_text_model(root / "text_model", arch="distilbert", hidden=32, layers=1, heads=2)
+    if not (root / "val" / "manifest.json").exists():
+        write_random_shards(root / "images", "images", "image", (12, 12, 12, 12))
+        write_random_shards(root / "videos", "videos", "video", (12, 12, 12, 12))
+        write_random_shards(root / "val", "val", "video", (6, 6), captions_per_sample=2)
+    return [f"model.text.model={text}", f"data.options.tokenizer={text}",
+            f"data.train[0].shards={root / 'images'}", f"data.train[1].shards={root / 'videos'}",
+            f"data.eval[0].shards={root / 'val'}"]
+
+
+def free_port() -> int:
+    from pipeline.distributed import free_port as pick
+    return pick()
+
+
+def launch_ranks(args: list[str], world_size: int, log_dir: Path, script: str = "launch/train.py",
+                 extra_env: dict | None = None) -> list[subprocess.Popen]:
+    """Start `world_size` processes of `python script args` with srun-style rank variables."""
+    port = free_port()
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for rank in range(world_size):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu",
+                   PYTHONPATH=str(REPO), **(extra_env or {}))
+        out = open(log_dir / f"rank{rank}.log", "ab")
+        procs.append(subprocess.Popen([sys.executable, str(REPO / script), *args], cwd=REPO, env=env,
+                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        out.close()
+    return procs
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[int]:
+    """Exit codes; on timeout every process still running is killed (no leftovers) and TimeoutError raised."""
+    deadline = time.time() + timeout
+    try:
+        for p in procs:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"ranks still running after {timeout} s") from None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    return [p.returncode for p in procs]
+
+
+def read_log(log_dir: Path, rank: int = 0) -> str:
+    return (Path(log_dir) / f"rank{rank}.log").read_text(errors="replace")
+
+
+def tb_scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    return load_file(str(Path(folder) / "weights.safetensors"))
+
+
+class SyntheticSteps:
+    """Endless steps {name: batch}; the global batch of step s is a function of (seed, s), cut by rank."""
+
+    def __init__(self, batch_sizes: dict[str, int], frames: dict[str, int], rank: int, world_size: int,
+                 seed: int = 0, res: int = 32, text_len: int = 8, vocab: int = 1000):
+        self.batch_sizes, self.frames, self.rank, self.world = batch_sizes, frames, rank, world_size
+        self.seed, self.res, self.text_len, self.vocab = seed, res, text_len, vocab
+        self.steps = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        out = {}
+        for n, (name, per_rank) in enumerate(self.batch_sizes.items()):
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.steps * 101 + n)
+            total = per_rank * self.world
+            video = torch.randint(0, 256, (total, self.frames[name], 3, self.res, self.res), generator=g,
+                                  dtype=torch.uint8)
+            ids = torch.randint(1000, 1000 + self.vocab, (total, self.text_len), generator=g)
+            ids[:, 0] = 101
+            mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+            out[name] = {"video": video[mine], "keys": [f"{name}_{self.steps}_{i}" for i in range(total)][mine],
+                         "text": {"input_ids": ids[mine], "attention_mask": torch.ones_like(ids[mine])}}
+        self.steps += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+
+
+def _synthetic_main(argv: list[str]) -> int:
+    """Train `--config` (with `--set` overrides) on SyntheticSteps; ranks come from the environment."""
+    import argparse
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    from pipeline.config import load_config
+    from pipeline.distributed import init_distributed, read_env, shutdown
+    from pipeline.logs import setup_logging
+    from pipeline.trainer import train
+    env = read_env()
+    setup_logging(rank=env.rank)
+    cfg = load_config(args.config, args.overrides)
+    init_distributed(env, timeout_s=60)
+    loader = SyntheticSteps({s.name: s.batch_size for s in cfg.train_datasets},
+                            {s.name: s.num_frames for s in cfg.train_datasets}, env.rank, env.world_size,
+                            seed=cfg.seed, res=cfg.loader.input_res)
+    try:
+        return train(cfg, env, train_loader=loader)
+    finally:
+        shutdown()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "synthetic":
+        sys.exit(_synthetic_main(sys.argv[2:]))
+    sys.exit("usage: python tests/test_train_fixtures.py synthetic --config C [--set k=v ...]")
