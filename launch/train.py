@@ -30,6 +30,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    from pipeline.preemption import PreemptionFlag
+    preempt = PreemptionFlag().install()      # first: SLURM may signal while torch is still importing
     args = parse_args(argv)
     from pipeline.config import load_config
     from pipeline.distributed import init_distributed, read_env, shutdown
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
     from pipeline.trainer import train
     init_distributed(env, timeout_s=cfg.deepspeed.comm_timeout_s)
     try:
-        return train(cfg, env, resume=args.resume)
+        return train(cfg, env, resume=args.resume, preempt=preempt)
     finally:
         shutdown()
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline import shardlists
+from pipeline.preemption import ignore_preemption_signals
 from pipeline.schema import ConfigError, check_keys, get_typed
 from pipeline.streams import Counters, DatasetReader, ReaderConfig
 from pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -159,7 +160,8 @@ def _data_loader(dataset: IterableDataset, options: LoaderOptions):
     if options.num_workers == 0:
         return iter(dataset)
     return iter(DataLoader(dataset, batch_size=None, num_workers=options.num_workers,
-                           prefetch_factor=options.prefetch_factor, pin_memory=options.pin_memory))
+                           prefetch_factor=options.prefetch_factor, pin_memory=options.pin_memory,
+                           worker_init_fn=ignore_preemption_signals))
 
 
 def _sum_counters(snapshots) -> dict:

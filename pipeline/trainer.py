@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import resource
-import signal
 import time
 from pathlib import Path
 
@@ -26,12 +25,11 @@ from pipeline.distributed import DistEnv, device_for
 from pipeline.evaluation import evaluate_run, flatten
 from pipeline.fsutil import atomic_write_json
 from pipeline.optim import LRSchedule, adamw, lambda_lr, param_groups
+from pipeline.preemption import EXIT_PREEMPTED, PreemptionFlag  # noqa: F401  (EXIT_PREEMPTED re-exported)
 from pipeline.tb import ScalarWriter
 
 log = logging.getLogger(__name__)
 
-EXIT_PREEMPTED = 75        # EX_TEMPFAIL: stopped by SIGUSR1/SIGTERM after saving; requeue and resume
-PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
 class RunPaths:
@@ -48,28 +46,6 @@ class RunPaths:
 
     def eval_metrics(self, step: int) -> Path:
         return self.metrics / f"eval_step_{step:08d}.json"
-
-
-class PreemptionFlag:
-    """Set by SIGUSR1/SIGTERM; the loop finishes the step, saves and exits with EXIT_PREEMPTED."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous = {}
-
-    def install(self) -> "PreemptionFlag":
-        for sig in PREEMPT_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-        log.warning("received %s: finishing this step, then saving and exiting with %d",
-                    signal.Signals(signum).name, EXIT_PREEMPTED)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def precision(cfg: RunConfig, device: torch.device) -> str:
@@ -185,14 +161,17 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ run
 
-    def fit(self, resume: str | None = None) -> int:
-        """Train to optim.total_steps (or until preempted); returns the process exit code."""
+    def fit(self, resume: str | None = None, preempt: PreemptionFlag | None = None) -> int:
+        """Train to optim.total_steps (or until preempted); returns the process exit code.
+
+        `preempt` is a flag installed by the caller as early as possible, so a signal that arrives while
+        the model and DeepSpeed are still being set up is honoured at the first step boundary."""
         cfg = self.cfg
         if resume:
             self._resume(resume)
         if self.env.is_main:
             cfg.save(self.paths.config)      # the config this launch uses (a resume may extend total_steps)
-        preempt = PreemptionFlag().install()
+        preempt = preempt or PreemptionFlag().install()
         try:
             if cfg.eval_datasets and self.evaluated_step != self.step and (
                     (cfg.eval.at_start and self.step == 0) or self._eval_due()):
@@ -392,6 +371,8 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
 
 
-def train(cfg: RunConfig, env: DistEnv, resume: str | None = None, train_loader=None, eval_loaders=None) -> int:
+def train(cfg: RunConfig, env: DistEnv, resume: str | None = None, train_loader=None, eval_loaders=None,
+          preempt: PreemptionFlag | None = None) -> int:
     """Build the trainer and run it; returns the exit code (0, or EXIT_PREEMPTED)."""
-    return Trainer(cfg, env, train_loader=train_loader, eval_loaders=eval_loaders).fit(resume)
+    preempt = preempt or PreemptionFlag().install()     # before the (slow) set-up, not only in the loop
+    return Trainer(cfg, env, train_loader=train_loader, eval_loaders=eval_loaders).fit(resume, preempt)
