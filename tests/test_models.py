@@ -329,3 +329,20 @@ def test_minilm_as_text_encoder_with_mean_pooling():
 def test_video_config_random_init_values():
     assert VideoConfig(init="none").random_init and VideoConfig(init=None).random_init
     assert not VideoConfig().random_init
+
+
+def test_time_attention_gets_only_rounding_noise_at_init():
+    """With qkv = 0 and proj.weight = ones, the time output is constant over channels and enters only
+    through norm1 (a LayerNorm), so qkv and proj.weight get no real gradient; proj.bias does (docs/MODELS.md)."""
+    torch.manual_seed(0)
+    model = SpaceTimeTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_frames=4)
+    video = torch.randn(3, 4, 3, 32, 32, dtype=torch.float64)
+    model = model.double()
+    loss = (model(video) - torch.randn(3, 64, dtype=torch.float64)).pow(2).mean()
+    loss.backward()
+    for block in model.blocks:
+        t = block.timeattn
+        assert t.proj.weight.grad.abs().max() == 0                 # its input (attention output) is 0
+        assert t.qkv.weight.grad.abs().max() < 1e-12               # proj.weight^T g = channel sum of g = 0
+        assert t.proj.bias.grad.abs().max() > 1e-4                 # a real gradient
+    assert model.temporal_embed.grad.abs().max() > 1e-4
