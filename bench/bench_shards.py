@@ -8,6 +8,7 @@ Figures (clips/s per core, from CPU time of the process and its children, one wo
 - floor A, PyAV: the same frames decoded and resized with the same seeking, no JPEG, no tar;
 - floor B, ffmpeg CLI: `select` of the same 8 frames + scale to 256, rawvideo to a pipe, one thread;
 - video2dataset 1.3.0 (its own venv): local files, ResolutionSubsampler(256, scale) re-encoding, 1 process.
+  Its venv, without a second torch: see docs/bench/shards.md ("How video2dataset was installed").
 Prints a JSON line per measurement and a summary table. Not a test: no asserts on speed.
 """
 import argparse
@@ -113,9 +114,10 @@ from video2dataset import video2dataset
 from video2dataset.subsamplers import ResolutionSubsampler
 # 1.3.0 crashes with "'ResolutionSubsampler' object has no attribute 'encode_formats'" (anchors.md): supply it
 ResolutionSubsampler.encode_formats = {"video": "mp4"}
-table, out, config = sys.argv[1:4]
-video2dataset(url_list=table, output_folder=out, input_format="csv", output_format="webdataset",
-              url_col="url", caption_col="caption", config=config)
+if __name__ == "__main__":   # video2dataset starts its logger and workers with "spawn": they re-import this file
+    table, out, config = sys.argv[1:4]
+    video2dataset(url_list=table, output_folder=out, input_format="csv", output_format="webdataset",
+                  url_col="url", caption_col="caption", config=config)
 """
 
 V2D_CONFIG = """
@@ -153,7 +155,7 @@ def run_v2d(python: str, paths, work: Path):
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
     proc = subprocess.run([python, str(work / "run_v2d.py"), str(table), str(out), str(work / "config.yaml")],
-                          capture_output=True, text=True, cwd=work)
+                          capture_output=True, text=True, cwd=work, timeout=60 + 60 * len(paths))
     stats = sorted(out.glob("*_stats.json"))
     ok = sum(json.loads(s.read_text()).get("successes", 0) for s in stats)
     if proc.returncode != 0 or ok != len(paths):
