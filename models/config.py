@@ -5,7 +5,8 @@ JSON shape (every key optional; `preset` picks the defaults the other keys overr
     {"preset": "vit-b16-224",
      "video": {"img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12,
                "mlp_ratio": 4.0, "num_frames": 4, "qkv_bias": true,
-               "init": "vit_base_patch16_224.orig_in21k_ft_in1k", "grad_checkpointing": false},
+               "init": "vit_base_patch16_224.orig_in21k_ft_in1k", "grad_checkpointing": false,
+               "time_init": "zeros"},
      "text": {"model": "distilbert-base-uncased", "pooling": "auto", "pretrained": true},
      "projection_dim": 256, "projection": "minimal", "temperature": 0.05, "learnable_temperature": false}
 """
@@ -14,6 +15,9 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from pipeline.schema import ConfigError, check_keys, get_typed
+
+# kept here (not imported from the model) so reading a config needs no torch
+TIME_INITS = ("zeros", "spatial")
 
 # The original's ImageNet-21k -> 1k ViT-B/16 (timm 0.4.5's `vit_base_patch16_224`; spec 1.5).
 VIT_B16_IMAGENET = "vit_base_patch16_224.orig_in21k_ft_in1k"
@@ -35,6 +39,7 @@ class VideoConfig:
     qkv_bias: bool = True
     init: str | None = VIT_B16_IMAGENET   # timm name, local ViT weights file, or none/random
     grad_checkpointing: bool = False
+    time_init: str = "zeros"       # "zeros": the original; "spatial": learns from step one (docs/MODELS.md)
 
     @property
     def random_init(self) -> bool:
@@ -81,7 +86,8 @@ class ModelConfig:
             mlp_ratio=float(get_typed(v, "mlp_ratio", (int, float), vw)),
             num_frames=_positive(v, "num_frames", vw), qkv_bias=get_typed(v, "qkv_bias", bool, vw),
             init=get_typed(v, "init", (str, type(None)), vw),
-            grad_checkpointing=get_typed(v, "grad_checkpointing", bool, vw))
+            grad_checkpointing=get_typed(v, "grad_checkpointing", bool, vw),
+            time_init=get_typed(v, "time_init", str, vw, choices=TIME_INITS))
         if video.img_size % video.patch_size:
             raise ConfigError(f"{vw}.img_size: {video.img_size} is not a multiple of patch_size {video.patch_size}")
         if video.embed_dim % video.num_heads:

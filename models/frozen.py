@@ -11,7 +11,7 @@ from torch import nn
 from .config import ModelConfig
 from .loss import sim_matrix
 from .text import build_text_model, hidden_size, pool_text, resolve_pooling
-from .video_transformer import SpaceTimeTransformer
+from .video_transformer import SpaceTimeTransformer, init_time_attention_all_
 from .vit_init import init_from_vit
 
 # CLIP's cap on the learnable logit scale (1 / temperature <= 100) keeps the softmax from saturating.
@@ -35,6 +35,8 @@ class FrozenInTime(nn.Module):
         self.video_model = SpaceTimeTransformer.from_config(cfg.video)
         if init_weights and not cfg.video.random_init:
             init_from_vit(self.video_model, cfg.video.init)
+        if cfg.video.time_init != "zeros":
+            init_time_attention_all_(self.video_model, cfg.video.time_init)   # needs the final spatial qkv
         self.text_pooling = resolve_pooling(self.text_model, cfg.text.pooling)
         text_dim, video_dim = hidden_size(self.text_model), cfg.video.embed_dim
         if cfg.projection == "minimal":

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .config import TIME_INITS
+
 ATTENTION_IMPLS = ("sdpa", "explicit")
 
 
@@ -88,15 +90,34 @@ class VarAttention(nn.Module):
         return self.proj(grouped_attention(qkv, group, num_frames, ATTENTION_KERNELS[self.attn_impl]))
 
 
-def init_time_attention_(attn: VarAttention) -> None:
-    """The original's 'zeros' time init: qkv = 0 and proj.weight = 1 (all ones), so the output is 0
-    yet gradients reach qkv (a zero proj would make the gradient a product of two zeros)."""
+def init_time_attention_(attn: VarAttention, mode: str = "zeros", spatial: VarAttention | None = None) -> None:
+    """Time attention starts with output 0, so every block starts as a plain ViT block.
+
+    "zeros" (the original): qkv = 0 and proj.weight = 1 (all ones). The original meant the ones to let
+    gradients reach qkv, but they do not: the output is then constant over channels and enters only
+    through norm1 (a LayerNorm), so qkv and proj.weight get no gradient beyond rounding noise, which
+    Adam amplifies slowly (docs/MODELS.md). Kept as the default: the released weights came from it.
+    "spatial": qkv = the block's spatial attention qkv (ImageNet-trained after a ViT init), proj = 0.
+    The output is 0 as well, but proj.weight's gradient (g a^T, a != 0) is real from the first step.
+    """
+    if mode not in TIME_INITS:
+        raise ValueError(f"time init must be one of {TIME_INITS}, got {mode!r}")
     with torch.no_grad():
-        attn.qkv.weight.zero_()
-        if attn.qkv.bias is not None:
-            attn.qkv.bias.zero_()
-        attn.proj.weight.fill_(1.0)
+        if mode == "zeros":
+            attn.qkv.weight.zero_()
+            if attn.qkv.bias is not None:
+                attn.qkv.bias.zero_()
+            attn.proj.weight.fill_(1.0)
+        else:
+            attn.qkv.load_state_dict(spatial.qkv.state_dict())
+            attn.proj.weight.zero_()
         attn.proj.bias.zero_()
+
+
+def init_time_attention_all_(model: "SpaceTimeTransformer", mode: str) -> None:
+    """Apply `init_time_attention_` to every block (after the spatial weights are final)."""
+    for block in model.blocks:
+        init_time_attention_(block.timeattn, mode, spatial=block.attn)
 
 
 class Mlp(nn.Module):
@@ -240,5 +261,4 @@ def init_random_(model: SpaceTimeTransformer) -> None:
     fan_in = model.patch_embed.proj.in_channels * model.patch_size ** 2
     nn.init.trunc_normal_(model.patch_embed.proj.weight, std=math.sqrt(1.0 / fan_in))
     nn.init.zeros_(model.patch_embed.proj.bias)
-    for block in model.blocks:
-        init_time_attention_(block.timeattn)
+    init_time_attention_all_(model, "zeros")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from models import FrozenInTime, ModelConfig, SpaceTimeTransformer
 from models.config import VideoConfig
 from models.tiny import MINILM_SAFETENSORS_SHA256, minilm_path, write_tiny_text_model
-from models.video_transformer import resize_pos_embed
+from models.video_transformer import init_time_attention_all_, resize_pos_embed
 from models.vit_init import init_from_vit
 from pipeline.schema import ConfigError
 
@@ -346,3 +346,28 @@ def test_time_attention_gets_only_rounding_noise_at_init():
         assert t.qkv.weight.grad.abs().max() < 1e-12               # proj.weight^T g = channel sum of g = 0
         assert t.proj.bias.grad.abs().max() > 1e-4                 # a real gradient
     assert model.temporal_embed.grad.abs().max() > 1e-4
+
+
+def test_spatial_time_init_starts_as_vit_and_gets_a_real_gradient():
+    """time_init "spatial": qkv copied from the spatial attention, proj = 0 -> same outputs as the
+    original init at step 0, but proj.weight gets a real gradient at once."""
+    torch.manual_seed(0)
+    zeros = SpaceTimeTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_frames=4)
+    spatial = SpaceTimeTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_frames=4)
+    spatial.load_state_dict(zeros.state_dict())
+    init_time_attention_all_(spatial, "spatial")
+    video = torch.randn(2, 4, 3, 32, 32)
+    assert torch.allclose(zeros(video), spatial(video), atol=1e-6)
+    for block in spatial.blocks:
+        assert torch.equal(block.timeattn.qkv.weight, block.attn.qkv.weight)
+        assert torch.count_nonzero(block.timeattn.proj.weight) == 0
+    spatial(video).pow(2).sum().backward()
+    assert all(b.timeattn.proj.weight.grad.abs().max() > 1e-4 for b in spatial.blocks)
+
+
+def test_time_init_is_validated_and_applied_by_the_joint_model(text_dirs):
+    with pytest.raises(ConfigError, match=r"model\.video\.time_init"):
+        ModelConfig.from_dict({"preset": "tiny", "video": {"time_init": "ones"}})
+    model = _tiny_model(text_dirs["bert"], video={"time_init": "spatial"})
+    block = model.video_model.blocks[0]
+    assert torch.equal(block.timeattn.qkv.weight, block.attn.qkv.weight)
