@@ -31,26 +31,38 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "model_config.json"
 TEXT_CONFIG_FILE = "text_config.json"
-TEMPORAL_FIXES = ("zeros", "nearest", "interp", "bilinear")   # "interp" is the original's name for nearest
+TEMPORAL_FIXES = ("zeros", "nearest", "interp", "bilinear", "noise")   # "interp": the original's name for nearest
+# "noise": new rows drawn at the scale the other learned embeddings start with (pos_embed, cls_token)
+TEMPORAL_NOISE_STD = 0.02
 
 
 # ---- adaptation ----------------------------------------------------------------------------------
 
-def adapt_temporal_embed(temporal_embed: torch.Tensor, num_frames: int, mode: str = "zeros") -> torch.Tensor:
+def adapt_temporal_embed(temporal_embed: torch.Tensor, num_frames: int, mode: str = "zeros",
+                         seed: int = 0) -> torch.Tensor:
     """[1, L, D] -> [1, num_frames, D] as the original's `_inflate_positional_embeds` (spec 1.8).
 
     L > num_frames: keep the first rows (any mode). L < num_frames: "zeros" copies the L rows into
     zeros; "nearest" (alias "interp") and "bilinear" resize the [L, D] matrix as a 1-channel image
     to [num_frames, D] with F.interpolate (align_corners at its default).
+
+    "noise" (ours) copies the L rows and draws the new ones from N(0, 0.02^2) with a seeded generator.
+    Why: the original's modes start the new rows equal (zeros; or copies of one row), and clips are as
+    likely played forwards as backwards, so every equal row gets the same expected gradient and they stay
+    equal: frames 1..T-1 cannot be told apart by their place in time, and the direction of a motion is
+    not learned (docs/DEMO.md measures it). Distinct rows break that symmetry from the first step.
     """
     if mode not in TEMPORAL_FIXES:
         raise ValueError(f"temporal_fix must be one of {TEMPORAL_FIXES}, got {mode!r}")
     L = temporal_embed.shape[1]
     if L >= num_frames:
         return temporal_embed[:, :num_frames].clone()
-    if mode == "zeros":
+    if mode in ("zeros", "noise"):
         out = temporal_embed.new_zeros(1, num_frames, temporal_embed.shape[2])
         out[:, :L] = temporal_embed
+        if mode == "noise":
+            generator = torch.Generator().manual_seed(seed)
+            out[:, L:] = TEMPORAL_NOISE_STD * torch.randn(out[:, L:].shape, generator=generator).to(out)
         return out
     image = temporal_embed.unsqueeze(0)                                        # [1, 1, L, D]
     resized = F.interpolate(image, size=(num_frames, temporal_embed.shape[2]),

@@ -98,6 +98,9 @@ class LoaderOptions:
     std: tuple = IMAGENET_STD
     crop_scale: tuple = (0.5, 1.0)
     crop_ratio: tuple = (3 / 4, 4 / 3)
+    # The original's flip. Set 0 when captions name directions ("moves to the left"): a flipped clip
+    # then contradicts its caption (the demo does; WebVid captions say left/right too).
+    hflip_p: float = 0.5
     eval_resize: int = 256
     eval_crop: int = 256
     tokenizer: str = "distilbert-base-uncased"
@@ -116,7 +119,8 @@ class LoaderOptions:
                 "shards_per_block", "seed", "corrupt_check_after", "prefetch_factor"]
         pairs = ["crop_scale", "crop_ratio"]
         triples = ["mean", "std"]
-        check_keys(d, where, optional=ints + pairs + triples + ["tokenizer", "max_corrupt_fraction", "pin_memory"])
+        check_keys(d, where, optional=ints + pairs + triples + ["tokenizer", "max_corrupt_fraction", "hflip_p",
+                                                                     "pin_memory"])
         default = cls()
         kwargs = {k: get_typed(d, k, int, where, getattr(default, k)) for k in ints}
         for key, size in [(k, 2) for k in pairs] + [(k, 3) for k in triples]:
@@ -127,12 +131,15 @@ class LoaderOptions:
         kwargs["tokenizer"] = get_typed(d, "tokenizer", str, where, default.tokenizer)
         kwargs["max_corrupt_fraction"] = float(get_typed(d, "max_corrupt_fraction", (int, float), where,
                                                          default.max_corrupt_fraction))
+        kwargs["hflip_p"] = float(get_typed(d, "hflip_p", (int, float), where, default.hflip_p))
         kwargs["pin_memory"] = get_typed(d, "pin_memory", bool, where, default.pin_memory)
         options = cls(**kwargs)
         for key in ints:
             low = 0 if key in ("num_workers", "seed", "corrupt_check_after") else 1
             if kwargs[key] < low:
                 raise ConfigError(f"{where}.{key}: must be >= {low}, got {kwargs[key]}")
+        if not 0 <= options.hflip_p <= 1:
+            raise ConfigError(f"{where}.hflip_p: must be in [0, 1], got {options.hflip_p}")
         if not 0 <= options.max_corrupt_fraction <= 1:
             raise ConfigError(f"{where}.max_corrupt_fraction: must be in [0, 1]")
         if not 0 < options.crop_scale[0] <= options.crop_scale[1] <= 1:
@@ -149,7 +156,8 @@ def _reader_config(spec: DatasetSpec, options: LoaderOptions, train: bool) -> Re
     return ReaderConfig(
         name=spec.name, urls=shard_set.urls, counts=shard_set.counts, kind=spec.kind, num_frames=spec.num_frames,
         batch_size=spec.batch_size, train=train, caption_mode=spec.caption_mode, res=options.input_res,
-        crop_scale=options.crop_scale, crop_ratio=options.crop_ratio, eval_resize=options.eval_resize,
+        crop_scale=options.crop_scale, crop_ratio=options.crop_ratio, hflip_p=options.hflip_p,
+        eval_resize=options.eval_resize,
         eval_crop=options.eval_crop, tokenizer=options.tokenizer, max_text_length=options.max_text_length,
         seed=options.seed, shuffle_buffer=options.shuffle_buffer, shards_per_block=options.shards_per_block,
         max_corrupt_fraction=options.max_corrupt_fraction, corrupt_check_after=options.corrupt_check_after)

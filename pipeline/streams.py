@@ -80,6 +80,7 @@ class ReaderConfig:
     res: int
     crop_scale: tuple[float, float]
     crop_ratio: tuple[float, float]
+    hflip_p: float
     eval_resize: int
     eval_crop: int
     tokenizer: str
@@ -249,7 +250,7 @@ class DatasetReader:
         if cfg.train:
             # its own stream (seed + tag), independent of the frame and caption draws made in `prepare`
             rng = np.random.default_rng(sample.seed + [1])
-            return transforms.train_clip(clip, rng, cfg.res, cfg.crop_scale, cfg.crop_ratio)
+            return transforms.train_clip(clip, rng, cfg.res, cfg.crop_scale, cfg.crop_ratio, cfg.hflip_p)
         return transforms.eval_clip(clip, cfg.res, cfg.eval_resize, cfg.eval_crop)
 
     def make_batch(self, samples, limit: int | None = None) -> dict | None:

@@ -238,3 +238,17 @@ def test_vit_b16_model_has_the_released_state_dict_layout():
                                       "norm2", "mlp.fc1", "mlp.fc2", "norm3") for p in ("weight", "bias")]
     assert list(state)[0].startswith("text_model.") and list(state)[-4:] == [
         "txt_proj.1.weight", "txt_proj.1.bias", "vid_proj.0.weight", "vid_proj.0.bias"]
+
+
+def test_noise_inflation_keeps_rows_and_draws_distinct_new_ones():
+    """"noise": loaded rows kept, new rows N(0, 0.02^2) from a seeded generator, so they differ from each
+    other (the original's modes start them equal, and equal rows stay equal: docs/DEMO.md)."""
+    one = torch.randn(1, 1, 64)
+    out = adapt_temporal_embed(one, 4, "noise")
+    assert out.shape == (1, 4, 64) and torch.equal(out[:, :1], one)
+    assert torch.equal(out, adapt_temporal_embed(one, 4, "noise"))                  # deterministic
+    assert 0.01 < out[0, 1:].std() < 0.03
+    assert torch.cdist(out[0, 1:], out[0, 1:]).fill_diagonal_(1).min() > 0.05
+    for mode in ("zeros", "nearest", "bilinear"):                                    # the original's: equal rows
+        rows = adapt_temporal_embed(one, 4, mode)[0, 1:]
+        assert torch.equal(rows[0], rows[1]) and torch.equal(rows[1], rows[2])
