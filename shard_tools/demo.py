@@ -1,0 +1,505 @@
+"""make-shards demo: captioned clips of coloured shapes that move, rendered with ffmpeg and packed into shards.
+
+The built-in data of `make demo` (docs/DEMO.md). Each clip shows one shape (square, triangle, cross, bar) of
+one colour on a textured background, doing one of eight motions (left, right, up, down, grow, shrink,
+rotate, still); its caption names all three ("a red square moves to the left"). An image set (single
+frames, captions about shape and colour only) plays the part CC-3M plays beside WebVid.
+
+Why one frame cannot tell the motion: every motion is a path through time t in [-1/2, 1/2] (0 is the
+centre of the frames make-shards stores), and opposite motions are the same path run backwards: x(t) =
+x0 - D t for "left", x0 + D t for "right", with x0 drawn independently of the direction. Frames are stored
+at times symmetric about 0, so the frame at t of a "left" clip has exactly the distribution of the frame at
+-t of a "right" clip: one frame, without its time, is equally consistent with both. Clips that do not move
+along an axis (or in size) still get a fixed offset D u (or size factor) with u ~ U(-1/2, 1/2), the same
+spread a moving clip covers over time, and the angle is uniform for every clip, so "still" and "rotate"
+are no easier to tell from one frame either. Four frames in order show the direction.
+
+Splits: `test` holds one clip of every (shape, colour, motion) triple with fresh backgrounds and positions;
+one motion per (shape, colour) pair (three pairs per motion) never occurs in `train`, so part of the test
+asks for combinations the model has never seen. Everything is a pure function of the seed; the mp4 bytes
+also depend on the ffmpeg build (the same machine gives the same shards).
+
+Rendering: numpy draws frames (shapes as soft-edged signed-distance masks), one ffmpeg process per split
+encodes all of its clips from a rawvideo pipe and cuts them into one H.264 mp4 per clip with the segment
+muxer (a keyframe at every clip start), which costs ~6 ms per clip instead of ~60-130 ms for one ffmpeg
+start per clip. The mp4s then go through the normal CSV path of make-shards (decode -> frames -> tar).
+"""
+import argparse
+import csv
+import json
+import logging
+import math
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.fsutil import atomic_path, atomic_write_json
+from shard_tools.sampling import segment_midpoints
+
+log = logging.getLogger("shard_tools.demo")
+
+SHAPES = ("square", "triangle", "cross", "bar")
+COLOURS = {"red": (222, 38, 38), "green": (40, 186, 64), "blue": (48, 92, 232),
+           "yellow": (238, 212, 40), "purple": (158, 58, 204), "orange": (246, 138, 28)}
+MOTIONS = ("left", "right", "up", "down", "grow", "shrink", "rotate", "still")
+
+# Caption grammar: "{subject} {motion phrase}". The first phrase of each motion is the canonical one, used
+# for every test caption so queries are stable ("a red square moves to the left"); training captions draw
+# from all of them.
+MOTION_PHRASES = {
+    "left": ("moves to the left", "slides to the left", "moves left", "travels leftwards"),
+    "right": ("moves to the right", "slides to the right", "moves right", "travels rightwards"),
+    "up": ("moves up", "slides upwards", "rises", "goes up"),
+    "down": ("moves down", "slides downwards", "sinks", "goes down"),
+    "grow": ("grows", "gets bigger", "expands", "grows larger"),
+    "shrink": ("shrinks", "gets smaller", "contracts", "shrinks down"),
+    "rotate": ("rotates", "spins", "turns around", "spins in place"),
+    "still": ("stands still", "stays in place", "does not move", "stays still"),
+}
+SUBJECTS = ("{a} {colour} {shape}", "the {colour} {shape}", "{a} {colour} {shape}", "one {colour} {shape}")
+IMAGE_CAPTIONS = ("{a} {colour} {shape}", "a picture of {a} {colour} {shape}", "{a} {colour} {shape} on a plain "
+                  "background", "a single {colour} {shape}")
+
+# Motion amplitudes over the clip (t from -1/2 to 1/2), relative to the frame size.
+TRAVEL = 0.30                       # translation distance
+GROWTH = math.log(2.2)              # size ratio end / start of grow and shrink
+SPIN = math.radians(75)             # rotation; below every shape's symmetry angle (bar: 180, square/cross: 90)
+HALF_SIZE = (0.075, 0.115)          # a shape's half-size at t = 0 (log-uniform)
+EXTENT = {"square": math.sqrt(2), "triangle": 1.25, "cross": 1.25, "bar": 1.44}  # bounding radius / half-size
+
+SPLIT_CODES = {"train": 1, "test": 2, "images": 3}
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Everything needed to render one sample; a pure function of (seed, split, index)."""
+    key: str
+    split: str
+    shape: str
+    colour: str
+    motion: str                      # "" for images
+    caption: str
+    rgb: tuple[int, int, int]
+    background: dict = field(hash=False)
+    centre: tuple[float, float]      # (x, y) at t = 0, pixels
+    half_size: float                 # at t = 0, pixels
+    angle: float                     # at t = 0, radians
+    offset_axis: int                 # for clips that do not translate: 0 = x, 1 = y
+    offset: float                    # u in [-1/2, 1/2]: fixed position offset (travel * u) / log-size offset
+    size_offset: float
+    spin_sign: int                   # rotation direction of "rotate" clips (the caption does not say which)
+
+    @property
+    def held_out(self) -> bool:
+        return self.motion != "" and held_out_motion(self.shape, self.colour) == self.motion
+
+
+def held_out_motion(shape: str, colour: str) -> str:
+    """The motion that never appears in training for this (shape, colour): each motion for 3 of 24 pairs.
+
+    The offset keeps "a red square moves to the left" (the README's and the search test's query) a
+    combination seen in training: its held-out test clips are new clips of a known combination."""
+    pair = SHAPES.index(shape) * len(COLOURS) + list(COLOURS).index(colour)
+    return MOTIONS[(3 * pair + 1) % len(MOTIONS)]
+
+
+def training_triples() -> list[tuple[str, str, str]]:
+    return [(s, c, m) for s in SHAPES for c in COLOURS for m in MOTIONS if held_out_motion(s, c) != m]
+
+
+def all_triples() -> list[tuple[str, str, str]]:
+    return [(s, c, m) for s in SHAPES for c in COLOURS for m in MOTIONS]
+
+
+def motion_caption(colour: str, shape: str, motion: str, rng: np.random.Generator | None = None) -> str:
+    """The canonical caption without `rng`; a random phrasing with it."""
+    if rng is None:
+        return f"{_article(colour)} {colour} {shape} {MOTION_PHRASES[motion][0]}"
+    subject = SUBJECTS[rng.integers(len(SUBJECTS))].format(a=_article(colour), colour=colour, shape=shape)
+    return f"{subject} {MOTION_PHRASES[motion][rng.integers(len(MOTION_PHRASES[motion]))]}"
+
+
+def image_caption(colour: str, shape: str, rng: np.random.Generator) -> str:
+    return IMAGE_CAPTIONS[rng.integers(len(IMAGE_CAPTIONS))].format(a=_article(colour), colour=colour, shape=shape)
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+# ---------------------------------------------------------------------------------------------- scenes
+
+def _background(rng: np.random.Generator) -> dict:
+    """Two dull colours (low saturation, mid-dark) blended along a random direction, plus a faint texture."""
+    def dull():
+        grey = rng.uniform(40, 150)
+        return [float(np.clip(grey + rng.uniform(-28, 28), 0, 255)) for _ in range(3)]
+    return {"colours": [dull(), dull()], "direction": float(rng.uniform(0, 2 * math.pi)),
+            "texture": str(rng.choice(["plain", "stripes", "checker", "noise"])),
+            "period": float(rng.uniform(6, 16)), "amplitude": float(rng.uniform(6, 18)),
+            "noise_seed": int(rng.integers(2**31))}
+
+
+def make_scene(seed: int, split: str, index: int, size: int, shape: str, colour: str, motion: str) -> Scene:
+    """Draw the nuisances of one sample (background, position, size, angle) from its own generator."""
+    rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
+    if split == "images":
+        caption = image_caption(colour, shape, rng)
+    elif split == "test":
+        caption = motion_caption(colour, shape, motion)
+    else:
+        caption = motion_caption(colour, shape, motion, rng)
+    half = size * math.exp(rng.uniform(math.log(HALF_SIZE[0]), math.log(HALF_SIZE[1])))
+    offset_axis = int(rng.integers(2))
+    offset, size_offset = float(rng.uniform(-0.5, 0.5)), float(rng.uniform(-0.5, 0.5))
+    # the centre range keeps the whole path in frame; it depends on which axis moves, never on the direction
+    radius = half * math.exp(GROWTH / 2) * EXTENT[shape] + 1
+    travel_axis = {"left": 0, "right": 0, "up": 1, "down": 1}.get(motion, offset_axis)
+    centre = []
+    for axis in (0, 1):
+        reach = radius + (TRAVEL * size / 2 if axis == travel_axis and split != "images" else 0)
+        centre.append(float(rng.uniform(reach, size - reach)))
+    base = np.array(COLOURS[colour]) + rng.integers(-14, 15, size=3)
+    return Scene(key=f"demo_{split}_{index:06d}", split=split, shape=shape, colour=colour, motion=motion,
+                 caption=caption, rgb=tuple(int(v) for v in np.clip(base, 0, 255)),
+                 background=_background(rng), centre=(centre[0], centre[1]), half_size=half,
+                 angle=float(rng.uniform(0, 2 * math.pi)), offset_axis=offset_axis, offset=offset,
+                 size_offset=size_offset, spin_sign=int(rng.choice([-1, 1])))
+
+
+def plan_scenes(seed: int, split: str, count: int, size: int) -> list[Scene]:
+    """The samples of a split. test: every triple once (count is ignored); train: the training triples in
+    a seeded order, cycled; images: (shape, colour) pairs cycled."""
+    order_rng = np.random.default_rng([seed, SPLIT_CODES[split], 0, 1])
+    if split == "test":
+        triples = all_triples()
+    elif split == "train":
+        seen = training_triples()
+        triples = []
+        while len(triples) < count:
+            triples += [seen[i] for i in order_rng.permutation(len(seen))]
+        triples = triples[:count]
+    elif split == "images":
+        pairs = [(s, c, "") for s in SHAPES for c in COLOURS]
+        triples = []
+        while len(triples) < count:
+            triples += [pairs[i] for i in order_rng.permutation(len(pairs))]
+        triples = triples[:count]
+    else:
+        raise ValueError(f"unknown demo split {split!r} (use train, test or images)")
+    return [make_scene(seed, split, i, size, *t) for i, t in enumerate(triples)]
+
+
+# ------------------------------------------------------------------------------------------- rendering
+
+def clip_times(num_frames: int, stored_frames: int) -> np.ndarray:
+    """Time of each rendered frame, t in [-1/2, 1/2], zero at the centre of the frames make-shards stores
+    (`segment_midpoints`), so the stored frames sit symmetrically about t = 0."""
+    stored = segment_midpoints(num_frames, stored_frames)
+    centre = (stored[0] + stored[-1]) / 2
+    span = max(stored[-1] - stored[0], 1)
+    return (np.arange(num_frames) - centre) / span
+
+
+def render_background(bg: dict, size: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    d = math.cos(bg["direction"]) * (xx - size / 2) + math.sin(bg["direction"]) * (yy - size / 2)
+    w = np.clip(d / size + 0.5, 0, 1)[..., None]
+    img = (1 - w) * np.array(bg["colours"][0], np.float32) + w * np.array(bg["colours"][1], np.float32)
+    period, amp = bg["period"], bg["amplitude"]
+    if bg["texture"] == "stripes":
+        img += amp * np.sign(np.sin(2 * math.pi * (xx + yy) / period))[..., None] / 2
+    elif bg["texture"] == "checker":
+        img += amp * (((xx // period + yy // period) % 2) - 0.5)[..., None]
+    elif bg["texture"] == "noise":
+        img += amp * (np.random.default_rng(bg["noise_seed"]).random((size, size, 1), np.float32) - 0.5)
+    return img
+
+
+def shape_distance(shape: str, x: np.ndarray, y: np.ndarray, half: float) -> np.ndarray:
+    """Signed distance (pixels, negative inside) of points (x, y) in the shape's own frame."""
+    if shape == "square":
+        return np.maximum(abs(x), abs(y)) - half
+    if shape == "bar":
+        return np.maximum(abs(x) - 1.35 * half, abs(y) - 0.5 * half)
+    if shape == "cross":
+        arm, width = 1.2 * half, 0.36 * half
+        return np.minimum(np.maximum(abs(x) - arm, abs(y) - width), np.maximum(abs(x) - width, abs(y) - arm))
+    if shape == "triangle":
+        inradius = 1.25 * half / 2
+        dists = [math.cos(a) * x + math.sin(a) * y for a in (math.pi / 2, math.pi / 2 + 2 * math.pi / 3,
+                                                            math.pi / 2 + 4 * math.pi / 3)]
+        return np.maximum(np.maximum(dists[0], dists[1]), dists[2]) - inradius
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def scene_state(scene: Scene, t: float, size: int) -> tuple[float, float, float, float]:
+    """(x, y, half-size, angle) of the shape at time t."""
+    x, y = scene.centre
+    travel = TRAVEL * size
+    direction = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}.get(scene.motion)
+    if direction:
+        x, y = x + direction[0] * travel * t, y + direction[1] * travel * t
+    elif scene.split != "images":
+        if scene.offset_axis == 0:
+            x += travel * scene.offset
+        else:
+            y += travel * scene.offset
+    growth = {"grow": t, "shrink": -t}.get(scene.motion, scene.size_offset)
+    half = scene.half_size * math.exp(GROWTH * growth)
+    angle = scene.angle + (scene.spin_sign * SPIN * t if scene.motion == "rotate" else 0.0)
+    return x, y, half, angle
+
+
+def render_frames(scene: Scene, size: int, times: np.ndarray) -> np.ndarray:
+    """uint8 [len(times), size, size, 3]."""
+    background = render_background(scene.background, size)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    rgb = np.array(scene.rgb, np.float32)
+    frames = np.empty((len(times), size, size, 3), np.uint8)
+    for i, t in enumerate(times):
+        x, y, half, angle = scene_state(scene, float(t), size)
+        c, s = math.cos(angle), math.sin(angle)
+        dx, dy = xx - x, yy - y
+        alpha = np.clip(0.5 - shape_distance(scene.shape, c * dx + s * dy, -s * dx + c * dy, half), 0, 1)[..., None]
+        frames[i] = np.clip(background * (1 - alpha) + rgb * alpha + 0.5, 0, 255).astype(np.uint8)
+    return frames
+
+
+def ffmpeg_exe() -> str:
+    """Debian's ffmpeg when on PATH, else the static binary bundled with imageio-ffmpeg."""
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    import imageio_ffmpeg
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def encode_clips(scenes: list[Scene], folder: Path, size: int, num_frames: int, fps: int,
+                 times: np.ndarray) -> list[Path]:
+    """Render every scene and encode each as its own mp4 through ONE ffmpeg process (segment muxer).
+
+    A keyframe is forced at every clip start and the segment length equals one clip, so segment i is
+    exactly clip i; the count of frames per file is checked when make-shards decodes them (and by tests).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    pattern = folder / ".part-%06d.mp4"
+    cmd = [ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{size}x{size}", "-r", str(fps), "-i", "pipe:0",
+           "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", "-threads", "1",
+           "-g", str(num_frames), "-sc_threshold", "0", "-force_key_frames", f"expr:eq(mod(n,{num_frames}),0)",
+           "-an", "-f", "segment", "-segment_time", f"{num_frames / fps}", "-reset_timestamps", "1",
+           "-segment_format", "mp4", str(pattern)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for scene in scenes:
+            proc.stdin.write(render_frames(scene, size, times).tobytes())
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    err = proc.stderr.read().decode(errors="replace")
+    if proc.wait() != 0:
+        raise RuntimeError(f"ffmpeg failed encoding demo clips into {folder} (exit {proc.returncode}): "
+                           f"{err.strip()[-2000:]}\ncommand: {' '.join(cmd)}")
+    paths = []
+    for i, scene in enumerate(scenes):
+        part, final = folder / f".part-{i:06d}.mp4", folder / f"{scene.key}.mp4"
+        if not part.exists():
+            raise RuntimeError(f"ffmpeg wrote no segment {part.name} for {scene.key} in {folder}; "
+                               f"expected {len(scenes)} clips (stderr: {err.strip()[-500:]})")
+        part.replace(final)   # the rename is what makes a clip visible under its final name
+        paths.append(final)
+    return paths
+
+
+def write_images(scenes: list[Scene], folder: Path, size: int) -> list[Path]:
+    """One PNG per image scene (lossless; make-shards makes the JPEG), written through ffmpeg as well."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pattern = folder / ".part-%06d.png"
+    cmd = [ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{size}x{size}", "-r", "1", "-i", "pipe:0", "-start_number", "0", str(pattern)]
+    frames = b"".join(render_frames(s, size, np.zeros(1)).tobytes() for s in scenes)
+    done = subprocess.run(cmd, input=frames, capture_output=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"ffmpeg failed writing demo images into {folder}: "
+                           f"{done.stderr.decode(errors='replace')[-2000:]}")
+    paths = []
+    for i, scene in enumerate(scenes):
+        final = folder / f"{scene.key}.png"
+        (folder / f".part-{i:06d}.png").replace(final)
+        paths.append(final)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------- the command
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """Sizes of the demo data; part of what decides its bytes (with the seed)."""
+    seed: int = 0
+    train_clips: int = 2400
+    images: int = 1200
+    size: int = 96                  # rendered frame size (square)
+    num_frames: int = 16            # rendered frames per clip
+    fps: int = 8
+    stored_frames: int = 8          # K, frames make-shards keeps per clip
+
+
+COLUMNS = ("key", "path", "caption", "split", "shape", "colour", "motion", "held_out")
+SPLIT_KINDS = {"train": "video", "test": "video", "images": "image"}
+
+
+def write_table(path: Path, scenes: list[Scene], media: list[Path]) -> None:
+    """The CSV make-shards reads (paths relative to it); shape/colour/motion/held_out pass through to each
+    sample's `extra`."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for scene, file in zip(scenes, media):
+            writer.writerow([scene.key, file.relative_to(path.parent).as_posix(), scene.caption, scene.split,
+                             scene.shape, scene.colour, scene.motion, int(scene.held_out)])
+
+
+def read_table(path: Path) -> list[dict]:
+    """The rows of a demo CSV (used by the evaluation to group test clips by shape and colour)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def generate_media(out: Path, spec: DemoSpec) -> dict[str, Path]:
+    """Render every split under out/media/{split}/ and write out/{split}.csv; returns {split: csv path}."""
+    times = clip_times(spec.num_frames, spec.stored_frames)
+    tables = {}
+    for split, count in (("train", spec.train_clips), ("test", 0), ("images", spec.images)):
+        started = time.time()
+        scenes = plan_scenes(spec.seed, split, count, spec.size)
+        folder = out / "media" / split
+        if SPLIT_KINDS[split] == "image":
+            media = write_images(scenes, folder, spec.size)
+        else:
+            media = encode_clips(scenes, folder, spec.size, spec.num_frames, spec.fps, times)
+        tables[split] = out / f"{split}.csv"
+        write_table(tables[split], scenes, media)
+        took = time.time() - started
+        log.info("rendered %d %s samples in %.1f s (%.0f/s) -> %s", len(scenes), split, took,
+                 len(scenes) / max(took, 1e-9), folder)
+    return tables
+
+
+def shard_split(table: Path, shards_dir: Path, split: str, spec: DemoSpec, workers: int,
+                progress: bool = True) -> dict:
+    """The normal make-shards CSV path (the rows `make-shards csv --path-col path --key-col key` reads);
+    returns the manifest. Any failed row is an error here: the demo's own media must all decode."""
+    from shard_tools.api import RunOptions, ShardOptions, make_shards
+    from shard_tools.sources import table_rows
+
+    kind = SPLIT_KINDS[split]
+    rows = table_rows(table, path_col="path", caption_col="caption", key_col="key", kind=kind)
+    options = ShardOptions(name=f"demo_{split}", kind=kind, frames=spec.stored_frames, short_side=spec.size,
+                           quality=90, samples_per_shard=samples_per_shard(count_rows(table)))
+    report = make_shards(rows, shards_dir, options, RunOptions(workers=workers, progress=progress))
+    if report.failed or report.manifest is None:
+        raise RuntimeError(f"make-shards could not shard every demo {split} sample from {table} into "
+                           f"{shards_dir}: {report.summary()} (see the *.stats.json files there)")
+    log.info("%s: %s -> %s", split, report.summary(), shards_dir)
+    return report.manifest
+
+
+MIN_SHARDS = 8           # every split feeds up to 2 ranks x 2 loader workers, each reading whole shards
+MAX_SAMPLES_PER_SHARD = 250
+
+
+def samples_per_shard(rows: int) -> int:
+    """At least MIN_SHARDS shards per split (the loader wants a shard per reader, more shuffle better)."""
+    return max(1, min(MAX_SAMPLES_PER_SHARD, -(-rows // MIN_SHARDS)))
+
+
+def count_rows(table: Path) -> int:
+    with open(table, newline="", encoding="utf-8") as f:
+        return sum(1 for _ in csv.reader(f)) - 1
+
+
+def shards_path(out: str | Path, split: str) -> Path:
+    """Where `make-shards demo --out OUT` puts a split's shards (each with its manifest.json)."""
+    return Path(out) / "shards" / split
+
+
+def generate(out: str | Path, spec: DemoSpec, workers: int = 2, progress: bool = True) -> dict[str, Path]:
+    """Render and shard the demo data into `out`; returns {split: shard folder}.
+
+    A folder already generated with the same spec is reused as is (out/demo.json records the spec and is
+    written last), so re-running `make demo` costs nothing here.
+    """
+    out = Path(out)
+    stamp = out / "demo.json"
+    folders = {split: shards_path(out, split) for split in SPLIT_KINDS}
+    wanted = {"format": "fit-demo/1", "spec": asdict(spec), "complete": True,
+              "sharding": {"min_shards": MIN_SHARDS, "max_samples_per_shard": MAX_SAMPLES_PER_SHARD}}
+    previous = json.loads(stamp.read_text()) if stamp.is_file() else None
+    if previous == wanted and all((f / "manifest.json").is_file() for f in folders.values()):
+        log.info("demo data in %s is up to date (seed %d); reusing it", out, spec.seed)
+        return folders
+    if previous is None and out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty and holds no demo.json: give make-shards demo an empty "
+                              f"or new --out folder (it replaces media/ and shards/ inside it)")
+    for old in [out / "media", out / "shards"]:     # another spec or an interrupted run: start over
+        if old.exists():
+            shutil.rmtree(old)
+    atomic_write_json(stamp, dict(wanted, complete=False))
+    started = time.time()
+    tables = generate_media(out, spec)
+    for split, table in tables.items():
+        shard_split(table, folders[split], split, spec, workers, progress)
+    atomic_write_json(stamp, wanted)
+    log.info("demo data (seed %d) ready in %.1f s: %s", spec.seed, time.time() - started,
+             ", ".join(f"{s} -> {p}" for s, p in folders.items()))
+    return folders
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = DemoSpec()
+    parser.add_argument("--out", required=True, help="output folder: media/, {split}.csv, shards/{split}/")
+    parser.add_argument("--seed", type=int, default=d.seed, help="every pixel and caption follows from it")
+    parser.add_argument("--train-clips", type=int, default=d.train_clips,
+                        help="training clips (the held-out test split always has one clip per "
+                             f"(shape, colour, motion): {len(all_triples())})")
+    parser.add_argument("--images", type=int, default=d.images, help="images (captions: shape and colour)")
+    parser.add_argument("--size", type=int, default=d.size, help="frame width and height in pixels")
+    parser.add_argument("--clip-frames", type=int, default=d.num_frames, help="rendered frames per clip")
+    parser.add_argument("--fps", type=int, default=d.fps)
+    parser.add_argument("--frames", type=int, default=d.stored_frames, help="K: frames stored per clip")
+    parser.add_argument("--workers", type=int, default=2, help="make-shards decode workers")
+
+
+def spec_from_args(args: argparse.Namespace) -> DemoSpec:
+    spec = DemoSpec(seed=args.seed, train_clips=args.train_clips, images=args.images, size=args.size,
+                    num_frames=args.clip_frames, fps=args.fps, stored_frames=args.frames)
+    for name in ("train_clips", "images", "size", "num_frames", "fps", "stored_frames"):
+        if getattr(spec, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(spec, name)}")
+    if spec.num_frames < spec.stored_frames:
+        raise ValueError(f"--clip-frames {spec.num_frames} is below --frames {spec.stored_frames}: "
+                         "every stored frame must be a distinct rendered frame")
+    return spec
+
+
+def run(args: argparse.Namespace) -> int:
+    """`make-shards demo`: render the clips and images, then shard them through the CSV path."""
+    try:
+        spec = spec_from_args(args)
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
+    try:
+        folders = generate(args.out, spec, workers=args.workers)
+    except FileExistsError as err:
+        log.error("%s", err)
+        return 2
+    for split, folder in folders.items():
+        manifest = json.loads((folder / "manifest.json").read_text())
+        print(f"{split}: {manifest['total_samples']} samples in {folder}")
+    return 0
