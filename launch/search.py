@@ -69,10 +69,7 @@ def parse_args(argv):
     p.add_argument("collection")
     p.add_argument("text", nargs="+", help="the query (several words need no quotes)")
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--model", help="default: the model the features were extracted with")
-    p.add_argument("--run-config", help="default: the one the features were extracted with")
-    p.add_argument("--nprobe", type=int, default=None)
-    p.add_argument("--device", default=None)
+    add_searcher_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per result")
     p.set_defaults(run=cmd_query)
 
@@ -80,12 +77,17 @@ def parse_args(argv):
     p.add_argument("collection")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8000)
+    add_searcher_args(p)
+    p.set_defaults(run=cmd_serve)
+    return parser.parse_args(argv)
+
+
+def add_searcher_args(p) -> None:
+    """What `query` and `serve` need to embed a query against a collection."""
     p.add_argument("--model", help="default: the model the features were extracted with")
     p.add_argument("--run-config", help="default: the one the features were extracted with")
     p.add_argument("--nprobe", type=int, default=None)
     p.add_argument("--device", default=None)
-    p.set_defaults(run=cmd_serve)
-    return parser.parse_args(argv)
 
 
 # ---------------------------------------------------------------------------------------------- extract
