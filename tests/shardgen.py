@@ -8,6 +8,7 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import simplejpeg
@@ -47,10 +48,11 @@ def sample_members(key: str, kind: str, num_frames: int, captions: list[str] | N
 
 def write_shards(folder, name: str = "ds", kind: str = "video", shard_sizes=(4, 4), num_frames: int = 8,
                  captions_per_sample: int = 1, manifest: bool = True, height: int = 48, width: int = 64,
-                 marker: bool = False) -> Path:
+                 marker: bool = False, frame_jpeg: Callable[[int, int, int], bytes] | None = None) -> Path:
     """Write len(shard_sizes) shards holding the given numbers of samples; return the folder.
 
     Keys are `{name}_{shard}_{index}` (no dots); captions are `caption {j} of {key}`.
+    `frame_jpeg(shard, index, frame)`, when given, makes each frame's JPEG instead of the grey levels.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,6 +65,8 @@ def write_shards(folder, name: str = "ds", kind: str = "video", shard_sizes=(4, 
                 caps = [f"caption {j} of {key}" for j in range(captions_per_sample)]
                 for member, data in sample_members(key, kind, num_frames, caps, height=height, width=width,
                                                    marker=marker):
+                    if frame_jpeg is not None and member.endswith(".jpg"):
+                        data = frame_jpeg(s, i, int(member.split(".")[1]))
                     _add(tar, member, data)
         shards.append({"path": path.name, "samples": size, "bytes": path.stat().st_size})
     if manifest:

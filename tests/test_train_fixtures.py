@@ -27,35 +27,20 @@ def write_random_shards(folder: Path, name: str, kind: str, shard_sizes, num_fra
                         captions_per_sample: int = 1, size: int = 40) -> Path:
     """fit-shards/1 shards whose frames are seeded noise, so every sample looks different (shardgen's
     frames are the same for every sample, which makes retrieval a tie everywhere)."""
-    import io
-    import tarfile
-
     import numpy as np
     import simplejpeg
 
     import shardgen
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for s, count in enumerate(shard_sizes):
-        path = folder / f"{name}-{s:06d}.tar"
-        with tarfile.open(path, "w") as tar:
-            for i in range(count):
-                key = f"{name}_{s}_{i}"
-                rng = np.random.default_rng([s, i, len(name)])
-                base = rng.integers(0, 256, (size // 4, size // 4, 3), dtype=np.uint8)
-                for member, data in shardgen.sample_members(
-                        key, kind, num_frames, [f"caption {j} of {key}" for j in range(captions_per_sample)],
-                        height=size, width=size):
-                    if member.endswith(".jpg"):   # blocky noise drifting over the frames: clips differ in time
-                        frame = np.roll(base, int(member.split(".")[1]), axis=1).repeat(4, 0).repeat(4, 1)
-                        data = simplejpeg.encode_jpeg(np.ascontiguousarray(frame), quality=95)
-                    info = tarfile.TarInfo(member)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-        shards.append({"path": path.name, "samples": count, "bytes": path.stat().st_size})
-    shardgen.write_manifest(folder, name, kind, num_frames if kind == "video" else 1, shards)
-    return folder
+
+    def noise_frame(shard: int, index: int, frame: int) -> bytes:
+        """Blocky noise drifting over the frames: clips differ in time."""
+        rng = np.random.default_rng([shard, index, len(name)])
+        base = rng.integers(0, 256, (size // 4, size // 4, 3), dtype=np.uint8)
+        image = np.roll(base, frame, axis=1).repeat(4, 0).repeat(4, 1)
+        return simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality=95)
+
+    return shardgen.write_shards(folder, name, kind, shard_sizes, num_frames, captions_per_sample,
+                                 height=size, width=size, frame_jpeg=noise_frame)
 
 
 def make_tiny_assets(root: Path) -> list[str]:
