@@ -150,10 +150,14 @@ def _plan(out_dir, options, fingerprint, mine, run, report):
 
 
 def _chunk_files(out_dir: Path, name: str, chunk: int, temp_prefix: str):
-    """The chunk's tar parts (temp_prefix "") or their temp files (temp_prefix ".")."""
+    """The chunk's tar parts (temp_prefix "") or their temp files (temp_prefix "."), the temp of its
+    stats record included (a kill can land between the tar's rename and the record's)."""
     base = f"{temp_prefix}{name}-{chunk:06d}"
     suffix = ".*.tmp" if temp_prefix else ""
-    for pattern in (f"{base}.tar{suffix}", f"{base}-p[0-9]*.tar{suffix}"):
+    patterns = [f"{base}.tar{suffix}", f"{base}-p[0-9]*.tar{suffix}"]
+    if temp_prefix:
+        patterns.append(f"{temp_prefix}{records.stats_name(name, chunk)}{suffix}")
+    for pattern in patterns:
         yield from out_dir.glob(pattern)
 
 

@@ -270,3 +270,16 @@ def test_retry_failed_redoes_only_failed_rows_and_matches_a_clean_run(tmp_path):
     clean = tmp_path / "clean"
     make_shards(rows(), clean, options, RunOptions(progress=False))
     assert folder_bytes(out) == folder_bytes(clean)
+
+
+def test_stale_temps_of_a_killed_run_are_removed_stats_record_included(tmp_path):
+    """A kill can land after a chunk's tar is renamed and before its stats record is: the re-run redoes
+    the chunk and must remove that record's temp too (the kill test hits this only now and then)."""
+    from shard_tools.api import _remove_stale_temps
+    stale = [tmp_path / ".webvid-000003.tar.ab12.tmp", tmp_path / ".webvid-000003-p1.tar.cd34.tmp",
+             tmp_path / ".webvid-000003.stats.json.ef56.tmp"]
+    other = tmp_path / ".webvid-000004.stats.json.gh78.tmp"      # another task's chunk: left alone
+    for path in stale + [other]:
+        path.write_bytes(b"partial")
+    _remove_stale_temps(tmp_path, "webvid", [3])
+    assert not any(p.exists() for p in stale) and other.exists()
