@@ -6,8 +6,8 @@ JSON shape (every key optional; `preset` picks the defaults the other keys overr
      "video": {"img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12,
                "mlp_ratio": 4.0, "num_frames": 4, "qkv_bias": true,
                "init": "vit_base_patch16_224.orig_in21k_ft_in1k", "grad_checkpointing": false,
-               "time_init": "zeros"},
-     "text": {"model": "distilbert-base-uncased", "pooling": "auto", "pretrained": true},
+               "time_init": "zeros", "time_residual": false},
+     "text": {"model": "distilbert-base-uncased", "pooling": "auto", "pretrained": true, "freeze": false},
      "projection_dim": 256, "projection": "minimal", "temperature": 0.05, "learnable_temperature": false}
 """
 import copy
@@ -40,6 +40,7 @@ class VideoConfig:
     init: str | None = VIT_B16_IMAGENET   # timm name, local ViT weights file, or none/random
     grad_checkpointing: bool = False
     time_init: str = "zeros"       # "zeros": the original; "spatial": learns from step one (docs/MODELS.md)
+    time_residual: bool = False    # False: the original wiring (spec 9.1); True: time attention in the residual
 
     @property
     def random_init(self) -> bool:
@@ -51,6 +52,7 @@ class TextConfig:
     model: str = "distilbert-base-uncased"   # Hugging Face hub name or local folder
     pooling: str = "auto"                     # auto = the original's: CLS for DistilBERT, pooler for BERT
     pretrained: bool = True                   # false: random weights from the model's config (tests)
+    freeze: bool = False                      # true: a locked text encoder (no gradient, eval mode); txt_proj trains
 
 
 @dataclass
@@ -87,7 +89,8 @@ class ModelConfig:
             num_frames=_positive(v, "num_frames", vw), qkv_bias=get_typed(v, "qkv_bias", bool, vw),
             init=get_typed(v, "init", (str, type(None)), vw),
             grad_checkpointing=get_typed(v, "grad_checkpointing", bool, vw),
-            time_init=get_typed(v, "time_init", str, vw, choices=TIME_INITS))
+            time_init=get_typed(v, "time_init", str, vw, choices=TIME_INITS),
+            time_residual=get_typed(v, "time_residual", bool, vw))
         if video.img_size % video.patch_size:
             raise ConfigError(f"{vw}.img_size: {video.img_size} is not a multiple of patch_size {video.patch_size}")
         if video.embed_dim % video.num_heads:
@@ -95,7 +98,8 @@ class ModelConfig:
         if video.mlp_ratio <= 0:
             raise ConfigError(f"{vw}.mlp_ratio: must be > 0, got {video.mlp_ratio}")
         text = TextConfig(model=get_typed(t, "model", str, tw), pretrained=get_typed(t, "pretrained", bool, tw),
-                          pooling=get_typed(t, "pooling", str, tw, choices=POOLINGS))
+                          pooling=get_typed(t, "pooling", str, tw, choices=POOLINGS),
+                          freeze=get_typed(t, "freeze", bool, tw))
         if not text.model:
             raise ConfigError(f"{tw}.model: empty; give a Hugging Face name or a local model folder")
         temperature = float(get_typed(m, "temperature", (int, float), where))

@@ -37,6 +37,8 @@ class FrozenInTime(nn.Module):
             init_from_vit(self.video_model, cfg.video.init)
         if cfg.video.time_init != "zeros":
             init_time_attention_all_(self.video_model, cfg.video.time_init)   # needs the final spatial qkv
+        if cfg.text.freeze:
+            self.text_model.requires_grad_(False)      # no gradient, no optimizer state; txt_proj still trains
         self.text_pooling = resolve_pooling(self.text_model, cfg.text.pooling)
         text_dim, video_dim = hidden_size(self.text_model), cfg.video.embed_dim
         if cfg.projection == "minimal":
@@ -49,6 +51,14 @@ class FrozenInTime(nn.Module):
         if cfg.learnable_temperature:
             # shape (1,), not 0-dim: DeepSpeed cannot broadcast 0-dim parameters
             self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / cfg.temperature)))
+
+    def train(self, mode: bool = True) -> "FrozenInTime":
+        """As nn.Module.train, except that a frozen text encoder stays in eval mode (no dropout): a locked
+        tower is a fixed function of the caption."""
+        super().train(mode)
+        if self.config.text.freeze:
+            self.text_model.eval()
+        return self
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """[B, T, 3, H, W] normalised float, T <= num_frames -> [B, D]."""

@@ -132,9 +132,15 @@ class Mlp(nn.Module):
 
 
 class SpaceTimeBlock(nn.Module):
+    """Divided space-time block. `time_residual` False is the original's wiring (spec 9.1): the time
+    attention output reaches the residual stream only through the spatial attention's input, so a
+    frame-order feature needs two hops (time attention -> space attention values) to survive. True adds
+    it to the residual as well (x_s = x_t + spatial(norm1(x_t))), which the released weights never saw."""
+
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 attn_impl: str = "sdpa"):
+                 attn_impl: str = "sdpa", time_residual: bool = False):
         super().__init__()
+        self.time_residual = time_residual
         # registration order = the released state_dict order
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = VarAttention(dim, num_heads, qkv_bias, attn_impl)
@@ -146,7 +152,8 @@ class SpaceTimeBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         x_t = x + self.timeattn(self.norm3(x), "time", num_frames)
-        x = x + self.attn(self.norm1(x_t), "space", num_frames)   # residual from x, not x_t (spec 9.1)
+        base = x_t if self.time_residual else x                     # the original: from x, not x_t (spec 9.1)
+        x = base + self.attn(self.norm1(x_t), "space", num_frames)
         return x + self.mlp(self.norm2(x))
 
 
@@ -180,7 +187,8 @@ class SpaceTimeTransformer(nn.Module):
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 num_frames: int = 4, attn_impl: str = "sdpa", grad_checkpointing: bool = False):
+                 num_frames: int = 4, attn_impl: str = "sdpa", grad_checkpointing: bool = False,
+                 time_residual: bool = False):
         super().__init__()
         self.num_frames = num_frames
         self.embed_dim = embed_dim
@@ -193,7 +201,8 @@ class SpaceTimeTransformer(nn.Module):
         self.temporal_embed = nn.Parameter(torch.zeros(1, num_frames, embed_dim))  # zeros (spec 1.2)
         self.patch_embed = VideoPatchEmbed(patch_size, in_chans, embed_dim)
         self.blocks = nn.ModuleList(
-            SpaceTimeBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_impl) for _ in range(depth))
+            SpaceTimeBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_impl, time_residual)
+            for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         init_random_(self)
 
@@ -202,7 +211,8 @@ class SpaceTimeTransformer(nn.Module):
         c = video_cfg
         return cls(img_size=c.img_size, patch_size=c.patch_size, embed_dim=c.embed_dim, depth=c.depth,
                    num_heads=c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias,
-                   num_frames=c.num_frames, attn_impl=attn_impl, grad_checkpointing=c.grad_checkpointing)
+                   num_frames=c.num_frames, attn_impl=attn_impl, grad_checkpointing=c.grad_checkpointing,
+                   time_residual=c.time_residual)
 
     def set_attn_impl(self, attn_impl: str) -> None:
         """Switch every attention between the SDPA kernels and the explicit-softmax formulation."""

@@ -365,6 +365,61 @@ def test_spatial_time_init_starts_as_vit_and_gets_a_real_gradient():
     assert all(b.timeattn.proj.weight.grad.abs().max() > 1e-4 for b in spatial.blocks)
 
 
+def test_time_residual_adds_the_time_attention_to_the_residual_stream():
+    """time_residual False is the original's block (spec 9.1: x_s = x + space(norm1(x_t))); True uses
+    x_s = x_t + space(norm1(x_t)). Both start equal (the time attention outputs 0 at init)."""
+    from models.video_transformer import SpaceTimeBlock
+    torch.manual_seed(0)
+    original = SpaceTimeBlock(64, 4, mlp_ratio=2.0)
+    fixed = SpaceTimeBlock(64, 4, mlp_ratio=2.0, time_residual=True)
+    fixed.load_state_dict(original.state_dict())
+    x = torch.randn(2, 1 + 4 * 16, 64)
+    assert torch.allclose(original(x, 4), fixed(x, 4), atol=1e-6)
+    with torch.no_grad():
+        for block in (original, fixed):
+            block.timeattn.qkv.weight.normal_(0, 0.2)
+            block.timeattn.proj.weight.normal_(0, 0.2)
+    for block, keep_time in ((original, False), (fixed, True)):
+        x_t = x + block.timeattn(block.norm3(x), "time", 4)
+        x_s = (x_t if keep_time else x) + block.attn(block.norm1(x_t), "space", 4)
+        assert torch.allclose(block(x, 4), x_s + block.mlp(block.norm2(x_s)), atol=1e-5)
+    assert (original(x, 4) - fixed(x, 4)).abs().max() > 1e-2
+
+
+def test_time_residual_is_validated_and_reaches_every_block(text_dirs):
+    with pytest.raises(ConfigError, match=r"model\.video\.time_residual"):
+        ModelConfig.from_dict({"preset": "tiny", "video": {"time_residual": "yes"}})
+    assert not ModelConfig.from_dict({"preset": "tiny"}).video.time_residual        # the original by default
+    model = _tiny_model(text_dirs["bert"], video={"time_residual": True})
+    assert all(block.time_residual for block in model.video_model.blocks)
+
+
+def test_frozen_text_encoder_is_locked_and_its_projection_trains(text_dirs):
+    """model.text.freeze: no gradient or optimizer state for the text encoder, no dropout even in train
+    mode; the text projection and the video side train as usual."""
+    from pipeline.optim import adamw, param_groups
+    with pytest.raises(ConfigError, match=r"model\.text\.freeze"):
+        ModelConfig.from_dict({"preset": "tiny", "text": {"model": text_dirs["bert"], "freeze": 1}})
+    model = _tiny_model(text_dirs["bert"], text={"freeze": True}).train()
+    assert not model.text_model.training and model.video_model.training
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    groups = param_groups(model, 0.01)
+    in_optimizer = {id(p) for g in groups for p in g["params"]}
+    assert not any(id(p) in in_optimizer for p in model.text_model.parameters())
+    optimizer = adamw(groups, 1e-2, (0.9, 0.999), 1e-8)
+    tok = _tokens(text_dirs["bert"])
+    for _ in range(2):    # two identical forwards give the same text embedding: no dropout
+        text = model.encode_text(tok["input_ids"], tok["attention_mask"])
+        assert torch.equal(text, model.encode_text(tok["input_ids"], tok["attention_mask"]))
+    (text.pow(2).sum() + model.encode_video(torch.randn(2, 2, 3, 32, 32)).pow(2).sum()).backward()
+    assert all(p.grad is None for p in model.text_model.parameters())
+    optimizer.step()
+    after = model.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert not any(k.startswith("text_model.") for k in changed)
+    assert any(k.startswith("txt_proj.") for k in changed) and any(k.startswith("video_model.") for k in changed)
+
+
 def test_time_init_is_validated_and_applied_by_the_joint_model(text_dirs):
     with pytest.raises(ConfigError, match=r"model\.video\.time_init"):
         ModelConfig.from_dict({"preset": "tiny", "video": {"time_init": "ones"}})
