@@ -33,25 +33,30 @@ CONFIG_FILE = "model_config.json"
 TEXT_CONFIG_FILE = "text_config.json"
 TEMPORAL_FIXES = ("zeros", "nearest", "interp", "bilinear", "noise")   # "interp": the original's name for nearest
 # "noise": new rows drawn at the scale the other learned embeddings start with (pos_embed, cls_token)
-TEMPORAL_NOISE_STD = 0.02
+TEMPORAL_NOISE_STD = 0.02      # the default: the scale pos_embed and cls_token start with
 
 
 # ---- adaptation ----------------------------------------------------------------------------------
 
 def adapt_temporal_embed(temporal_embed: torch.Tensor, num_frames: int, mode: str = "zeros",
-                         seed: int = 0) -> torch.Tensor:
+                         seed: int = 0, noise_std: float = TEMPORAL_NOISE_STD) -> torch.Tensor:
     """[1, L, D] -> [1, num_frames, D] as the original's `_inflate_positional_embeds` (spec 1.8).
 
     L > num_frames: keep the first rows (any mode). L < num_frames: "zeros" copies the L rows into
     zeros; "nearest" (alias "interp") and "bilinear" resize the [L, D] matrix as a 1-channel image
     to [num_frames, D] with F.interpolate (align_corners at its default).
 
-    "noise" (ours) copies the L rows and draws the new ones from N(0, 0.02^2) with a seeded generator.
+    "noise" (ours) copies the L rows and draws the new ones from N(0, noise_std^2) with a seeded generator.
     Why: the original's modes start the new rows equal (zeros; or copies of one row), and clips are as
     likely played forwards as backwards, so every equal row gets the same expected gradient and they stay
     equal: frames 1..T-1 cannot be told apart by their place in time, and the direction of a motion is
     not learned (docs/DEMO.md measures it). Distinct rows break that symmetry from the first step.
+    How distinct matters too: the rows are added to patch tokens, so next to tokens of norm ~10 (a ViT
+    trained from scratch) rows of norm 0.2 (std 0.02) leave frame identity a ~2 % signal that the model
+    did not pick up in 1500 steps on the demo; std 0.5 did in a few hundred (docs/DEMO.md).
     """
+    if noise_std < 0:
+        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
     if mode not in TEMPORAL_FIXES:
         raise ValueError(f"temporal_fix must be one of {TEMPORAL_FIXES}, got {mode!r}")
     L = temporal_embed.shape[1]
@@ -62,7 +67,7 @@ def adapt_temporal_embed(temporal_embed: torch.Tensor, num_frames: int, mode: st
         out[:, :L] = temporal_embed
         if mode == "noise":
             generator = torch.Generator().manual_seed(seed)
-            out[:, L:] = TEMPORAL_NOISE_STD * torch.randn(out[:, L:].shape, generator=generator).to(out)
+            out[:, L:] = noise_std * torch.randn(out[:, L:].shape, generator=generator).to(out)
         return out
     image = temporal_embed.unsqueeze(0)                                        # [1, 1, L, D]
     resized = F.interpolate(image, size=(num_frames, temporal_embed.shape[2]),
@@ -89,7 +94,8 @@ class LoadReport:
                 f"unexpected {len(self.unexpected)} [{few(self.unexpected)}]; adapted: {few(self.adapted)}")
 
 
-def adapt_state_dict(state_dict: dict, model: torch.nn.Module, temporal_fix: str = "zeros") -> tuple[dict, list[str]]:
+def adapt_state_dict(state_dict: dict, model: torch.nn.Module, temporal_fix: str = "zeros",
+                     noise_std: float = TEMPORAL_NOISE_STD) -> tuple[dict, list[str]]:
     """Make a (released or our own) state_dict fit `model`; returns (new dict, notes on what changed)."""
     notes = []
     if any(k.startswith("module.") for k in state_dict):
@@ -106,8 +112,9 @@ def adapt_state_dict(state_dict: dict, model: torch.nn.Module, temporal_fix: str
     key = "video_model.temporal_embed"
     if key in state_dict and key in own and state_dict[key].shape != own[key].shape:
         before = tuple(state_dict[key].shape)
-        state_dict[key] = adapt_temporal_embed(state_dict[key], own[key].shape[1], temporal_fix)
-        notes.append(f"{key}: {before} -> {tuple(state_dict[key].shape)} ({temporal_fix})")
+        state_dict[key] = adapt_temporal_embed(state_dict[key], own[key].shape[1], temporal_fix, noise_std=noise_std)
+        how = f"noise, std {noise_std:g}" if temporal_fix == "noise" else temporal_fix
+        notes.append(f"{key}: {before} -> {tuple(state_dict[key].shape)} ({how})")
     key = "video_model.pos_embed"
     if key in state_dict and key in own and state_dict[key].shape != own[key].shape:
         old = int(round((state_dict[key].shape[1] - 1) ** 0.5))
@@ -199,13 +206,13 @@ def read_state_dict(path: str | os.PathLike) -> dict:
 
 
 def load_weights_into(model: torch.nn.Module, path: str | os.PathLike, temporal_fix: str = "zeros",
-                      strict: bool = True) -> LoadReport:
+                      strict: bool = True, noise_std: float = TEMPORAL_NOISE_STD) -> LoadReport:
     """Load our folder / .safetensors or the released .pth.tar into `model` (a FrozenInTime).
 
     strict: raise (naming the keys) when a tensor is missing or unexpected, as the original's strict
     load; a learnable `logit_scale` absent from the file is allowed and keeps its init.
     """
-    state_dict, notes = adapt_state_dict(read_state_dict(path), model, temporal_fix)
+    state_dict, notes = adapt_state_dict(read_state_dict(path), model, temporal_fix, noise_std)
     own = model.state_dict()
     bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
            for k, v in state_dict.items() if k in own and v.shape != own[k].shape]

@@ -65,6 +65,7 @@ class CheckpointConfig:
     keep_last: int = 3
     load_checkpoint: str | None = None   # model-only weights to start from (fine-tune / next stage)
     load_temporal_fix: str = "zeros"     # models.checkpoint.TEMPORAL_FIXES: inflating temporal embeddings
+    load_temporal_noise_std: float = 0.02    # std of the new rows with load_temporal_fix "noise"
 
 
 @dataclass
@@ -159,9 +160,11 @@ def _checkpoint(section: dict, where: str) -> CheckpointConfig:
     from models.checkpoint import TEMPORAL_FIXES
     cfg = _dataclass_section(CheckpointConfig, section, where, {
         "every_steps": int, "keep_last": int, "load_checkpoint": (str, type(None)), "load_temporal_fix": str,
-        }, choices={"load_temporal_fix": TEMPORAL_FIXES})
+        "load_temporal_noise_std": (int, float)}, choices={"load_temporal_fix": TEMPORAL_FIXES})
     if cfg.every_steps < 0 or cfg.keep_last < 1:
         raise ConfigError(f"{where}: every_steps must be >= 0 and keep_last >= 1")
+    if cfg.load_temporal_noise_std < 0:
+        raise ConfigError(f"{where}.load_temporal_noise_std: must be >= 0, got {cfg.load_temporal_noise_std}")
     return cfg
 
 

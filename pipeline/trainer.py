@@ -102,7 +102,8 @@ class Trainer:
         if cfg.checkpoint.load_checkpoint:
             log.info("initialising from %s (temporal fix %s)", cfg.checkpoint.load_checkpoint,
                      cfg.checkpoint.load_temporal_fix)
-            load_weights_into(model, cfg.checkpoint.load_checkpoint, cfg.checkpoint.load_temporal_fix)
+            load_weights_into(model, cfg.checkpoint.load_checkpoint, cfg.checkpoint.load_temporal_fix,
+                              noise_std=cfg.checkpoint.load_temporal_noise_std)
         schedule = LRSchedule(cfg.optim.schedule, cfg.optim.total_steps, cfg.optim.warmup_steps,
                               cfg.optim.min_lr_ratio)
         optimizer = adamw(param_groups(model, cfg.optim.weight_decay), cfg.optim.lr, cfg.optim.betas, cfg.optim.eps)

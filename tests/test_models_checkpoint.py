@@ -252,3 +252,26 @@ def test_noise_inflation_keeps_rows_and_draws_distinct_new_ones():
     for mode in ("zeros", "nearest", "bilinear"):                                    # the original's: equal rows
         rows = adapt_temporal_embed(one, 4, mode)[0, 1:]
         assert torch.equal(rows[0], rows[1]) and torch.equal(rows[1], rows[2])
+    wide = adapt_temporal_embed(one, 4, "noise", noise_std=0.5)                      # the demo's scale
+    assert torch.allclose(wide[0, 1:], 25 * out[0, 1:]) and torch.equal(wide[:, :1], one)
+    with pytest.raises(ValueError, match="noise_std"):
+        adapt_temporal_embed(one, 4, "noise", noise_std=-1)
+
+
+def test_the_trainer_config_carries_the_noise_scale_to_the_loaded_weights(tmp_path, distilbert_dir):
+    """checkpoint.load_temporal_noise_std reaches load_weights_into (validated; 0.02 by default)."""
+    from pipeline.config import load_config
+    from pipeline.schema import ConfigError
+    cfg_1f = ModelConfig.from_dict({"preset": "tiny", "text": {"model": distilbert_dir},
+                                    "video": {"num_frames": 1}})
+    save_pretrained(FrozenInTime(cfg_1f), cfg_1f, tmp_path / "w1")
+    four = FrozenInTime(ModelConfig.from_dict({"preset": "tiny", "text": {"model": distilbert_dir}}))
+    report = load_weights_into(four, tmp_path / "w1", "noise", noise_std=0.5)
+    assert any("noise, std 0.5" in note for note in report.adapted)
+    assert 0.3 < four.video_model.temporal_embed[0, 1:].std() < 0.7
+    config = pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny_4f.json"
+    sets = ["checkpoint.load_temporal_fix=noise", "checkpoint.load_temporal_noise_std=0.5"]
+    assert load_config(config).checkpoint.load_temporal_noise_std == 0.02
+    assert load_config(config, sets).checkpoint.load_temporal_noise_std == 0.5
+    with pytest.raises(ConfigError, match=r"checkpoint\.load_temporal_noise_std"):
+        load_config(config, ["checkpoint.load_temporal_noise_std=-0.1"])
