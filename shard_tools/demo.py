@@ -184,12 +184,12 @@ def plan_scenes(seed: int, split: str, count: int, size: int) -> list[Scene]:
         # grouped by (shape, colour): a pair's seen motions sit next to each other (in a random order), so a
         # batch read with a small shuffle buffer holds clips that differ only in motion -- the negatives that
         # teach motion (with full shuffling a clip meets ~1.3 of them in a batch of 32)
-        pairs = [(s, c) for s in SHAPES for c in COLOURS]
+        seen = training_triples()
+        groups = [[t for t in seen if t[:2] == (s, c)] for s in SHAPES for c in COLOURS]
         triples = []
         while len(triples) < count:
-            for i in order_rng.permutation(len(pairs)):
-                motions = [m for m in MOTIONS if held_out_motion(*pairs[i]) != m]
-                triples += [pairs[i] + (motions[j],) for j in order_rng.permutation(len(motions))]
+            for i in order_rng.permutation(len(groups)):
+                triples += [groups[i][j] for j in order_rng.permutation(len(groups[i]))]
         triples = triples[:count]
     elif split == "images":
         pairs = [(s, c, "") for s in SHAPES for c in COLOURS]
