@@ -65,7 +65,8 @@ class CheckpointConfig:
     keep_last: int = 3
     load_checkpoint: str | None = None   # model-only weights to start from (fine-tune / next stage)
     load_temporal_fix: str = "zeros"     # models.checkpoint.TEMPORAL_FIXES: inflating temporal embeddings
-    load_temporal_noise_std: float = 0.02    # std of the new rows with load_temporal_fix "noise"
+    load_temporal_noise_std: float = 0.02    # std of the new rows with load_temporal_fix "noise" (= models.checkpoint
+                                             # .TEMPORAL_NOISE_STD, not imported: this module does not load torch)
 
 
 @dataclass

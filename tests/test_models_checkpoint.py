@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from models import FrozenInTime, ModelConfig, load_pretrained, load_weights_into, save_pretrained
-from models.checkpoint import (adapt_temporal_embed, model_config_from_original, read_original_checkpoint)
+from models.checkpoint import (TEMPORAL_NOISE_STD, adapt_temporal_embed, model_config_from_original,
+                               read_original_checkpoint)
 from models.tiny import write_tiny_text_model
 
 
@@ -271,7 +272,7 @@ def test_the_trainer_config_carries_the_noise_scale_to_the_loaded_weights(tmp_pa
     assert 0.3 < four.video_model.temporal_embed[0, 1:].std() < 0.7
     config = pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny_4f.json"
     sets = ["checkpoint.load_temporal_fix=noise", "checkpoint.load_temporal_noise_std=0.5"]
-    assert load_config(config).checkpoint.load_temporal_noise_std == 0.02
+    assert load_config(config).checkpoint.load_temporal_noise_std == TEMPORAL_NOISE_STD == 0.02   # one default
     assert load_config(config, sets).checkpoint.load_temporal_noise_std == 0.5
     with pytest.raises(ConfigError, match=r"checkpoint\.load_temporal_noise_std"):
         load_config(config, ["checkpoint.load_temporal_noise_std=-0.1"])
