@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import time
@@ -121,6 +122,7 @@ def run_demo(opts: DemoOptions) -> dict:
     text_model = write_tiny_text_model(out / "text_model", seed=opts.seed, **opts.text_model)
     timings["data"] = time.time() - t
     base = common_overrides(out, folders, text_model, opts.seed)
+    data_stamp = json.loads((out / "data" / "demo.json").read_text())
 
     trained_earlier = False
     for stage in STAGES:
@@ -131,12 +133,17 @@ def run_demo(opts: DemoOptions) -> dict:
             start = stage_dir(out, "1f") / "weights" / "final"
             sets.append(f"checkpoint.load_checkpoint={start}")
         sets += list(opts.overrides.get(stage, []))
-        done = (run_dir / "weights" / "final" / "weights.safetensors").is_file()
-        if done and not trained_earlier and _same_config(run_dir, opts, stage, sets):
-            log.info("stage %s already trained in %s; reusing it (delete the folder to retrain)", stage, run_dir)
+        if not trained_earlier and stage_is_current(run_dir, load_config_raw(opts.configs[stage], sets), data_stamp):
+            log.info("stage %s already trained in %s on this data with this config; reusing it (delete the folder "
+                     "to retrain)", stage, run_dir)
         else:
+            if run_dir.exists():
+                # its TensorBoard events and checkpoints belong to other data or another config
+                log.info("stage %s: removing the earlier run in %s before retraining", stage, run_dir)
+                shutil.rmtree(run_dir)
             _run(train_command(opts.configs[stage], sets, opts.nproc), out / "logs" / f"train_{stage}.log",
                  f"stage {stage} training")
+            atomic_write_json(run_dir / DATA_STAMP, data_stamp)
             trained_earlier = True      # a later stage starts from these weights: it must be retrained too
         timings[f"train_{stage}"] = time.time() - t
 
@@ -165,12 +172,23 @@ def run_demo(opts: DemoOptions) -> dict:
     return results
 
 
-def _same_config(run_dir: Path, opts: DemoOptions, stage: str, sets: list[str]) -> bool:
-    """True when run_dir/config.json is what this invocation would train (so a re-run can skip it)."""
+DATA_STAMP = "demo_data.json"     # in a stage folder: the data/demo.json its weights were trained on
+
+
+def load_config_raw(config: Path, sets: list[str]) -> dict:
     from pipeline.config import load_config
+    return load_config(config, sets).raw
+
+
+def stage_is_current(run_dir: Path, wanted_config: dict, data_stamp: dict) -> bool:
+    """True when run_dir holds final weights trained with this config on this data (so a re-run can skip it).
+
+    Both matter: the config names the data folders, not their contents, and re-rendered data (another
+    generator version or other sizes) lands in the same folders."""
     try:
-        wanted = load_config(opts.configs[stage], sets).raw
-        return json.loads((run_dir / "config.json").read_text()) == wanted
+        return ((run_dir / "weights" / "final" / "weights.safetensors").is_file()
+                and json.loads((run_dir / "config.json").read_text()) == wanted_config
+                and json.loads((run_dir / DATA_STAMP).read_text()) == data_stamp)
     except (OSError, ValueError):
         return False
 

@@ -106,3 +106,24 @@ def test_launch_demo_rejects_bad_arguments():
     done = subprocess.run([sys.executable, "-m", "launch.demo", "--train-clips", "0", "--out", "/nonexistent/x"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 2 and "--train-clips" in done.stderr
+
+
+def test_a_stage_is_reused_only_with_its_config_and_its_data(trained_demo, tmp_path):
+    """Re-rendered data lands in the same folders under the same config: the stage must be retrained then."""
+    from pipeline.demo import DATA_STAMP, stage_is_current
+
+    stamp = json.loads((trained_demo.out / "data" / "demo.json").read_text())
+    for stage in ("1f", "4f"):       # run_demo records the data each stage was trained on
+        assert json.loads((trained_demo.out / f"demo_{stage}" / DATA_STAMP).read_text()) == stamp
+    run = tmp_path / "demo_1f"
+    (run / "weights" / "final").mkdir(parents=True)
+    (run / "weights" / "final" / "weights.safetensors").write_bytes(b"x")
+    config = {"name": "demo_1f", "seed": 0}
+    (run / "config.json").write_text(json.dumps(config))
+    assert not stage_is_current(run, config, stamp)                   # no record of its data
+    (run / DATA_STAMP).write_text(json.dumps(stamp))
+    assert stage_is_current(run, config, stamp)
+    assert not stage_is_current(run, {**config, "seed": 1}, stamp)
+    assert not stage_is_current(run, config, {**stamp, "format": "fit-demo/0"})
+    (run / "weights" / "final" / "weights.safetensors").unlink()
+    assert not stage_is_current(run, config, stamp)
