@@ -88,6 +88,24 @@ def test_one_frame_cannot_tell_opposite_motions_apart(motion, opposite):
         assert not np.array_equal(forward[0], forward[-1])          # ... while the clip does change
 
 
+def test_angles_stay_near_upright_and_only_rotate_clips_turn():
+    """Shapes stay within ANGLE_SPREAD + SPIN / 2 of upright (a from-scratch ViT learns shape slowly when they
+    turn freely); samples that do not spin get a fixed angle offset of the spread a spinning clip covers."""
+    limit = demo.ANGLE_SPREAD + demo.SPIN / 2
+    scenes = demo.plan_scenes(3, "train", 200, SIZE) + demo.plan_scenes(3, "images", 50, SIZE)
+    offsets = []
+    for scene in scenes:
+        angles = np.array([demo.scene_state(scene, t, SIZE)[3] for t in (-0.5, 0.0, 0.5)])
+        assert np.abs(angles).max() <= limit + 1e-9, scene
+        if scene.motion == "rotate":
+            assert angles[2] - angles[0] == pytest.approx(scene.spin_sign * demo.SPIN)
+        else:
+            assert angles[0] == angles[1] == angles[2]
+            offsets.append(angles[1] - scene.angle)
+    # the offsets cover the spinning range, not just a corner of it
+    assert min(offsets) < -0.3 * demo.SPIN and max(offsets) > 0.3 * demo.SPIN
+
+
 def _mask_stats(frame: np.ndarray, rgb) -> tuple[float, float, int]:
     mask = np.abs(frame.astype(int) - np.array(rgb)).sum(-1) < 40
     ys, xs = np.nonzero(mask)
