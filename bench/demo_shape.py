@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from models.video_transformer import SpaceTimeTransformer
+from pipeline.transforms import normalize_video
 from shard_tools import demo
 
 RES = 64
@@ -41,10 +42,9 @@ def dataset(design: str, seed: int, count: int) -> tuple[torch.Tensor, torch.Ten
     scenes = [variant(s, design, rng) for s in demo.plan_scenes(seed, "images", count, RES)]
     times = np.zeros(1)
     frames = np.stack([demo.render_frames(s, RES, times)[0] for s in scenes])           # [N, H, W, 3] uint8
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    x = ((frames / 255.0 - mean) / std).astype(np.float32).transpose(0, 3, 1, 2)[:, None]   # [N, 1, 3, H, W]
-    y = np.array([demo.SHAPES.index(s.shape) for s in scenes])
-    return torch.from_numpy(x), torch.from_numpy(y)
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2)[:, None]                          # [N, 1, 3, H, W]
+    y = torch.tensor([demo.SHAPES.index(s.shape) for s in scenes])
+    return normalize_video(video), y
 
 
 def main(design: str, seed: int, steps: int) -> None:
