@@ -213,7 +213,7 @@ def _cmd(table, root, out):
 
 
 def test_kill_9_then_rerun_gives_exactly_the_complete_set(tmp_path):
-    table = _make_clips(tmp_path, 12)
+    table = _make_clips(tmp_path, 24)        # 12 shards of 2: the kill lands while most are still to come
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     reference = tmp_path / "reference"
     subprocess.run(_cmd(table, tmp_path, reference), env=env, check=True, capture_output=True, cwd=REPO)
@@ -224,11 +224,11 @@ def test_kill_9_then_rerun_gives_exactly_the_complete_set(tmp_path):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not list(out.glob("*.stats.json")):
         time.sleep(0.005)
-    time.sleep(0.05)
+    # at once: a further wait let a fast machine finish every shard before the kill (seen in CI)
     os.kill(proc.pid, signal.SIGKILL)       # the parent dies mid-run; its worker exits on the closed pipe
     proc.wait()
     finished = len(list(out.glob("*.stats.json")))
-    assert 1 <= finished < 6, "the kill must land mid-run"
+    assert 1 <= finished < 12, "the kill must land mid-run"
     assert not (out / "manifest.json").exists()
 
     rerun = subprocess.run(_cmd(table, tmp_path, out), env=env, cwd=REPO, capture_output=True, text=True)
