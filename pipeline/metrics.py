@@ -8,8 +8,10 @@ video caption i describes, so a video may have several captions (or one), in any
 - video-to-text: for each of the video's captions, the rank of that caption in the video's column with ties
   broken by averaging the tied positions; the video's rank is the best (minimum) over its captions (VSE
   convention), as the original's `v2t_metrics`.
-- R@K = 100 * mean(rank < K) (0-based ranks), MedR = median(rank) + 1, MeanR = mean(rank) + 1, and the
-  geometric mean of R1, R5, R10.
+- R@1 = 100 * mean(rank == 0) and R@K = 100 * mean(rank < K) for K > 1 (0-based ranks), exactly as the
+  original's `cols2metrics`: under averaged ties a rank of 0.5 (the right caption tied for first with
+  another) is no R@1 hit, while 4.5 still counts for R@5. MedR = median(rank) + 1, MeanR = mean(rank) + 1,
+  and the geometric mean of R1, R5, R10.
 
 The original needs texts ordered video-major with the same count per video; an explicit `caption_video`
 index is equivalent for that layout and also serves videos with differing caption counts.
@@ -70,7 +72,7 @@ def ranks_to_metrics(ranks: np.ndarray) -> dict[str, float]:
     ranks = np.asarray(ranks, dtype=np.float64)
     if ranks.size == 0:
         raise ValueError("no queries to score")
-    metrics = {f"R{k}": float(100.0 * np.mean(ranks < k)) for k in RECALL_AT}
+    metrics = {f"R{k}": float(100.0 * np.mean(ranks == 0 if k == 1 else ranks < k)) for k in RECALL_AT}
     metrics["MedR"] = float(np.median(ranks) + 1)
     metrics["MeanR"] = float(np.mean(ranks) + 1)
     r1_r5_r10 = np.array([metrics["R1"], metrics["R5"], metrics["R10"]])

@@ -79,6 +79,43 @@ def test_matches_the_original_algorithm_on_random_tied_matrices(per_video):
     np.testing.assert_array_equal(v2t_ranks(sims, caption_video), _original_v2t(sims, per_video))
 
 
+def test_r1_counts_only_rank_zero_under_averaged_ties():
+    # video 0's column [0.5, 0.5]: its caption tied with another for first -> v2t rank 0.5: no R@1 hit (the
+    # original counts R1 as rank == 0), but a hit for R@5; video 1's caption is first alone -> rank 0
+    sims = np.array([[0.5, 0.5],
+                     [0.5, 0.9]])
+    assert v2t_ranks(sims, np.arange(2)).tolist() == [0.5, 0]
+    m = retrieval_metrics(sims)
+    assert m["v2t_R1"] == 50.0 and m["v2t_R5"] == 100.0
+    assert m["t2v_R1"] == 100.0                      # t2v ties are optimistic, so rank 0 for both
+
+
+def _original_cols2metrics(ranks):
+    """The original's `cols2metrics`, restated: R1 is rank == 0, the other recalls rank < K."""
+    ranks = np.asarray(ranks, dtype=float)
+    out = {"R1": 100 * np.mean(ranks == 0), "R5": 100 * np.mean(ranks < 5), "R10": 100 * np.mean(ranks < 10),
+           "R50": 100 * np.mean(ranks < 50), "MedR": np.median(ranks) + 1, "MeanR": np.mean(ranks) + 1}
+    out["geometric_mean_R1-R5-R10"] = float(np.prod([out["R1"], out["R5"], out["R10"]]) ** (1 / 3))
+    return out
+
+
+@pytest.mark.parametrize("per_video", [1, 2, 3])
+def test_metrics_match_the_original_on_random_tied_matrices(per_video):
+    rng = np.random.default_rng(10 + per_video)
+    videos = 30
+    for trial in range(5):
+        sims = rng.integers(0, 3 + trial, size=(videos * per_video, videos)).astype(np.float64)   # many ties
+        caption_video = np.arange(videos * per_video) // per_video
+        # lift a third of the true pairs to their column's top score: ties for first place, where R@1 differs
+        lifted = rng.random(len(sims)) < 1 / 3
+        rows = np.flatnonzero(lifted)
+        sims[rows, caption_video[rows]] = sims.max(axis=0)[caption_video[rows]]
+        got = retrieval_metrics(sims, caption_video)
+        for direction, ranks in (("t2v", _original_t2v(sims, per_video)), ("v2t", _original_v2t(sims, per_video))):
+            for name, value in _original_cols2metrics(ranks).items():
+                assert got[f"{direction}_{name}"] == pytest.approx(value, abs=1e-9), (trial, direction, name)
+
+
 def test_cosine_similarity_and_errors():
     s = cosine_similarity(np.array([[3.0, 4.0], [0.0, 0.0]]), np.array([[1.0, 0.0], [0.0, 2.0]]))
     np.testing.assert_allclose(s, [[0.6, 0.8], [0.0, 0.0]], atol=1e-7)
