@@ -22,14 +22,26 @@ def sim_matrix(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Ten
     return _normalize(a, eps) @ _normalize(b, eps).t()
 
 
-def norm_softmax_loss(sim: torch.Tensor, temperature: float | torch.Tensor = 0.05) -> torch.Tensor:
-    """The original NormSoftmaxLoss on a square [text, video] similarity matrix: the SUM of the
-    text->video and video->text cross entropies with the diagonal as positives."""
-    if sim.dim() != 2 or sim.shape[0] != sim.shape[1]:
-        raise ValueError(f"norm_softmax_loss needs a square [text, video] matrix of pairs, got {tuple(sim.shape)}")
-    labels = torch.arange(sim.shape[0], device=sim.device)
+def norm_softmax_terms(sim: torch.Tensor, temperature: float | torch.Tensor = 0.05
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original NormSoftmaxLoss's two terms (L_t2v, L_v2t) on a [texts, videos] similarity matrix.
+
+    The pairs are the diagonal (i, i) for i < min(texts, videos), as the original takes them with `torch.diag`,
+    so a non-square matrix is accepted as the original accepts it: L_t2v is the mean over those texts of the
+    cross entropy over all videos, L_v2t the mean over those videos of the cross entropy over all texts.
+    """
+    if sim.dim() != 2 or 0 in sim.shape:
+        raise ValueError(f"norm_softmax_terms needs a non-empty 2-D [text, video] matrix, got {tuple(sim.shape)}")
+    pairs = min(sim.shape)
+    labels = torch.arange(pairs, device=sim.device)
     logits = sim / temperature
-    return F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)
+    return F.cross_entropy(logits[:pairs], labels), F.cross_entropy(logits.t()[:pairs], labels)
+
+
+def norm_softmax_loss(sim: torch.Tensor, temperature: float | torch.Tensor = 0.05) -> torch.Tensor:
+    """The original NormSoftmaxLoss: the SUM L_t2v + L_v2t of `norm_softmax_terms`."""
+    t2v, v2t = norm_softmax_terms(sim, temperature)
+    return t2v + v2t
 
 
 class NormSoftmaxLoss(nn.Module):
@@ -39,8 +51,10 @@ class NormSoftmaxLoss(nn.Module):
         super().__init__()
         self.temperature = temperature
 
-    def forward(self, sim: torch.Tensor) -> torch.Tensor:
-        return norm_softmax_loss(sim, self.temperature)
+    def forward(self, sim: torch.Tensor, return_terms: bool = False):
+        """The loss; with return_terms, (loss, L_t2v, L_v2t)."""
+        t2v, v2t = norm_softmax_terms(sim, self.temperature)
+        return (t2v + v2t, t2v, v2t) if return_terms else t2v + v2t
 
 
 def gather_with_grad(xs: list[torch.Tensor], group=None) -> tuple[list[torch.Tensor], int, int, int]:
@@ -70,16 +84,17 @@ def gather_with_grad(xs: list[torch.Tensor], group=None) -> tuple[list[torch.Ten
     return gathered, sum(counts[:rank]), sum(counts), world
 
 
-def distributed_norm_softmax_loss(text_emb: torch.Tensor, video_emb: torch.Tensor,
-                                  temperature: float | torch.Tensor = 0.05, group=None) -> torch.Tensor:
-    """NormSoftmax over the global batch (negatives from every rank), this rank's share.
+def distributed_norm_softmax_terms(text_emb: torch.Tensor, video_emb: torch.Tensor,
+                                   temperature: float | torch.Tensor = 0.05, group=None
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """NormSoftmax over the global batch (negatives from every rank): this rank's shares of (L_t2v, L_v2t).
 
     text_emb, video_emb: [n, D] local embeddings, pair i = (text i, video i). Each rank computes the
     cross entropy of its n text rows against all N videos and of its n video rows against all N texts;
-    the sum is scaled by world/N so that the mean over ranks equals the full-batch NormSoftmax loss
-    (and the DDP/DeepSpeed-averaged gradient equals the full-batch gradient). With one process it is
-    exactly `norm_softmax_loss(sim_matrix(text_emb, video_emb), temperature)`.
-    To log the global loss, average this value over ranks.
+    each sum is scaled by world/N so that the mean over ranks equals the full-batch term (and the
+    DDP/DeepSpeed-averaged gradient equals the full-batch gradient). With one process they are exactly
+    `norm_softmax_terms(sim_matrix(text_emb, video_emb), temperature)`. To log the global terms, average
+    these values over ranks.
     """
     if text_emb.shape[0] != video_emb.shape[0]:
         raise ValueError(f"text and video batches differ: {text_emb.shape[0]} vs {video_emb.shape[0]}")
@@ -88,4 +103,11 @@ def distributed_norm_softmax_loss(text_emb: torch.Tensor, video_emb: torch.Tenso
     labels = torch.arange(offset, offset + t.shape[0], device=t.device)
     t2v = F.cross_entropy(t @ v_all.t() / temperature, labels, reduction="sum")   # [n, N] logits
     v2t = F.cross_entropy(v @ t_all.t() / temperature, labels, reduction="sum")   # [n, N] logits
-    return (t2v + v2t) * (world / total)
+    return t2v * (world / total), v2t * (world / total)
+
+
+def distributed_norm_softmax_loss(text_emb: torch.Tensor, video_emb: torch.Tensor,
+                                  temperature: float | torch.Tensor = 0.05, group=None) -> torch.Tensor:
+    """This rank's share of the global NormSoftmax loss: the sum of `distributed_norm_softmax_terms`."""
+    t2v, v2t = distributed_norm_softmax_terms(text_emb, video_emb, temperature, group)
+    return t2v + v2t
