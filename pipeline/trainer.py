@@ -129,16 +129,19 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ steps
 
-    def _micro_step(self, step_batches: dict) -> dict[str, float]:
-        from models.loss import distributed_norm_softmax_loss
+    def _micro_step(self, step_batches: dict) -> dict[str, torch.Tensor]:
+        """Forward, backward and (at the accumulation boundary) the optimizer step; returns this rank's detached
+        losses `{(dataset, term): value}`, term "total" (L_t2v + L_v2t), "t2v" or "v2t"."""
+        from models.loss import distributed_norm_softmax_terms
         total, losses = 0.0, {}
         for name, batch in step_batches.items():
             video = self.prepare_video(batch["video"].to(self.device, non_blocking=True))
             text = batch["text"]
             text_emb, video_emb = self.engine(video, text["input_ids"].to(self.device),
                                               text["attention_mask"].to(self.device))
-            loss = distributed_norm_softmax_loss(text_emb.float(), video_emb.float(), self.model.temperature())
-            losses[name] = loss.detach()
+            t2v, v2t = distributed_norm_softmax_terms(text_emb.float(), video_emb.float(), self.model.temperature())
+            loss = t2v + v2t
+            losses.update({(name, "total"): loss.detach(), (name, "t2v"): t2v.detach(), (name, "v2t"): v2t.detach()})
             total = total + self.cfg.loss_weights.get(name, 1.0) * loss
         self.engine.backward(total)
         self._lr = self.engine.get_lr()[0]       # the LR this step uses (the scheduler advances in step())
@@ -152,7 +155,7 @@ class Trainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+    def _mean_over_ranks(self, values: dict) -> dict:
         if self.env.world_size == 1 or not values:
             return values
         names = sorted(values)
@@ -191,6 +194,10 @@ class Trainer:
         batches = iter(self.train_loader)
         window = {"start": time.perf_counter(), "wait": 0.0, "steps": 0, "losses": {}}
         while self.step < cfg.optim.total_steps:
+            # every step, not once: from_pretrained hands the text tower over in eval mode and an evaluation
+            # leaves the model in eval mode; a step in eval mode (no dropout) would make the trained weights
+            # depend on the evaluation cadence and on where a run was resumed
+            self.engine.train()
             for _ in range(cfg.optim.grad_accum_steps):
                 waited = time.perf_counter()
                 with torch.random.fork_rng(devices=[]):   # (re)starting loader workers draws a seed: keep the
@@ -231,16 +238,19 @@ class Trainer:
         waits = self._mean_over_ranks({"wait": window["wait"] / max(elapsed, 1e-9)})
         lr = self._lr
         throughput = samples_per_step * steps / max(elapsed, 1e-9)
-        scalars = {f"train/loss/{name}": value for name, value in losses.items()}
+        per_dataset = {name: value for (name, term), value in losses.items() if term == "total"}
+        scalars = {f"train/loss/{name}": value for name, value in per_dataset.items()}
+        scalars.update({f"train/loss_{term}/{name}": value for (name, term), value in losses.items()
+                        if term != "total"})
         scalars.update({
-            "train/loss_total": sum(self.cfg.loss_weights.get(n, 1.0) * v for n, v in losses.items()),
+            "train/loss_total": sum(self.cfg.loss_weights.get(n, 1.0) * v for n, v in per_dataset.items()),
             "train/lr": lr, "perf/samples_per_s": throughput,
             "perf/samples_per_s_per_device": throughput / self.env.world_size,
             "perf/data_wait_fraction": waits["wait"], "perf/step_time_s": elapsed / steps,
             "perf/memory_gb": memory_gb(self.device)})
         self.writer.scalars(scalars, self.step)
         if self.env.is_main:
-            loss_text = " ".join(f"{n} {v:.4f}" for n, v in losses.items())
+            loss_text = " ".join(f"{n} {v:.4f}" for n, v in per_dataset.items())
             log.info("step %d/%d | loss %s | lr %.3g | %.1f samples/s (%.1f/device) | data wait %.0f%% | "
                      "%.3f s/step | mem %.2f GB", self.step, self.cfg.optim.total_steps, loss_text, lr, throughput,
                      throughput / self.env.world_size, 100 * waits["wait"], elapsed / steps,
@@ -258,7 +268,7 @@ class Trainer:
                                     float(self.model.temperature()), lockstep=self.cfg.deepspeed.zero_stage == 3,
                                     loaders=self.eval_loaders() if self.eval_loaders is not None else None)
         finally:
-            self.engine.train()
+            self.engine.train()      # a caller that trains next expects train mode (the loop sets it anyway)
 
     def _evaluate(self) -> None:
         results = self.evaluate()

@@ -79,7 +79,8 @@ def test_preempted_and_resumed_run_equals_uninterrupted(runs):
 
 def test_tensorboard_holds_the_promised_tags(runs):
     tags = tb_scalars(runs["a"] / "tb")
-    promised = ["train/loss/images", "train/loss/videos", "train/loss_total", "train/lr", "perf/samples_per_s",
+    promised = ["train/loss/images", "train/loss/videos", "train/loss_total", "train/loss_t2v/images",
+                "train/loss_v2t/images", "train/loss_t2v/videos", "train/loss_v2t/videos", "train/lr", "perf/samples_per_s",
                 "perf/samples_per_s_per_device", "perf/data_wait_fraction", "perf/step_time_s", "perf/memory_gb",
                 "eval/val/t2v_R1", "eval/val/t2v_R5", "eval/val/t2v_R10", "eval/val/t2v_R50", "eval/val/t2v_MedR",
                 "eval/val/t2v_MeanR", "eval/val/v2t_R1", "eval/val/v2t_MedR", "eval/val/val_loss"]
@@ -87,6 +88,10 @@ def test_tensorboard_holds_the_promised_tags(runs):
     assert not missing, f"missing tags {missing}; have {sorted(tags)}"
     assert [s for s, _ in tags["eval/val/t2v_R1"]] == [12, 24]
     assert all(0 <= v <= 1 for _, v in tags["perf/data_wait_fraction"])
+    for name in ("images", "videos"):      # the logged loss is the sum of its two logged terms, step by step
+        for (s, total), (_, t2v), (_, v2t) in zip(tags[f"train/loss/{name}"], tags[f"train/loss_t2v/{name}"],
+                                                  tags[f"train/loss_v2t/{name}"]):
+            assert total == pytest.approx(t2v + v2t, rel=1e-5), (name, s)
     # two ranks, 4 + 4 samples per rank per step: the global rate is twice the per-device rate
     for (_, total), (_, per) in zip(tags["perf/samples_per_s"], tags["perf/samples_per_s_per_device"]):
         assert total == pytest.approx(2 * per, rel=1e-5)
