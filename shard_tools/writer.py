@@ -16,8 +16,6 @@ from pathlib import Path
 from pipeline.fsutil import atomic_path
 
 FRAME_MEMBER = "{i:03d}.jpg"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def shard_name(name: str, chunk: int, part: int = 0) -> str:
@@ -73,7 +71,6 @@ class _Part:
         self.final = final
         self._ctx = atomic_path(final)
         self.tmp = self._ctx.__enter__()
-        os.chmod(self.tmp, 0o644 & ~_UMASK)      # mkstemp makes 0600; shards are shared data
         self._file = open(self.tmp, "wb")
         self.tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
         self.samples = 0
