@@ -7,6 +7,8 @@
 --checkpoint is a weights folder (weights.safetensors + model_config.json, loaded without DeepSpeed), a
 finished DeepSpeed checkpoint folder of a run (consolidated to fp32 here), or a weights file the models
 package reads (e.g. the released model_best.pth.tar; the config's model section gives the architecture).
+None of them can run code when loaded; a missing, damaged or refused file exits with 2 and a message that
+names it and says what to do (docs/TRAINING.md, "Which files are loaded how").
 Prints the metrics JSON and writes it to --out (default: metrics/evaluate_<checkpoint name>.json in the
 run's output_dir). `--set eval.sliding_window_stride=1 --set eval.window_frames=4` turns on test-time
 sliding-window averaging (the eval dataset then loads num_frames = a multiple of window_frames).
@@ -40,6 +42,7 @@ def main(argv=None) -> int:
     from pipeline.evaluation import evaluate_run
     from pipeline.fsutil import atomic_write_json
     from pipeline.logs import setup_logging
+    from pipeline.safeload import DamagedFileError
     from pipeline.schema import ConfigError
     from pipeline.weights import load_model
 
@@ -68,7 +71,7 @@ def main(argv=None) -> int:
             print(json.dumps(doc, indent=1))
             log.info("metrics written to %s", out)
         return 0
-    except FileNotFoundError as err:
+    except (FileNotFoundError, DamagedFileError, ConfigError) as err:   # missing, damaged or refused: named
         log.error("%s", err)
         return 2
     finally:

@@ -49,8 +49,12 @@ def main(argv=None) -> int:
         return 2
     from pipeline.trainer import train
     init_distributed(env, timeout_s=cfg.deepspeed.comm_timeout_s)
+    from pipeline.safeload import DamagedFileError
     try:
         return train(cfg, env, resume=args.resume, preempt=preempt)
+    except (FileNotFoundError, DamagedFileError) as err:   # a missing or damaged checkpoint: the message names it
+        log.error("%s", err)
+        return 2
     finally:
         shutdown()
 

@@ -6,22 +6,22 @@
 - The original's format (spec 1.9): a torch.save dict whose 'state_dict' keys may carry `module.`
   and whose 'config' is a pickled `parse_config.ConfigParser`. It is read with torch's weights_only
   unpickler, which only builds tensors and plain containers; the ConfigParser (and the pathlib
-  paths inside it) map to inert stand-ins, so no code from the file ever runs.
+  paths inside it) map to inert stand-ins, so no code from the file ever runs. Any other global is
+  refused by name; an empty, cut-short or foreign file is reported as such (pipeline/safeload.py).
 - `load_weights_into` takes either, fixes prefixes and the DistilBERT `position_ids` difference,
   adapts temporal (spec 1.8) and spatial position embeddings, and reports missing/unexpected keys.
 """
 import dataclasses
-import json
 import logging
 import os
 import pathlib
-import pickle
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from pipeline.fsutil import atomic_path, atomic_write_json
+from pipeline.safeload import DamagedFileError, load_torch_file, read_json, read_safetensors
 
 from .config import ModelConfig
 from .video_transformer import resize_pos_embed
@@ -141,17 +141,17 @@ _SAFE_STANDINS = [(OriginalConfigParser, "parse_config.ConfigParser"),
                   (pathlib.PureWindowsPath, "pathlib.PureWindowsPath")]
 
 
+WEIGHTS_ADVICE = "get the file again (download or copy it anew), or point at another checkpoint"
+
+
 def read_torch_file(path: str | os.PathLike) -> dict:
     """torch.load with weights_only=True plus inert stand-ins for the original's config object.
 
-    Any other global in the pickle (a function, a class from elsewhere) is refused.
+    Any other global in the pickle (a function, a class from elsewhere) is refused with its name
+    (pipeline.safeload.RefusedGlobalError); an empty or damaged file raises DamagedFileError naming it.
     """
-    try:
-        with torch.serialization.safe_globals(_SAFE_STANDINS):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: refused to unpickle: the file names a global outside the allowed set "
-                         f"(tensors, containers, the original's ConfigParser): {str(e).splitlines()[0]}") from e
+    return load_torch_file(path, tuple(_SAFE_STANDINS), "tensors, containers, the original's ConfigParser and "
+                           "pathlib paths", WEIGHTS_ADVICE)
 
 
 def read_original_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
@@ -195,8 +195,7 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such weights file")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path), device="cpu")
+        return read_safetensors(path, WEIGHTS_ADVICE)
     obj = read_torch_file(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         return dict(obj["state_dict"])
@@ -256,9 +255,13 @@ def load_pretrained(model_dir: str | os.PathLike, map_location: str | torch.devi
     model_dir = Path(model_dir)
     if not (model_dir / CONFIG_FILE).exists():
         raise FileNotFoundError(f"{model_dir}: no {CONFIG_FILE}; not a complete save_pretrained folder")
-    cfg = ModelConfig.from_dict(json.loads((model_dir / CONFIG_FILE).read_text()), where=str(model_dir / CONFIG_FILE))
-    text_dict = json.loads((model_dir / TEXT_CONFIG_FILE).read_text())
-    text_config = AutoConfig.for_model(text_dict.pop("model_type"), **text_dict)
+    advice = f"{model_dir} is damaged: export the weights again, or load the run's checkpoint folder instead"
+    cfg = ModelConfig.from_dict(read_json(model_dir / CONFIG_FILE, advice), where=str(model_dir / CONFIG_FILE))
+    text_dict = read_json(model_dir / TEXT_CONFIG_FILE, advice, {"model_type": str})
+    try:
+        text_config = AutoConfig.for_model(text_dict.pop("model_type"), **text_dict)
+    except ValueError as err:
+        raise DamagedFileError(model_dir / TEXT_CONFIG_FILE, f"is not a text model config ({err})", advice) from err
     model = FrozenInTime(cfg, init_weights=False, text_config=text_config)
     load_weights_into(model, model_dir)
     return model.to(map_location)

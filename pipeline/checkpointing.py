@@ -9,21 +9,29 @@ Layout under `{output_dir}/checkpoints/`:
         COMPLETE                   written by rank 0 after a barrier, i.e. after every rank has saved
 
 A checkpoint without COMPLETE is half-written (the job died while saving) and is never resumed from.
+
+Every file is read without running code from it (pipeline/safeload.py): the .pt files with torch's
+weights_only unpickler and exactly the DeepSpeed classes its files hold (`deepspeed_globals`), also when
+DeepSpeed itself reads them (`deepspeed_loads_restricted`); the JSON files as JSON of the expected shape.
+`verify_checkpoint` checks a whole folder before anything is loaded from it, so a damaged file is reported
+by name (and `--resume auto` can fall back to the previous checkpoint) instead of failing half-way.
 """
 from __future__ import annotations
 
+import contextlib
 import io
-import json
 import logging
 import random
 import re
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from pipeline.fsutil import atomic_write_bytes, atomic_write_json
+from pipeline.safeload import DamagedFileError, load_torch_file, read_json, restricted_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +76,24 @@ def is_universal(path: Path) -> bool:
 def resolve_resume(resume: str | None, root: Path) -> Path | None:
     """`auto` -> the newest complete checkpoint under root (None if there is none); a path must be a complete
     checkpoint or a `ds_to_universal` conversion of one."""
+    found = resume_candidates(resume, root)
+    return found[0] if found else None
+
+
+def resume_candidates(resume: str | None, root: Path) -> list[Path]:
+    """The checkpoints `--resume` may load, in the order to try them: `auto` -> every complete one under
+    root, newest first (a damaged one falls back to the next); a path -> just that one."""
     if not resume:
-        return None
+        return []
     if resume == "auto":
-        return latest_complete(root)
+        return list_checkpoints(root)[::-1]
     path = Path(resume)
     if is_universal(path):
         return path
     if not (path / MARKER).is_file():
         raise FileNotFoundError(f"--resume {resume}: no {MARKER} marker in that folder; it is not a finished "
                                 f"checkpoint (use --resume auto to take the newest finished one)")
-    return path
+    return [path]
 
 
 def mark_complete(path: Path, step: int) -> None:
@@ -133,15 +148,34 @@ def save_rank_state(path: Path, rank: int, state: dict) -> None:
     atomic_write_bytes(rank_state_path(path, rank), buffer.getvalue())
 
 
-def load_rank_state(path: Path, rank: int) -> dict:
+RANK_STATE_KEYS = ("step", "loader", "rng", "best", "evaluated_step", "last_eval")
+
+
+def load_rank_state(path: Path, rank: int, mmap: bool = False) -> dict:
     file = rank_state_path(path, rank)
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: this rank's trainer state is missing from the checkpoint")
-    return torch.load(file, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"{file}: this rank's trainer state is missing from the checkpoint; "
+                                f"{damaged_advice(path)}")
+    state = load_torch_file(file, advice=damaged_advice(path), zip_only=True, mmap=mmap)
+    missing = [k for k in RANK_STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise DamagedFileError(file, f"is not a trainer state (no {', '.join(missing)})", damaged_advice(path))
+    return state
+
+
+def damaged_advice(path: Path) -> str:
+    """What to do about a damaged file in checkpoint folder `path`."""
+    path = Path(path)
+    return (f"the checkpoint {path.name} cannot be used: resume from an earlier one (--resume auto falls back to "
+            f"the previous complete checkpoint by itself), or evaluate the run's weights/final or weights/best "
+            f"instead; delete {path} once you no longer need it")
 
 
 def write_run_info(path: Path, info: dict) -> None:
     atomic_write_json(Path(path) / "trainer.json", info)
+
+
+RUN_INFO_FIELDS = {"step": int, "world_size": int, "zero_stage": int, "config": dict}
 
 
 def read_run_info(path: Path) -> dict:
@@ -151,4 +185,127 @@ def read_run_info(path: Path) -> dict:
     file = path / "trainer.json"
     if not file.is_file():
         raise FileNotFoundError(f"{file}: missing; {path} was not written by pipeline.trainer")
-    return json.loads(file.read_text())
+    info = read_json(file, damaged_advice(path), RUN_INFO_FIELDS)
+    if info["world_size"] < 1 or info["zero_stage"] not in (0, 1, 2, 3) or not isinstance(
+            info["config"].get("model"), dict):
+        raise DamagedFileError(file, f"world_size {info['world_size']}, zero_stage {info['zero_stage']} or the "
+                                     f"config's model section is not what the trainer writes", damaged_advice(path))
+    return info
+
+
+# ---- DeepSpeed's files --------------------------------------------------------------------------------
+
+DEEPSPEED_ALLOWED = "tensors, containers and DeepSpeed's LossScaler, ZeroStageEnum, fragment_address"
+
+
+def deepspeed_globals() -> tuple:
+    """The non-tensor classes DeepSpeed 0.19's checkpoint files hold (found by listing the GLOBAL opcodes of
+    ZeRO 0/1/2/3 checkpoints in fp32 and bf16, and of a ds_to_universal conversion: docs/TRAINING.md). All
+    three are plain records: building one sets attributes and runs nothing else."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler          # optimizer state: the (static) scale
+    from deepspeed.runtime.zero.config import ZeroStageEnum           # optimizer state: the ZeRO stage
+    from deepspeed.utils.tensor_fragment import fragment_address      # ZeRO 1/2 param_slice_mappings
+    return LossScaler, ZeroStageEnum, fragment_address
+
+
+def load_deepspeed_file(file: Path, mmap: bool = False):
+    """One of DeepSpeed's .pt files of a checkpoint folder, read without running code."""
+    file = Path(file)
+    return load_torch_file(file, deepspeed_globals(), DEEPSPEED_ALLOWED, damaged_advice(file.parent),
+                           zip_only=True, mmap=mmap)
+
+
+@contextlib.contextmanager
+def deepspeed_loads_restricted(path: Path) -> Iterator[None]:
+    """DeepSpeed's own torch.load calls (engine.load_checkpoint, zero_to_fp32) as load_deepspeed_file."""
+    with restricted_torch_load(deepspeed_globals(), DEEPSPEED_ALLOWED, damaged_advice(path)):
+        yield
+
+
+def expected_files(info: dict) -> list[list[str]]:
+    """The files a finished checkpoint of this run info must hold; each entry lists the names that satisfy it
+    (DeepSpeed prefixes the optimizer files with bf16_ under bf16)."""
+    ranks, stage = range(info["world_size"]), info["zero_stage"]
+    files = [[MARKER], ["trainer.json"]] + [[rank_state_path(Path(), r).name] for r in ranks]
+    if stage < 3:
+        files.append(["mp_rank_00_model_states.pt"])
+    for r in ranks:
+        if stage == 3:
+            files.append([f"zero_pp_rank_{r}_mp_rank_00_model_states.pt"])
+        if stage > 0:
+            files.append([f"{pre}zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for pre in ("", "bf16_")])
+    return files
+
+
+def verify_checkpoint(path: Path) -> dict:
+    """Check every file of a finished (or ds_to_universal) checkpoint folder without loading its tensors;
+    returns its run info. Raises FileNotFoundError / DamagedFileError naming the first bad file.
+
+    The .pt files are opened with mmap: the zip directory and the pickle are read and checked (no global
+    outside the allowed set), the tensor data is not, so this costs little next to the load that follows."""
+    path = Path(path)
+    info = read_run_info(path)
+    if is_universal(path):
+        files = sorted(path.rglob("*.pt"))
+    else:
+        marker = read_json(path / MARKER, damaged_advice(path), {"step": int})
+        if marker["step"] != info["step"] or (TAG_PATTERN.match(path.name) and step_of(path.name) != info["step"]):
+            raise DamagedFileError(path / MARKER, f"says step {marker['step']}, trainer.json step {info['step']}, "
+                                                  f"folder {path.name}: they must agree", damaged_advice(path))
+        for names in expected_files(info):
+            if not any((path / name).is_file() for name in names):
+                raise FileNotFoundError(f"{path / names[0]}: missing from the checkpoint; {damaged_advice(path)}")
+        files = sorted(path.glob("*.pt"))
+    for file in files:
+        if file.name.startswith("trainer_rank_"):
+            load_rank_state(path, int(file.stem.rsplit("_", 1)[1]), mmap=True)
+        else:
+            load_deepspeed_file(file, mmap=True)
+    return info
+
+
+def first_sound_checkpoint(resume: str, candidates: list[Path], any_rank_failed=lambda failed: failed,
+                           set_aside: bool = False) -> Path:
+    """The first of `candidates` (resume_candidates' order) whose files check out (verify_checkpoint) on every
+    rank, found before anything is loaded, so a damaged file never fails a load half-way or on one rank only.
+
+    `--resume auto` falls back past damaged checkpoints, logging each one and why; an explicit path that is
+    damaged raises its error, and so does auto when none is left. any_rank_failed(local_failure) -> whether any
+    rank failed (the trainer passes its all-reduce; one process: the local answer). set_aside (rank 0 of a
+    resume): rename the damaged checkpoints newer than the one taken to `step_N.damaged`, so the run can write
+    its new checkpoint at that step (a folder with COMPLETE is never written over) and a later `--resume auto`
+    does not meet them again."""
+    problems: list[Exception] = []
+    for path in candidates:
+        try:
+            verify_checkpoint(path)
+            problem = None
+        except (FileNotFoundError, DamagedFileError) as err:
+            problem = err
+        if not any_rank_failed(problem is not None):
+            if set_aside:
+                for damaged in candidates[:len(problems)]:
+                    _set_aside(Path(damaged))
+            return path
+        problem = problem or DamagedFileError(path, "another rank found a damaged file in it (see that rank's log)",
+                                              damaged_advice(path))
+        if resume != "auto":
+            raise problem
+        problems.append(problem)
+        log.warning("--resume auto: %s\n-> %s", problem, "falling back to the previous complete checkpoint"
+                    if path != candidates[-1] else "no earlier complete checkpoint is left")
+    raise DamagedFileError(Path(candidates[0]).parent,
+                           f"none of the {len(candidates)} finished checkpoints can be loaded:\n  "
+                           + "\n  ".join(str(p) for p in problems),
+                           "move the damaged folders away (or delete them) to start from step 0")
+
+
+def _set_aside(path: Path) -> Path:
+    target = path.with_name(f"{path.name}.damaged")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged{n}")
+    path.rename(target)
+    log.warning("moved the damaged checkpoint %s aside to %s (look at it, then delete it)", path, target.name)
+    return target

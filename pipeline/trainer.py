@@ -340,14 +340,17 @@ class Trainer:
         return path
 
     def _resume(self, resume: str) -> None:
-        choice = [str(ckpt.resolve_resume(resume, self.paths.checkpoints) or "")] if self.env.is_main else [None]
+        found = [[str(p) for p in ckpt.resume_candidates(resume, self.paths.checkpoints)]] if self.env.is_main \
+            else [None]
         if self.env.world_size > 1:
-            dist.broadcast_object_list(choice, src=0)      # every rank takes the checkpoint rank 0 chose
-        if not choice[0]:
+            dist.broadcast_object_list(found, src=0)       # every rank tries the checkpoints rank 0 found
+        if not found[0]:
             log.info("--resume %s: no finished checkpoint under %s; starting from step 0", resume,
                      self.paths.checkpoints)
             return
-        path = Path(choice[0])
+        # every file checked before anything is loaded; auto falls back past damaged checkpoints
+        path = ckpt.first_sound_checkpoint(resume, [Path(p) for p in found[0]], self._all_ranks_agree,
+                                           set_aside=self.env.is_main)
         universal = ckpt.is_universal(path)
         info = ckpt.read_run_info(path)
         if info["world_size"] != self.env.world_size and not universal:
@@ -361,8 +364,9 @@ class Trainer:
         # DeepSpeed reads the universal layout when its config says so; it is decided here, per folder
         self.engine._config.load_universal_checkpoint = universal
         try:
-            loaded, _ = self.engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True,
-                                                    load_optimizer_states=True, load_lr_scheduler_states=True)
+            with ckpt.deepspeed_loads_restricted(path):    # DeepSpeed's torch.load: weights_only, allow-listed
+                loaded, _ = self.engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True,
+                                                        load_optimizer_states=True, load_lr_scheduler_states=True)
         finally:
             self.engine._config.load_universal_checkpoint = False
         if loaded is None:
