@@ -23,38 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 
-def write_random_shards(folder: Path, name: str, kind: str, shard_sizes, num_frames: int = 8,
-                        captions_per_sample: int = 1, size: int = 40) -> Path:
-    """fit-shards/1 shards whose frames are seeded noise, so every sample looks different (shardgen's
-    frames are the same for every sample, which makes retrieval a tie everywhere)."""
-    import numpy as np
-    import simplejpeg
-
-    import shardgen
-
-    def noise_frame(shard: int, index: int, frame: int) -> bytes:
-        """Blocky noise drifting over the frames: clips differ in time."""
-        rng = np.random.default_rng([shard, index, len(name)])
-        base = rng.integers(0, 256, (size // 4, size // 4, 3), dtype=np.uint8)
-        image = np.roll(base, frame, axis=1).repeat(4, 0).repeat(4, 1)
-        return simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality=95)
-
-    return shardgen.write_shards(folder, name, kind, shard_sizes, num_frames, captions_per_sample,
-                                 height=size, width=size, frame_jpeg=noise_frame)
-
-
 def make_tiny_assets(root: Path) -> list[str]:
-    """Text model + shards for configs/tiny_*.json under `root` (kept if present); returns `--set` overrides."""
-    from models.tiny import write_tiny_text_model
-    root = Path(root)
-    text = write_tiny_text_model(root / "text_model", arch="distilbert", hidden=32, layers=1, heads=2)
-    if not (root / "val" / "manifest.json").exists():
-        write_random_shards(root / "images", "images", "image", (12, 12, 12, 12))
-        write_random_shards(root / "videos", "videos", "video", (12, 12, 12, 12))
-        write_random_shards(root / "val", "val", "video", (6, 6), captions_per_sample=2)
-    return [f"model.text.model={text}", f"data.options.tokenizer={text}",
-            f"data.train[0].shards={root / 'images'}", f"data.train[1].shards={root / 'videos'}",
-            f"data.eval[0].shards={root / 'val'}"]
+    """Text model + shards for configs/tiny_*.json under `root` (kept if present; the same assets as
+    `make tiny-assets`, pipeline/tiny_assets.py); returns the `--set` overrides pointing the configs at them."""
+    from pipeline.tiny_assets import write_tiny_assets
+    return write_tiny_assets(root).overrides()
 
 
 def free_port() -> int:
