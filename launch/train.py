@@ -4,9 +4,12 @@
     torchrun --nproc_per_node 8 launch/train.py --config configs/pretrain_1f.json
     srun python launch/train.py --config configs/pretrain_1f.json --resume auto      (one task per GPU)
     python launch/train.py --config configs/tiny_1f.json --set optim.lr=1e-4 --set output_dir=runs/x
+    python launch/train.py --config configs/tiny_1f.json --check --ranks 16     (validate only, start nothing)
 
 Exit codes: 0 done, 75 (pipeline.trainer.EXIT_PREEMPTED) stopped by SIGUSR1/SIGTERM after saving a
 checkpoint (requeue with --resume auto), 2 bad config or arguments, 1 anything else.
+--check (what slurm/ runs before it submits a stage): load and validate the config with its overrides and
+the files it reads (pipeline.config.check_inputs), print every problem, exit 0 or 2; no ranks, no DeepSpeed.
 """
 import argparse
 import logging
@@ -24,6 +27,10 @@ def parse_args(argv=None):
     parser.add_argument("--resume", default=None, metavar="auto|DIR",
                         help="auto: the newest complete checkpoint of output_dir (none: start fresh); "
                              "or a checkpoint folder")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the config, its overrides and its input files, then exit (0: fine, 2: not)")
+    parser.add_argument("--ranks", type=int, default=None, metavar="N",
+                        help="with --check: the number of ranks the job will have (default: from the environment)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
                         help="set by the deepspeed launcher (the rank is read from the environment)")
     return parser.parse_args(argv)
@@ -33,7 +40,7 @@ def main(argv=None) -> int:
     from pipeline.preemption import PreemptionFlag
     preempt = PreemptionFlag().install()      # first: SLURM may signal while torch is still importing
     args = parse_args(argv)
-    from pipeline.config import load_config
+    from pipeline.config import describe_temporal_rows, load_config
     from pipeline.distributed import init_distributed, read_env, shutdown
     from pipeline.logs import setup_logging
     from pipeline.schema import ConfigError
@@ -47,6 +54,9 @@ def main(argv=None) -> int:
     except ConfigError as err:
         log.error("%s", err)
         return 2
+    if args.check:
+        return check(cfg, args.config, args.ranks or env.world_size)
+    log.info("%s", describe_temporal_rows(cfg))
     from pipeline.trainer import train
     init_distributed(env, timeout_s=cfg.deepspeed.comm_timeout_s)
     from pipeline.safeload import DamagedFileError
@@ -57,6 +67,19 @@ def main(argv=None) -> int:
         return 2
     finally:
         shutdown()
+
+
+def check(cfg, config_path: str, ranks: int) -> int:
+    """--check: report every problem with the inputs for `ranks` ranks; 0 when there is none."""
+    from pipeline.config import check_inputs, describe_temporal_rows
+    problems = check_inputs(cfg, world_size=ranks)
+    for problem in problems:
+        log.error("%s: %s", config_path, problem)
+    if problems:
+        return 2
+    log.info("%s", describe_temporal_rows(cfg))
+    log.info("%s: config OK for %d rank(s) (output_dir %s)", config_path, ranks, cfg.output_dir)
+    return 0
 
 
 if __name__ == "__main__":

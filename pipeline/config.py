@@ -281,3 +281,88 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 
+
+
+# ---- checks before a job is submitted, and what a stage does with the temporal embedding -----------------------
+
+TINY_ASSETS_HINT = "runs/tiny_assets"     # where configs/tiny_*.json look (pipeline.tiny_assets.DEFAULT_ROOT)
+
+
+def _must_be_local_folder(value: str) -> bool:
+    """A text model / tokenizer value that can only be a local folder (a hub id is `name` or `org/name`)."""
+    return value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
+
+
+def check_inputs(cfg: RunConfig, world_size: int = 1) -> list[str]:
+    """Every problem with the files a run reads at start, as messages naming the key (empty: all good).
+
+    What `launch/train.py --check` adds to the schema check, so that a job fails at submission rather than
+    after its queue wait: each dataset's shards resolve (folder with manifest.json, or existing shard files),
+    each training dataset has a shard for every reader (`world_size` ranks x data.options.num_workers),
+    and a local text model / tokenizer folder exists. Relative paths are taken from the working directory,
+    as in the job. `checkpoint.load_checkpoint` is not required to exist: in a curriculum the previous stage
+    writes it.
+    """
+    from pipeline import shardlists
+    problems = []
+    for spec in list(cfg.train_datasets) + list(cfg.eval_datasets):
+        try:
+            shard_set = spec.resolve()
+            if spec in cfg.train_datasets:
+                shardlists.check_enough_shards(len(shard_set.urls), world_size, cfg.loader.num_workers, spec.where)
+        except ConfigError as err:
+            problems.append(str(err))
+    for key, value in (("model.text.model", cfg.model.text.model), ("data.options.tokenizer", cfg.loader.tokenizer)):
+        if isinstance(value, str) and _must_be_local_folder(value) and not Path(value).expanduser().is_dir():
+            problems.append(f"{key}: {value} is not a folder (relative paths are taken from {Path.cwd()})")
+    if any(TINY_ASSETS_HINT in p for p in problems):
+        problems.append(f"{TINY_ASSETS_HINT} is missing or incomplete: write it with `make tiny-assets` "
+                        f"(python3 -m launch.tiny_assets) in the directory you submit from")
+    return problems
+
+
+def _checkpoint_frames(path: str) -> int | None:
+    """The temporal rows of a weights folder (its model_config.json), None when unknown or not there yet."""
+    try:
+        doc = json.loads((Path(path) / "model_config.json").read_text())
+        return int(doc["video"]["num_frames"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _rows(first: int, end: int) -> str:
+    return f"row {first}" if end - first == 1 else f"rows {first}-{end - 1}"
+
+
+def describe_temporal_rows(cfg: RunConfig) -> str:
+    """Which rows of the temporal embedding this run trains, and whether its initial weights get inflated.
+
+    The video model has model.video.num_frames rows; a clip of T frames adds row t to frame t, so a dataset
+    read at T frames trains rows 0..T-1 and rows at or above the largest T get no gradient. Starting from
+    weights (checkpoint.load_checkpoint), load_temporal_fix inflates the embedding only when those weights
+    have FEWER rows than the model; with as many rows they are copied as they are (nothing is inflated).
+    """
+    rows = cfg.model.video.num_frames
+    frames = {s.name: min(s.num_frames, rows) for s in cfg.train_datasets}
+    used = max(frames.values())
+    reads = ", ".join(f"{name} {n}" for name, n in frames.items())
+    text = f"temporal embedding: {rows} row(s) (model.video.num_frames); training reads {reads} frame(s) -> "
+    if used == rows:
+        text += f"all {rows} row(s) train"
+    else:
+        text += f"{_rows(0, used)} train{'s' if used == 1 else ''}, {_rows(used, rows)} get no gradient and keep " \
+                f"their initial values"
+    init = cfg.checkpoint.load_checkpoint
+    if not init:
+        return text + "; starts from a fresh model (rows are zeros)"
+    fix = cfg.checkpoint.load_temporal_fix
+    have = _checkpoint_frames(init)
+    if have is None:
+        return (text + f"; starts from {init}: its rows are inflated to {rows} with load_temporal_fix={fix} "
+                f"only if it has fewer (its row count is known when it loads)")
+    if have < rows:
+        return text + f"; starts from {init} with {have} row(s): inflated to {rows} (load_temporal_fix={fix})"
+    if have == rows:
+        return (text + f"; starts from {init} with {rows} row(s): no inflation (load_temporal_fix unused), rows "
+                f"that did not train there start from their values there (e.g. zeros after a 1-frame stage)")
+    return text + f"; starts from {init} with {have} row(s): the first {rows} are kept"

@@ -52,12 +52,13 @@ fit_resolve_run() {  # fit_resolve_run DEFAULT_CONFIG
 
 # The weights a stage starts from: $INIT_FROM, else the config's checkpoint.load_checkpoint; made absolute,
 # and it must exist when the job starts.
+# (At submission, FIT_CHECK=1, it need not exist yet: in a curriculum the previous stage writes it.)
 fit_init_from() {  # fit_init_from CONFIG WHAT_IT_SHOULD_BE
     local init=${INIT_FROM:-} path
     [ -n "$init" ] || init=$(fit_config_value "$1" checkpoint.load_checkpoint)
     [ -n "$init" ] || fit_die "INIT_FROM is not set and $1 has no checkpoint.load_checkpoint: point it at $2"
     path=$(fit_abspath "$init")
-    [ -e "$path" ] || fit_die "initial weights $init do not exist ($2; did that stage finish?)"
+    [ -e "$path" ] || [ "${FIT_CHECK:-0}" = 1 ] || fit_die "initial weights $init do not exist ($2; did that stage finish?)"
     echo "$path"
 }
 
@@ -177,6 +178,11 @@ fit_run_tasks() {  # fit_run_tasks SCRIPT ARGS... ; returns the launcher's exit 
 fit_train() {  # fit_train STAGE CONFIG OUTPUT_DIR [launch/train.py args ...]
     local stage=$1 config=$2 output_dir=$3 rc=0
     shift 3
+    if [ "${FIT_CHECK:-0}" = 1 ]; then   # at submission: validate config + overrides + inputs, start nothing
+        "$PYTHON" "$FIT_ROOT/launch/train.py" --check --ranks "${FIT_CHECK_RANKS:-1}" --config "$config" \
+            --set "output_dir=$output_dir" "$@"
+        return
+    fi
     fit_banner "$stage"
     fit_log "config: $config"
     fit_print_outputs "$output_dir"
@@ -195,4 +201,35 @@ fit_train() {  # fit_train STAGE CONFIG OUTPUT_DIR [launch/train.py args ...]
     fi
     fit_log "$stage failed with exit code $rc; see the ranks' lines above"
     exit "$rc"
+}
+
+# ---- checks at submission (slurm/submit.sh, slurm/curriculum.sh) ---------------------------------------------
+#
+# A job that asks more than its partition has pends forever (Reason=PartitionConfig), and a bad config value
+# used to surface only once the job had waited in the queue and started. Before anything is submitted:
+#   fit_check_resources  compares the script's #SBATCH defaults + the options given with what the partition
+#                        offers (launch/slurm_fit.py): a default that does not fit is lowered (FIT_FITTED),
+#                        a given option that does not fit stops the submission with the option to lower;
+#   fit_check_stage      runs the job script itself in check mode (FIT_CHECK=1): it resolves its config,
+#                        output folder and initial weights exactly as the job will, and runs
+#                        `launch/train.py --check` with the stage's overrides for the job's number of ranks.
+
+fit_check_resources() {  # fit_check_resources WHAT SCRIPT [SBATCH OPTIONS...]; sets FIT_RANKS, FIT_FITTED
+    local what=$1 script=$2 out
+    shift 2
+    out=$("$PYTHON" "$FIT_ROOT/launch/slurm_fit.py" --what "$what" "$script" "$@") || return 2
+    FIT_RANKS=$(sed -n 's/^ranks //p' <<<"$out")
+    FIT_FITTED=()
+    local line
+    while IFS= read -r line; do
+        case "$line" in ranks\ *|"") ;; *) FIT_FITTED+=("$line") ;; esac
+    done <<<"$out"
+}
+
+fit_check_stage() {  # fit_check_stage WHAT SCRIPT [ARGS...] (environment as for the job); prefixes WHAT
+    local what=$1 out rc=0
+    shift
+    out=$(FIT_ROOT=$FIT_ROOT FIT_CHECK=1 FIT_CHECK_RANKS=${FIT_RANKS:-1} bash "$@" 2>&1) || rc=$?
+    [ -z "$out" ] || sed "s/^/$what: /" <<<"$out" >&2
+    return "$rc"
 }

@@ -25,9 +25,22 @@ source "$FIT_ROOT/slurm/common.sh"
 
 [ -n "${CHECKPOINT:-}" ] || fit_die "CHECKPOINT is not set: point it at a weights folder (RUN/weights/final)"
 checkpoint=$(fit_abspath "$CHECKPOINT")
-[ -e "$checkpoint" ] || fit_die "CHECKPOINT=$CHECKPOINT does not exist"
+[ -e "$checkpoint" ] || [ "${FIT_CHECK:-0}" = 1 ] || fit_die "CHECKPOINT=$CHECKPOINT does not exist"
 run_config="$(dirname "$(dirname "$checkpoint")")/config.json"
 if [ -z "${CONFIG:-}" ] && [ -f "$run_config" ]; then CONFIG=$run_config; fi
+if [ "${FIT_CHECK:-0}" = 1 ]; then   # at submission (slurm/submit.sh, curriculum.sh): the config and its --set
+    if [ -z "${CONFIG:-}" ]; then
+        fit_log "config: $run_config, written by the stage that trains $CHECKPOINT (checked with that stage)"
+        exit 0
+    fi
+    sets=()
+    while [ $# -gt 0 ]; do
+        case "$1" in --set) sets+=(--set "$2"); shift ;; --set=*) sets+=("$1") ;; esac
+        shift
+    done
+    config=$(fit_config_path "$CONFIG" CONFIG) || exit 2
+    exec "$PYTHON" "$FIT_ROOT/launch/train.py" --check --config "$config" "${sets[@]}"
+fi
 [ -n "${CONFIG:-}" ] || fit_die "CONFIG is not set and $run_config does not exist: give the config to evaluate with"
 config=$(fit_config_path "$CONFIG" CONFIG)
 out_args=()

@@ -27,7 +27,8 @@ if [ -z "${FIT_ROOT:-}" ]; then
 fi
 source "$FIT_ROOT/slurm/common.sh"
 
-[ $# -gt 0 ] || fit_die "usage: sbatch [--array=0-N] slurm/make_shards.sh SOURCE --out DIR [make-shards options]"
+[ $# -gt 0 ] || fit_die "usage: bash slurm/submit.sh [--array=0-N] slurm/make_shards.sh SOURCE --out DIR [make-shards options]"
+if [ "${FIT_CHECK:-0}" = 1 ]; then exit 0; fi    # at submission: nothing more to check before the job runs
 slice=$(fit_array_slice)
 read -r task_index num_tasks <<<"$slice"
 fit_banner "make-shards task $task_index of $num_tasks"
