@@ -7,12 +7,16 @@
 `captions`, optional `kind`, `id`, `extra`). Row i belongs to chunk i // samples_per_shard; task I of N
 handles the chunks c with c % N == I, so array tasks write disjoint parts of the same dataset.
 """
+import contextlib
+import hashlib
 import logging
 import os
+import shutil
 import tempfile
+import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,7 +25,8 @@ from tqdm import tqdm
 from shard_tools import records
 from shard_tools.decode import FrameSpec, SampleError, decode_sample
 from shard_tools.download import DownloadSpec, fetch
-from shard_tools.rows import Row, finish_rows, row_from_record
+from shard_tools.records import LocalWriteError
+from shard_tools.rows import Row, finish_rows, input_fingerprint, row_from_record
 from shard_tools.workers import DecodePool
 from shard_tools.writer import ChunkWriter, read_samples, sample_members
 
@@ -93,33 +98,84 @@ def make_shards(rows, out_dir, options: ShardOptions, run: RunOptions | None = N
     if not 0 <= run.task_index < run.num_tasks:
         raise ValueError(f"task index {run.task_index} is outside 0..{run.num_tasks - 1}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with _writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
+    # every row is read (and fingerprinted) before anything is written: a table that cannot be read, or
+    # that differs from the one this folder was made from, is refused before any work
     per = options.samples_per_shard
     mine: dict[int, list[tuple[int, Row]]] = {}
+    chunk_hashes: list = []
     total = 0
-    as_rows = (r if isinstance(r, Row) else row_from_record(r, i, options.kind) for i, r in enumerate(rows))
-    for index, row in enumerate(finish_rows(as_rows)):
+    for index, row in enumerate(finish_rows(_as_rows(rows, options.kind))):
         total = index + 1
         chunk = index // per
+        if chunk == len(chunk_hashes):
+            chunk_hashes.append(hashlib.sha256())
+        chunk_hashes[chunk].update(input_fingerprint(row))
         if chunk % run.num_tasks == run.task_index:
             mine.setdefault(chunk, []).append((index, row))
     if total == 0:
         raise ValueError(f"no input rows: the source is empty, nothing to write to {out_dir}")
-    num_chunks = (total + per - 1) // per
+    inputs = _Inputs(total, [h.hexdigest() for h in chunk_hashes])
+    records.check_input(out_dir, options.name, inputs.rows, inputs.sha256, inputs.chunk_sha256)
     report = RunReport(input_rows=total)
     fingerprint = asdict(options)
 
     plan = _plan(out_dir, options, fingerprint, mine, run, report)
-    if plan:
-        (out_dir / records.MANIFEST).unlink(missing_ok=True)   # the folder is about to change
-    _remove_stale_temps(out_dir, options.name, [c for c, _, _ in plan])
-    _execute(plan, out_dir, options, run, report, fingerprint, num_chunks, total)
+    with _writing(out_dir):
+        if plan:
+            (out_dir / records.MANIFEST).unlink(missing_ok=True)   # the folder is about to change
+        _remove_stale_temps(out_dir, options.name, [c for c, _, _ in plan])
+        _remove_stale_downloads(out_dir, run.task_index)
+    _execute(plan, out_dir, options, run, report, fingerprint, inputs)
 
-    report.manifest, report.missing_chunks = records.finalize(out_dir, options.name)
+    with _writing(out_dir / records.MANIFEST):
+        report.manifest, report.missing_chunks = records.finalize(out_dir, options.name)
     report.seconds = time.monotonic() - started
     return report
+
+
+@dataclass
+class _Inputs:
+    """The input rows as a whole: their count and fingerprints (whole input, and per chunk)."""
+    rows: int
+    chunk_sha256: list
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(f"{self.rows}\n{chr(10).join(self.chunk_sha256)}".encode()).hexdigest()
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self.chunk_sha256)
+
+
+def _as_rows(rows, kind: str):
+    """Rows as Row objects; a record that cannot be read (even one whose iteration step or conversion
+    raises) becomes a failed row at its place."""
+    for index, record in enumerate(rows):
+        if isinstance(record, Row):
+            yield record
+            continue
+        try:
+            yield row_from_record(record, index, kind)
+        except Exception as e:        # a hostile record costs its row, not the run
+            yield Row(key=f"{index:09d}", captions=[], kind=kind, where=f"record {index}",
+                      error=("bad_row", f"record {index}: {type(e).__name__}: {e}"))
+
+
+@contextlib.contextmanager
+def _writing(path, writer=None):
+    """An OSError while writing the output folder is the local system's, not a row's: LocalWriteError,
+    naming the file (the part being written when the error carries no file name)."""
+    try:
+        yield
+    except OSError as e:
+        parts = getattr(writer, "parts", None)
+        where = e.filename or (getattr(parts[-1], "tmp", None) if parts else None) or path
+        raise LocalWriteError(where, e) from None
 
 
 def _plan(out_dir, options, fingerprint, mine, run, report):
@@ -168,6 +224,16 @@ def _remove_stale_temps(out_dir: Path, name: str, chunks) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def _downloads_prefix(task_index: int) -> str:
+    return f".downloads-task{task_index}-"
+
+
+def _remove_stale_downloads(out_dir: Path, task_index: int) -> None:
+    """Download scratch folders of this task index left by a killed run (kill -9 skips all cleanup)."""
+    for folder in out_dir.glob(_downloads_prefix(task_index) + "*"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 class _Progress:
     def __init__(self, total: int, enabled: bool):
         self.bar = tqdm(total=total, unit="clip", dynamic_ncols=True, disable=not enabled, smoothing=0.1)
@@ -183,42 +249,55 @@ class _Progress:
         self.bar.close()
 
 
-def _execute(plan, out_dir, options, run, report, fingerprint, num_chunks, total):
+def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
     tasks = deque()
     writers: dict[int, ChunkWriter] = {}
-    for chunk, rows, kept in plan:
-        writer = ChunkWriter(out_dir, options.name, chunk, [i for i, _ in rows], options.max_bytes)
-        writers[chunk] = writer
-        for index, row in rows:
-            if index in kept:
-                writer.add_sample(index, row.key, kept[index])
-            else:
-                tasks.append((chunk, index, row))
-        if kept:        # a retry rewrites this chunk: it is no longer complete until re-recorded
-            (out_dir / records.stats_name(options.name, chunk)).unlink(missing_ok=True)
+    try:
+        for chunk, rows, kept in plan:
+            writer = ChunkWriter(out_dir, options.name, chunk, [i for i, _ in rows], options.max_bytes)
+            writers[chunk] = writer
+            for index, row in rows:
+                if index in kept:
+                    with _writing(out_dir, writer):
+                        writer.add_sample(index, row.key, kept[index])
+                else:
+                    tasks.append((chunk, index, row))
+            if kept:        # a retry rewrites this chunk: it is no longer complete until re-recorded
+                with _writing(out_dir):
+                    (out_dir / records.stats_name(options.name, chunk)).unlink(missing_ok=True)
+    except BaseException:
+        _abort(writers, out_dir, options.name)
+        raise
     if not tasks and not writers:
         return
+    stop = threading.Event()          # set when the run ends early: download threads give up at once
     progress = _Progress(len(tasks), run.progress)
-    pool = DecodePool(run.workers, run.decoder, run.decode_timeout) if run.workers > 0 else None
-    downloads = ThreadPoolExecutor(run.threads, thread_name_prefix="download") if run.download else None
-    scratch = tempfile.TemporaryDirectory(prefix=".downloads-", dir=out_dir) if run.download else None
+    pool = downloads = scratch = None
     by_id = {}
 
     def deliver(task_id, status, payload):
         chunk, index, row = by_id.pop(task_id)
         writer = writers[chunk]
         if status == "ok":
-            writer.add_sample(index, row.key, sample_members(row, index, payload))
-        else:
-            reason, detail = payload
-            writer.add_failure(index, {"row": index, "key": row.key, "where": row.where, "reason": reason,
-                                       "detail": detail, "source": row.source()})
+            try:
+                members = sample_members(row, index, payload)
+            except Exception as e:     # an unusable decoder result costs this sample, not the run
+                status, payload = "error", ("decode_error", f"{row.where}: cannot store the decoded sample: "
+                                                            f"{type(e).__name__}: {e}")
+        with _writing(out_dir, writer):
+            if status == "ok":
+                writer.add_sample(index, row.key, members)
+            else:
+                reason, detail = payload
+                writer.add_failure(index, {"row": index, "key": row.key, "where": row.where, "reason": reason,
+                                           "detail": detail, "source": row.source()})
         progress.step(status == "ok")
         downloaded = row_tmp.pop(task_id, None)
         if downloaded:
             Path(downloaded).unlink(missing_ok=True)
         if writer.complete:
-            _finish_chunk(writer, out_dir, options, fingerprint, num_chunks, total, report)
+            with _writing(out_dir, writer):
+                _finish_chunk(writer, out_dir, options, fingerprint, inputs, report)
             del writers[chunk]
 
     row_tmp: dict = {}
@@ -226,8 +305,15 @@ def _execute(plan, out_dir, options, run, report, fingerprint, num_chunks, total
     fetching: dict = {}               # future -> task_id
     window = max(4 * max(run.workers, 1), 8) + (run.threads if run.download else 0)
     try:
+        pool = DecodePool(run.workers, run.decoder, run.decode_timeout) if run.workers > 0 else None
+        if run.download:
+            downloads = ThreadPoolExecutor(run.threads, thread_name_prefix="download")
+            with _writing(out_dir):
+                scratch = tempfile.mkdtemp(prefix=_downloads_prefix(run.task_index), dir=out_dir)
         for chunk in [c for c, w in writers.items() if w.complete]:   # chunks fully kept
-            _finish_chunk(writers.pop(chunk), out_dir, options, fingerprint, num_chunks, total, report)
+            with _writing(out_dir, writers[chunk]):
+                _finish_chunk(writers[chunk], out_dir, options, fingerprint, inputs, report)
+            del writers[chunk]
         while tasks or ready or fetching or (pool and pool.busy()):
             while tasks and len(ready) + len(fetching) + (pool.busy() if pool else 0) < window:
                 chunk, index, row = tasks.popleft()
@@ -236,9 +322,9 @@ def _execute(plan, out_dir, options, run, report, fingerprint, num_chunks, total
                 if row.error:
                     deliver(task_id, "error", row.error)
                 elif run.download and row.url:
-                    dest = os.path.join(scratch.name, f"{row.key}")
+                    dest = os.path.join(scratch, f"{index:09d}")     # not the key: any key makes a file name
                     row_tmp[task_id] = dest
-                    fetching[downloads.submit(fetch, row.url, dest, run.download_spec, row.kind)] = task_id
+                    fetching[downloads.submit(fetch, row.url, dest, run.download_spec, row.kind, stop)] = task_id
                 elif row.path:
                     ready.append((task_id, row.path, row.kind))
                 else:
@@ -251,6 +337,10 @@ def _execute(plan, out_dir, options, run, report, fingerprint, num_chunks, total
                     ready.append((task_id, row_tmp[task_id], by_id[task_id][2].kind))
                 except SampleError as e:
                     deliver(task_id, "error", (e.reason, e.detail))
+                except LocalWriteError:
+                    raise
+                except Exception as e:     # fetch maps every failure to a reason; this is the backstop
+                    deliver(task_id, "error", ("connection_error", f"{type(e).__name__}: {e}"))
             if pool is None:
                 if ready:
                     task_id, path, kind = ready.popleft()
@@ -271,35 +361,63 @@ def _execute(plan, out_dir, options, run, report, fingerprint, num_chunks, total
             for task_id, status, payload in pool.poll(0.05 if (pool.busy() or fetching) else 0):
                 deliver(task_id, status, payload)
     except BaseException:
-        for writer in writers.values():
-            writer.abort()
+        stop.set()
+        _abort(writers, out_dir, options.name)
         raise
     finally:
+        stop.set()
         progress.close()
         if pool:
             pool.close()
         if downloads:
             downloads.shutdown(wait=False, cancel_futures=True)
+            wait(list(fetching), timeout=1.0)   # threads notice `stop` within a socket wait slice
         if scratch:
-            scratch.cleanup()
+            _remove_folder(scratch)
 
 
-def _finish_chunk(writer: ChunkWriter, out_dir, options, fingerprint, num_chunks, total, report):
+def _abort(writers: dict, out_dir: Path, name: str) -> None:
+    """Drop the unfinished chunks' temp files. Best effort: this runs while an error (often a full disk,
+    which also fails closing the tar) is on its way up, and must not hide it."""
+    for writer in writers.values():
+        try:
+            writer.abort()
+        except Exception as e:
+            log.debug("chunk %d: abort: %s", writer.chunk, e)
+    with contextlib.suppress(OSError):
+        _remove_stale_temps(out_dir, name, list(writers))
+
+
+def _remove_folder(folder: str) -> None:
+    """Remove a scratch folder; a download thread that is just ending may still add a file, so retry."""
+    for _ in range(5):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not os.path.exists(folder):
+            return
+        time.sleep(0.1)
+    log.warning("could not remove %s; the next run of this task removes it", folder)
+
+
+def _finish_chunk(writer: ChunkWriter, out_dir, options, fingerprint, inputs: _Inputs, report):
     shards = writer.commit()
     failures = writer.failures
     start = writer.chunk * options.samples_per_shard
-    records.write_stats(out_dir, {
+    stats = {
         "format": records.FORMAT,
         "name": options.name,
         "chunk": writer.chunk,
-        "num_chunks": num_chunks,
-        "input_rows": total,
-        "rows": [start, min(start + options.samples_per_shard, total)],
+        "num_chunks": inputs.num_chunks,
+        "input_rows": inputs.rows,
+        "input_sha256": inputs.sha256,
+        "chunk_input_sha256": inputs.chunk_sha256[writer.chunk],
+        "rows": [start, min(start + options.samples_per_shard, inputs.rows)],
         "options": fingerprint,
         "shards": shards,
         "samples": [list(s) for s in writer.written],
         "failures": failures,
-    })
+    }
+    with _writing(out_dir / records.stats_name(options.name, writer.chunk)):
+        records.write_stats(out_dir, stats)
     # a retry may need fewer parts than before: drop parts this chunk no longer lists
     listed = {s["path"] for s in shards}
     for old in _chunk_files(out_dir, options.name, writer.chunk, ""):

@@ -10,13 +10,15 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 from pipeline.logs import setup_logging
 from shard_tools import __version__, records, sources
 from shard_tools.api import RunOptions, ShardOptions, make_shards
 from shard_tools.download import DownloadSpec
-from shard_tools.records import OptionsMismatch
+from shard_tools.records import LocalWriteError, OptionsMismatch
 from shard_tools.verify import verify
 
 log = logging.getLogger("make-shards")
@@ -43,7 +45,9 @@ def _common(p: argparse.ArgumentParser, kind_choice: bool = False) -> None:
     p.add_argument("--num-tasks", type=int, default=1, help="tasks in the array job (default 1)")
     p.add_argument("--retry-failed", action="store_true", help="re-attempt only the rows that failed before")
     p.add_argument("--download", action="store_true", help="fetch media from the URL column")
-    p.add_argument("--download-timeout", type=float, default=30.0, help="seconds per connect/read (default 30)")
+    p.add_argument("--download-timeout", type=float, default=DownloadSpec.timeout,
+                   help="wall-clock seconds one download attempt may take, whatever the server does "
+                        "(default 60)")
     p.add_argument("--download-retries", type=int, default=3, help="retries after the first try (default 3)")
     p.add_argument("--download-backoff", type=float, default=1.0, help="first retry delay, doubling (default 1 s)")
     p.add_argument("--max-download-bytes", type=int, default=DownloadSpec.max_bytes,
@@ -186,10 +190,23 @@ def _run_verify(args) -> int:
     return 0 if report.ok else 1
 
 
+class Terminated(BaseException):
+    """SIGTERM (e.g. scancel, a job's time limit): unwind like Ctrl-C so temp files and download
+    folders are removed; finished chunks stay and the same command resumes."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)       # a second TERM must not interrupt the cleanup
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     setup_logging()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(with_demo=argv[:1] == ["demo"]).parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    out = getattr(args, "out", None) or getattr(args, "dir", None)
     try:
         if args.command == "verify":
             return _run_verify(args)
@@ -201,6 +218,23 @@ def main(argv=None) -> int:
     except (OptionsMismatch, FileNotFoundError, ValueError) as e:
         print(f"make-shards: error: {e}", file=sys.stderr)
         return 2
+    except LocalWriteError as e:
+        print(f"make-shards: error: {e}. This is a problem of the output folder's disk, not of the input: "
+              f"the run stopped; finished shards are kept. Free space (or fix the quota, permissions or "
+              f"file size limit), then re-run the same command to finish {out}.", file=sys.stderr)
+        return 1
+    except OSError as e:           # a local failure outside the writes make_shards names itself
+        print(f"make-shards: error: {e}. The run stopped; finished shards in {out} are kept: fix the cause "
+              f"and re-run the same command.", file=sys.stderr)
+        return 1
+    except (Terminated, KeyboardInterrupt) as e:
+        how = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
+        print(f"make-shards: stopped by {how}; finished shards in {out} are kept, re-run the same command "
+              f"to finish", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if in_main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,20 @@ class OptionsMismatch(ValueError):
     pass
 
 
+class InputChanged(ValueError):
+    """The input rows differ from those the folder was made from (a shorter, longer or edited table)."""
+
+
+class LocalWriteError(Exception):
+    """Writing into the output folder failed (disk full, quota, file size limit, read-only, I/O error).
+    Not any input row's fault, so it stops the run instead of failing rows: finished chunks are kept,
+    and the same command completes the job once the cause is fixed."""
+
+    def __init__(self, path, error: OSError):
+        self.path, self.error = str(path), error
+        super().__init__(f"cannot write {path}: {error.strerror or error}")
+
+
 def check_options(record: dict, options: dict, where: Path) -> None:
     if record.get("options") != options:
         old, new = record.get("options") or {}, options
@@ -53,6 +67,37 @@ def check_options(record: dict, options: dict, where: Path) -> None:
                  if old.get(k) != new.get(k)]
         raise OptionsMismatch(f"{where} was written with other options ({'; '.join(diffs)}). "
                               f"Re-run with the same options, or write to a new --out folder.")
+
+
+def check_input(out_dir: Path, name: str, rows: int, sha256: str, chunk_sha256: list[str]) -> None:
+    """Refuse to continue a folder made from other input rows: a shorter table would leave the old rows'
+    shards in the manifest, a longer or edited one would mix two tables. Every stats record of the
+    dataset carries the row count and fingerprint of the input it was made from (rows.input_fingerprint)."""
+    old_rows, changed = set(), []
+    for path in sorted(Path(out_dir).glob(f"{name}-*{STATS_SUFFIX}")):
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        if record.get("name") != name:
+            continue
+        same_rows = record.get("input_rows") == rows
+        if same_rows and record.get("input_sha256") in (None, sha256):   # None: written before fingerprints
+            continue
+        old_rows.add(record.get("input_rows"))
+        chunk = record.get("chunk", -1)
+        if not 0 <= chunk < len(chunk_sha256):
+            changed.append(f"{chunk} (rows {record['rows'][0]}-{record['rows'][1] - 1}: not in the input now)")
+        elif record.get("chunk_input_sha256") not in (None, chunk_sha256[chunk]):
+            changed.append(f"{chunk} (rows {record['rows'][0]}-{record['rows'][1] - 1}: edited)")
+    if not old_rows:
+        return
+    counts = (f"it was made from {', '.join(map(str, sorted(old_rows)))} input rows, the input now has {rows}"
+              if old_rows != {rows} else f"it was made from {rows} other input rows (same count, other content)")
+    shown = "; ".join(changed[:10]) + (f" ... ({len(changed)} chunks in all)" if len(changed) > 10 else "")
+    grown = f"; rows {max(old_rows)}-{rows - 1} are new" if rows > max(old_rows) else ""
+    raise InputChanged(f"{out_dir}: the input table changed since this folder was written: {counts}"
+                       + (f"; chunks that differ: {shown}" if shown else "") + grown
+                       + ". Shards of two different tables cannot be mixed: restore the original table to "
+                         "finish this folder, or write to a new --out folder (or delete this one) to start over.")
 
 
 def collect(out_dir: Path, name: str | None = None) -> tuple[list[dict], list[int], int]:
@@ -73,7 +118,8 @@ def collect(out_dir: Path, name: str | None = None) -> tuple[list[dict], list[in
     num_chunks = records[0]["num_chunks"]
     by_chunk = {r["chunk"]: r for r in records}
     for r in records:
-        if r["num_chunks"] != num_chunks or r["options"] != records[0]["options"]:
+        if (r["num_chunks"] != num_chunks or r["options"] != records[0]["options"]
+                or r.get("input_sha256") != records[0].get("input_sha256")):
             raise OptionsMismatch(f"{out_dir}: {stats_name(r['name'], r['chunk'])} disagrees with "
                                   f"{stats_name(records[0]['name'], records[0]['chunk'])} on the options or "
                                   f"the number of input rows; the folder mixes two different runs")
@@ -85,7 +131,9 @@ def build_manifest(records: list[dict]) -> dict:
     failed = Counter()
     for r in records:
         failed.update(f["reason"] for f in r["failures"])
-    shards = [s for r in records for s in r["shards"]]
+    # member checksums stay in the stats records (verify reads them there): a manifest with them would
+    # grow by ~300 bytes per sample, and every loader reads the manifest
+    shards = [{k: v for k, v in s.items() if k != "crc32"} for r in records for s in r["shards"]]
     options = records[0]["options"]
     manifest = {
         "format": FORMAT,
@@ -95,6 +143,7 @@ def build_manifest(records: list[dict]) -> dict:
         "shards": shards,
         "total_samples": sum(s["samples"] for s in shards),
         "input_rows": records[0]["input_rows"],
+        "input_sha256": records[0].get("input_sha256"),
         "failed": dict(sorted(failed.items())),
         "options": options,
         "tool_version": __version__,

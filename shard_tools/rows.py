@@ -5,6 +5,7 @@ that order decides its shard. A row that is already known to be unusable (missin
 caption, empty caption, duplicate key) still takes its place in the order with `error` set, so it is
 counted and recorded like any other failure.
 """
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ class Row:
     extra: dict = field(default_factory=dict)
     error: tuple[str, str] | None = None  # (reason, detail) when the row is unusable as read
     where: str = ""                      # "file.csv line 12", for error messages
+    media_ref: str | None = None         # the media as the table names it (path column before the root)
 
     def source(self) -> dict:
         return {"id": self.source_id, "path": self.path, "url": self.url}
@@ -36,6 +38,8 @@ def check_caption(text, where: str) -> tuple[str, str] | None:
     """(reason, detail) if `text` cannot serve as a caption, else None."""
     if text is None:
         return ("missing_field", f"{where}: no caption")
+    if not isinstance(text, str):
+        return ("bad_row", f"{where}: caption is a {type(text).__name__}, not text: {str(text)[:80]!r}")
     if any("\udc80" <= ch <= "\udcff" for ch in text):   # bytes that were not UTF-8 (surrogateescape)
         shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         return ("caption_not_utf8", f"{where}: caption is not valid UTF-8: {shown[:80]!r}")
@@ -49,6 +53,10 @@ def finish_rows(rows):
     later rows with the same key fail with `duplicate_key` (naming the first). Yields the same rows."""
     seen: dict[str, str] = {}
     for row in rows:
+        if row.error is None and row.kind not in ("video", "image"):
+            row.error = ("bad_row", f"{row.where}: kind {row.kind!r} is neither video nor image")
+        if row.error is None and not isinstance(row.captions, list):
+            row.error = ("bad_row", f"{row.where}: captions must be a list of texts, got {row.captions!r:.80}")
         if row.error is None:
             for caption in row.captions or [None]:
                 problem = check_caption(caption, row.where)
@@ -57,6 +65,9 @@ def finish_rows(rows):
                     break
         if row.error is None and not row.key:
             row.error = ("missing_field", f"{row.where}: empty key")
+        if row.error is None and (not isinstance(row.key, str) or safe_key(row.key) != row.key):
+            row.error = ("bad_row", f"{row.where}: key {row.key!r} has characters outside [A-Za-z0-9_-] "
+                                    f"(shard_tools.rows.safe_key makes a usable one)")
         if row.error is None and row.path is None and row.url is None:
             row.error = ("missing_field", f"{row.where}: neither a media path nor a url")
         if row.error is None:
@@ -68,14 +79,40 @@ def finish_rows(rows):
 
 def row_from_record(record: dict, index: int, kind: str = "video") -> Row:
     """A Row from a plain dict (the library API): keys `key`, `path` or `url`, `caption` or `captions`,
-    optional `kind`, `id`, `extra`. Unknown keys go to `extra`."""
+    optional `kind`, `id`, `extra`. Unknown keys go to `extra`. A record that is not usable (not a dict,
+    captions not a list, extra not a dict) gives a Row that fails as `bad_row`, never an exception."""
+    where = f"record {index}"
+    if not isinstance(record, dict):
+        return Row(key=f"{index:09d}", captions=[], kind=kind, where=where,
+                   error=("bad_row", f"{where}: a {type(record).__name__}, not a dict: {str(record)[:80]!r}"))
     known = {"key", "path", "url", "caption", "captions", "kind", "id", "extra"}
     captions = record.get("captions")
     if captions is None:
         captions = [record.get("caption")]
-    extra = dict(record.get("extra") or {})
-    extra.update({k: v for k, v in record.items() if k not in known})
+    elif isinstance(captions, str):
+        captions = [captions]
+    extra = record.get("extra") or {}
+    problem = None
+    if not isinstance(captions, (list, tuple)):
+        problem = f"captions must be a list of texts, got {type(captions).__name__}"
+        captions = []
+    if not isinstance(extra, dict):
+        problem, extra = f"extra must be a dict, got {type(extra).__name__}", {}
+    extra = {**extra, **{k: v for k, v in record.items() if k not in known}}
     key = record.get("key")
-    return Row(key=safe_key(str(key)) if key is not None else f"{index:09d}", captions=list(captions),
-               kind=record.get("kind", kind), path=record.get("path"), url=record.get("url"),
-               source_id=record.get("id"), extra=extra, where=f"record {index}")
+    path = record.get("path")
+    row = Row(key=safe_key(str(key)) if key is not None else f"{index:09d}", captions=list(captions),
+              kind=record.get("kind", kind), path=None if path is None else str(path), url=record.get("url"),
+              source_id=record.get("id"), extra=extra, where=where,
+              media_ref=None if path is None else str(path))
+    if problem:
+        row.error = ("bad_row", f"{where}: {problem}")
+    return row
+
+
+def input_fingerprint(row: Row) -> bytes:
+    """The bytes of a row that the input fingerprint (records.check_input) covers: the row as its table
+    gives it (key, captions, kind, url, id, media reference, pass-through columns, read error), not the
+    resolved media path, so moving the media root or restoring files for --retry-failed is no change."""
+    return json.dumps([row.key, row.captions, row.kind, row.url, row.source_id, row.media_ref, row.extra,
+                       list(row.error) if row.error else None], default=str, ensure_ascii=True).encode() + b"\n"

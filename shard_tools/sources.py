@@ -26,17 +26,33 @@ def _missing(record: dict, columns, caption_col: str) -> list[str]:
     return [c for c in columns if record.get(c) is None or (c != caption_col and record.get(c) == "")]
 
 
+def _row_problem(rec: dict, where: str, missing: list[str]) -> tuple[str, str] | None:
+    """The read-time failure of a record: unparseable (`bad_row`) or lacking a needed value."""
+    if "__error__" in rec:
+        return ("bad_row", f"{where}: {rec['__error__']}")
+    if missing:
+        return ("missing_field", f"{where}: empty or missing column(s) {', '.join(missing)}")
+    return None
+
+
+def _pass_through(rec: dict, used) -> dict:
+    """The columns a source does not use itself, for the sample json's `extra` (empty ones left out)."""
+    return {c: v for c, v in rec.items() if c not in used and c != "__error__" and v not in (None, "")}
+
+
 def webvid_rows(csv_path, videos_root=None) -> Iterator[Row]:
-    for where, rec in read_table(csv_path, "csv"):
-        missing = _missing(rec, ("videoid", "name") + (("page_dir",) if videos_root else ("contentUrl",)), "name")
+    needed = ("videoid", "name") + (("page_dir",) if videos_root else ("contentUrl",))
+    hint = ("the official WebVid CSV has videoid,contentUrl,duration,page_dir,name"
+            + ("" if videos_root else "; without --videos-root the contentUrl column is needed for --download"))
+    for where, rec in read_table(csv_path, "csv", required=needed, hint=hint):
+        missing = _missing(rec, needed, "name")
         videoid = (rec.get("videoid") or "").strip()
         row = Row(key=safe_key(videoid), captions=[rec.get("name")], kind="video", source_id=videoid or None,
                   url=rec.get("contentUrl") or None, where=where,
-                  extra={c: rec[c] for c in ("duration", "page_dir") if rec.get(c) not in (None, "")})
-        if videos_root and not missing:
+                  extra=_pass_through(rec, ("videoid", "name", "contentUrl")))
+        row.error = _row_problem(rec, where, missing)
+        if videos_root and row.error is None:
             row.path = os.path.join(str(videos_root), rec["page_dir"], f"{videoid}.mp4")
-        if missing:
-            row.error = ("missing_field", f"{where}: empty or missing column(s) {', '.join(missing)}")
         yield row
 
 
@@ -54,23 +70,27 @@ def _cc3m_path(images_root: str, url: str) -> str:
 
 
 def cc3m_rows(table_path, images_root=None) -> Iterator[Row]:
-    """Keys are the row number (URLs repeat in CC-3M); the CRC32 name is the source id."""
+    """Keys are the row number (URLs repeat in CC-3M); the CRC32 name is the source id. A first line
+    that ends in a URL after a tab is data (the official headerless TSV); otherwise it is a header,
+    which must name `caption` and `thumbnailUrl`."""
+    if not Path(table_path).is_file():
+        raise FileNotFoundError(f"input table {table_path} does not exist")
     with open(table_path, "rb") as f:
-        first = f.readline()
-    if b"thumbnailUrl" in first:
-        records = read_table(table_path, "tsv" if b"\t" in first else "csv")
-        url_col = "thumbnailUrl"
-    else:
+        first = f.readline().rstrip(b"\r\n")
+    if b"\t" in first and b"://" in first.rsplit(b"\t", 1)[1]:
         records = read_table(table_path, "tsv", header=["caption", "url"])
         url_col = "url"
+    else:
+        records = read_table(table_path, "tsv" if b"\t" in first else "csv", required=("caption", "thumbnailUrl"),
+                             hint="give the official headerless TSV (caption<TAB>url) or a table with a "
+                                  "caption and a thumbnailUrl column")
+        url_col = "thumbnailUrl"
     for index, (where, rec) in enumerate(records):
         url = rec.get(url_col) or None
         row = Row(key=f"{index:09d}", captions=[rec.get("caption")], kind="image", url=url, where=where,
-                  source_id=cc3m_image_name(url) if url else None)
-        missing = _missing(rec, ("caption", url_col), "caption")
-        if missing:
-            row.error = ("missing_field", f"{where}: empty or missing column(s) {', '.join(missing)}")
-        elif images_root:
+                  source_id=cc3m_image_name(url) if url else None, extra=_pass_through(rec, ("caption", url_col)))
+        row.error = _row_problem(rec, where, _missing(rec, ("caption", url_col), "caption"))
+        if row.error is None and images_root:
             row.path = _cc3m_path(str(images_root), url)
         yield row
 
@@ -143,6 +163,16 @@ def msrvtt_rows(root, split: str, cut: str = "jsfusion") -> Iterator[Row]:
         yield row
 
 
+def _text(value):
+    """A table cell as text: bytes (binary parquet columns) decoded like text files, numbers as str;
+    lists and dicts are left as they are, so they fail as `bad_row` instead of becoming their repr."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    if value is None or isinstance(value, (str, list, tuple, dict)):
+        return value
+    return str(value)
+
+
 def table_rows(table_path, *, path_col=None, url_col=None, caption_col="caption", key_col=None,
                kind="video", media_root=None, fmt=None) -> Iterator[Row]:
     """Rows from any table. Relative paths resolve against `media_root` (default: the table's folder).
@@ -151,19 +181,27 @@ def table_rows(table_path, *, path_col=None, url_col=None, caption_col="caption"
         raise ValueError("csv source: give --path-col or --url-col (or both)")
     root = Path(media_root) if media_root else Path(table_path).resolve().parent
     used = {c for c in (path_col, url_col, caption_col, key_col) if c}
-    for index, (where, rec) in enumerate(read_table(table_path, fmt)):
-        key_value = rec.get(key_col) if key_col else f"{index:09d}"
+    options = {caption_col: "--caption-col", key_col: "--key-col", path_col: "--path-col", url_col: "--url-col"}
+    hint = "name the columns with " + ", ".join(f"{opt} (now {col!r})" for col, opt in options.items() if col)
+    for index, (where, rec) in enumerate(read_table(table_path, fmt, required=sorted(used), hint=hint)):
+        key_value = _text(rec.get(key_col)) if key_col else f"{index:09d}"
         row = Row(key=safe_key(str(key_value)) if key_value not in (None, "") else "",
-                  captions=[None if rec.get(caption_col) is None else str(rec.get(caption_col))],
+                  captions=[_text(rec.get(caption_col))],
                   kind=kind, where=where, source_id=str(key_value) if key_col and key_value else None,
                   extra={k: v for k, v in rec.items() if k not in used and k != "__error__"})
         if "__error__" in rec:
             row.error = ("bad_row", f"{where}: {rec['__error__']}")
             yield row
             continue
-        path = rec.get(path_col) if path_col else None
-        url = rec.get(url_col) if url_col else None
+        path = _text(rec.get(path_col)) if path_col else None
+        url = _text(rec.get(url_col)) if url_col else None
+        if not isinstance(path, (str, type(None))) or not isinstance(url, (str, type(None))):
+            row.error = ("bad_row", f"{where}: the path or url column holds a {type(path or url).__name__}, "
+                                    f"not text")
+            yield row
+            continue
         row.path = str(root / path) if path else None
+        row.media_ref = path or None
         row.url = url or None
         needed = [c for c in (caption_col, key_col) if c] + ([path_col] if path_col and not url else [])
         missing = _missing(rec, needed, caption_col)
