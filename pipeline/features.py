@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.fsutil import atomic_path, atomic_write_json, atomic_write_text
+from pipeline.safeload import DamagedFileError
 from pipeline.tarstream import split_member_name
 
 log = logging.getLogger(__name__)
@@ -112,10 +113,15 @@ def _scan_members(path, samples: dict, frames: dict, problems: list) -> None:
 
 
 def read_frame(shard: str | Path, byte_range: tuple[int, int]) -> bytes:
+    """The bytes of one stored frame; OSError naming the shard when it no longer holds them all."""
     offset, size = byte_range
     with open(shard, "rb") as f:
         f.seek(offset)
-        return f.read(size)
+        data = f.read(size)
+    if len(data) != size:   # a short read is not a frame: the shard was truncated or replaced after extraction
+        raise OSError(f"{shard}: the frame at byte {offset} should be {size} bytes but the file holds {len(data)} "
+                      f"there (shard truncated or replaced after extraction? re-run extract)")
+    return data
 
 
 class _ShardClips:
@@ -234,8 +240,12 @@ def _write_part(path: Path, embeddings: np.ndarray, rows: list[dict], skipped: l
 
 
 def _read_part(path: Path) -> tuple[np.ndarray, list[dict], list[dict]]:
-    with np.load(path, allow_pickle=False) as part:
-        return part["embeddings"], json.loads(str(part["rows"])), json.loads(str(part["skipped"]))
+    try:
+        with np.load(path, allow_pickle=False) as part:    # never a pickle: an object array is refused
+            return part["embeddings"], json.loads(str(part["rows"])), json.loads(str(part["skipped"]))
+    except (ValueError, OSError, KeyError, EOFError) as err:   # incl. a refused pickle, a damaged zip or JSON
+        raise DamagedFileError(path, f"is not a features part ({type(err).__name__}: {err})",
+                               "delete it and run extract again to redo that shard") from err
 
 
 # ----------------------------------------------------------------------------------------------- merge
@@ -307,7 +317,12 @@ class Collection:
             self.items = [json.loads(line) for line in f]
 
     def vectors(self) -> np.ndarray:
-        return np.load(self.folder / FEATURES_FILE, mmap_mode="r")
+        path = self.folder / FEATURES_FILE
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)   # never a pickle: an object array is refused
+        except (ValueError, OSError, EOFError) as err:
+            raise DamagedFileError(path, f"is not a features array ({type(err).__name__}: {err})",
+                                   "run extract again into a new folder") from err
 
     def __len__(self):
         return len(self.items)
