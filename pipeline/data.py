@@ -160,7 +160,8 @@ def _reader_config(spec: DatasetSpec, options: LoaderOptions, train: bool) -> Re
         eval_resize=options.eval_resize,
         eval_crop=options.eval_crop, tokenizer=options.tokenizer, max_text_length=options.max_text_length,
         seed=options.seed, shuffle_buffer=options.shuffle_buffer, shards_per_block=options.shards_per_block,
-        max_corrupt_fraction=options.max_corrupt_fraction, corrupt_check_after=options.corrupt_check_after)
+        max_corrupt_fraction=options.max_corrupt_fraction, corrupt_check_after=options.corrupt_check_after,
+        frames_per_sample=shard_set.frames_per_sample)
 
 
 def _data_loader(dataset: IterableDataset, options: LoaderOptions):
@@ -170,6 +171,23 @@ def _data_loader(dataset: IterableDataset, options: LoaderOptions):
     return iter(DataLoader(dataset, batch_size=None, num_workers=options.num_workers,
                            prefetch_factor=options.prefetch_factor, pin_memory=options.pin_memory,
                            worker_init_fn=ignore_preemption_signals))
+
+
+def _stop_workers(batches) -> None:
+    """End the worker processes of a `_data_loader` iterator now, killing any that does not stop.
+
+    Dropping the last reference is not enough: after an exception in the data path, the traceback keeps the
+    iterator alive until the interpreter exits, and then multiprocessing SIGTERMs the workers -- which ignore
+    SIGTERM so that a preempted rank can save -- and joins them forever: the rank would never exit.
+    """
+    shutdown = getattr(batches, "_shutdown_workers", None)     # torch's DataLoader iterator (None: no workers)
+    if shutdown is None:
+        return
+    shutdown()                                                   # asks each worker to exit, joins with a timeout
+    for worker in batches._workers:
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 def _sum_counters(snapshots) -> dict:
@@ -309,6 +327,8 @@ class TrainLoader:
 
     def close(self) -> None:
         """Stop the worker processes (a later `next` starts them again from the current state)."""
+        if self._iterator is not None:
+            _stop_workers(self._iterator)
         self._iterator = None
 
 
@@ -344,6 +364,8 @@ class _EvalBatches(IterableDataset):
                 reader.read_shard(s, 0, keep, count_loss=reader_index == 0) for s in shards)
         while (batch := reader.make_batch(samples)) is not None:
             yield batch, {"reader": worker, "counters": reader.counters.to_dict()}
+        # skips after the last batch (a broken last shard, a reader with no good sample) count too
+        yield None, {"reader": worker, "counters": reader.counters.to_dict()}
 
 
 class EvalLoader:
@@ -368,9 +390,14 @@ class EvalLoader:
     def __iter__(self):
         self._snapshots = {}
         dataset = _EvalBatches(self.config, self.rank, self.world_size, self.options.num_workers)
-        for batch, meta in _data_loader(dataset, self.options):
-            self._snapshots[meta["reader"]] = meta["counters"]
-            yield batch
+        batches = _data_loader(dataset, self.options)
+        try:
+            for batch, meta in batches:
+                self._snapshots[meta["reader"]] = meta["counters"]
+                if batch is not None:
+                    yield batch
+        finally:                         # also when the pass ends early: an exception, or the caller stops
+            _stop_workers(batches)
 
     def counters(self) -> dict:
         """Counts of the current (or last) pass on this rank."""

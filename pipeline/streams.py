@@ -19,23 +19,63 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+import simplejpeg
 import torch
 
 from pipeline import frames as frame_ops
 from pipeline import transforms
 from pipeline.shardlists import epoch_order, stream_id, worker_shards
-from pipeline.tarstream import ShardReadError, iter_samples
+from pipeline.tarstream import Sample, ShardReadError, iter_samples, printable
 from pipeline.tokenize import load_tokenizer, tokenize
 
 log = logging.getLogger(__name__)
 
-FRAME_SUFFIX = re.compile(r"^(\d{3})\.jpg$")
+FRAME_SUFFIX = re.compile(r"^([0-9]{3})\.jpg$")
 LOG_FIRST = 20          # log every skip up to this many per reason and reader, then every LOG_EVERY-th
 LOG_EVERY = 1000
+MAX_FRAME_PIXELS = 4096 * 4096   # make-shards stores short side 256; anything this large is damage
 
 
 class CorruptDataError(RuntimeError):
     """Too large a fraction of a dataset's samples could not be used."""
+
+
+def parse_meta(data: bytes) -> dict:
+    """A sample's json, checked where the loader reads it; ValueError saying what is wrong otherwise."""
+    try:
+        meta = json.loads(data.decode("utf-8"))
+    except RecursionError:  # json.loads recurses once per nesting level: '[[[[...' would crash the worker
+        raise ValueError("nested too deeply") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"not a JSON object but {type(meta).__name__}")
+    captions = meta.get("captions")
+    if captions is not None:
+        if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+            raise ValueError(f"'captions' must be a list of strings, got {_shape(captions)}")
+        for c in captions:  # a lone surrogate (a JSON escape such as \\udc80) would crash the tokenizer
+            try:
+                c.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"caption {ascii(c[:60])} holds a lone surrogate, not text") from None
+    frames = meta.get("num_frames")
+    if frames is not None and (type(frames) is not int or frames < 1):  # bool is an int subclass: excluded
+        raise ValueError(f"'num_frames' must be a positive integer, got {_shape(frames)}")
+    return meta
+
+
+def check_frame_sizes(jpegs: list[bytes]) -> None:
+    """ValueError for a JPEG whose header claims more than MAX_FRAME_PIXELS: a few hundred bytes can claim
+    60000 x 60000, and decoding that would allocate 10 GiB."""
+    for data in jpegs:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        if height * width > MAX_FRAME_PIXELS:
+            raise ValueError(f"frame claims {width} x {height} pixels, more than the {MAX_FRAME_PIXELS} allowed")
+
+
+def _shape(value) -> str:
+    if isinstance(value, list):
+        return f"a list holding {sorted({type(v).__name__ for v in value})}"
+    return f"{type(value).__name__} {ascii(value)[:60]}"
 
 
 @dataclass
@@ -90,6 +130,7 @@ class ReaderConfig:
     shards_per_block: int
     max_corrupt_fraction: float
     corrupt_check_after: int
+    frames_per_sample: int | None = None   # K from the manifest: every sample stores exactly K frames
 
 
 class DatasetReader:
@@ -125,24 +166,35 @@ class DatasetReader:
                 f"raise data.options.max_corrupt_fraction if this is expected.")
 
     # ---- reading ----------------------------------------------------------------------------------------
-    def prepare(self, key: str, members: dict, shard: str, seed: list[int]) -> RawSample | None:
+    def prepare(self, sample: Sample, shard: str, seed: list[int]) -> RawSample | None:
         """Pick frames and caption from a sample's members; None (counted) when it is unusable."""
         cfg = self.cfg
-        meta = {}
-        if "json" in members:
-            try:
-                meta = json.loads(members["json"].decode("utf-8"))
-                if not isinstance(meta, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as err:
-                self.skip("bad_json", shard, key, str(err))
-                return None
+        key, members = sample.key, sample.members
+        if sample.problem is not None:  # found by the tar reader (damaged member, unsafe key): see tarstream
+            reason, detail = sample.problem
+            self.skip(reason, shard, printable(key), detail)
+            return None
+        try:
+            meta = parse_meta(members["json"]) if "json" in members else {}
+        except ValueError as err:
+            self.skip("bad_json", shard, key, str(err))
+            return None
+        try:
+            primary = members.get("txt", b"").decode("utf-8").strip()
+        except UnicodeDecodeError as err:
+            self.skip("bad_text", shard, key, f".txt is not UTF-8: {err}")
+            return None
         numbered = sorted((int(m.group(1)), s) for s in members if (m := FRAME_SUFFIX.match(s)))
         if not numbered or [i for i, _ in numbered] != list(range(len(numbered))):
             self.skip("missing_frames", shard, key, f"frames present: {[s for _, s in numbered]}")
             return None
-        captions = [c for c in meta.get("captions") or [] if isinstance(c, str) and c.strip()]
-        primary = members.get("txt", b"").decode("utf-8", "replace").strip()
+        stored = len(numbered)
+        for source, count in (("the manifest's frames_per_sample", cfg.frames_per_sample),
+                              ("its json num_frames", meta.get("num_frames"))):
+            if count is not None and stored != count:
+                self.skip("wrong_frame_count", shard, key, f"{stored} frames stored, {source} says {count}")
+                return None
+        captions = [c for c in meta.get("captions") or [] if c.strip()]
         if not captions and primary:
             captions = [primary]
         if not captions:
@@ -150,7 +202,6 @@ class DatasetReader:
             return None
         rng = np.random.default_rng(seed)
         wanted = 1 if cfg.kind == "image" else cfg.num_frames
-        stored = len(numbered)
         picks = frame_ops.frame_indices(stored, wanted, "rand" if cfg.train else "uniform", rng)
         caption = captions[int(rng.integers(len(captions)))] if cfg.train else (primary or captions[0])
         return RawSample(key, shard, [members[numbered[i][1]] for i in picks], caption, captions, seed,
@@ -160,13 +211,16 @@ class DatasetReader:
         """Yield RawSamples of one shard in tar order.
 
         `keep(ordinal)` selects samples (eval striding); `count_loss` says whether this reader accounts for
-        the samples a broken shard loses (with striding, only one of the readers sharing it does).
+        the samples a broken or short shard loses (with striding, only one of the readers sharing it does).
+        With a manifest, the samples found are compared with its count for the shard, so that samples used
+        + samples skipped always add up to it: a shard cut off (even at a member boundary) or holding fewer
+        samples than listed has its shortfall counted.
         """
         url = self.cfg.urls[shard_index]
         expected = self.cfg.counts[shard_index] if self.cfg.counts else None
-        ordinal = 0
+        ordinal, failure = 0, None
         try:
-            for key, members in iter_samples(url):
+            for sample in iter_samples(url):
                 mine = keep(ordinal)
                 seed = [self.cfg.seed, self.sid, epoch, shard_index, ordinal]
                 ordinal += 1
@@ -174,14 +228,30 @@ class DatasetReader:
                     continue
                 if not self.quiet:
                     self.counters.seen += 1
-                sample = self.prepare(key, members, url, seed)
-                if sample is not None:
-                    yield sample
+                prepared = self.prepare(sample, url, seed)
+                if prepared is not None:
+                    yield prepared
         except ShardReadError as err:
-            if not count_loss:
-                return
-            lost = max(expected - ordinal, 1) if expected is not None else 1
-            self.skip("truncated_tar", url, err.after_key, str(err.__cause__), count=lost, unseen=True)
+            failure = err
+        if count_loss:
+            self.account_shortfall(url, expected, ordinal, failure)
+
+    def account_shortfall(self, url: str, expected: int | None, found: int, failure: ShardReadError | None):
+        """Count the samples a shard lacks: `found` samples read, `expected` listed in the manifest."""
+        if failure is not None:
+            # without a manifest the loss is unknown: at least the sample being read when it broke
+            lost = max(expected - found, 0) if expected is not None else 1
+            after = printable(failure.after_key) if failure.after_key is not None else None
+            self.skip("truncated_tar", url, after, f"{lost} samples lost: {failure.__cause__}",
+                      count=lost, unseen=True)
+        elif expected is not None and found < expected:
+            self.skip("missing_samples", url, None, f"the tar ends properly after {found} samples but the "
+                      f"manifest lists {expected}: the shard was replaced or the manifest is stale "
+                      f"(make-shards verify)", count=expected - found, unseen=True)
+        if expected is not None and found > expected and not self.quiet:
+            log.warning("%s: shard %s holds %d samples, more than the %d its manifest entry lists; the manifest "
+                        "is stale or the tar repeats keys (make-shards verify)", self.cfg.name, url, found,
+                        expected)
 
     def block_samples(self, epoch: int, shard_ids: list[int], rng: np.random.Generator):
         """Interleave the block's shards through a shuffle buffer, all driven by `rng`."""
@@ -243,6 +313,7 @@ class DatasetReader:
         """JPEGs -> augmented uint8 [T, 3, res, res]; None (counted) for a corrupt JPEG."""
         cfg = self.cfg
         try:
+            check_frame_sizes(sample.jpegs)
             clip = frame_ops.decode_frames(sample.jpegs)
         except ValueError as err:
             self.skip("corrupt_jpeg", sample.shard, sample.key, str(err))

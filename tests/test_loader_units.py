@@ -187,7 +187,8 @@ def test_tar_reader_handles_long_names_and_reports_damage(fmt):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     whole = buf.getvalue()
-    assert [(n, d) for n, d in tarstream.iter_members(io.BytesIO(whole))] == [(n, n.encode() * 7) for n in names]
+    members = list(tarstream.iter_members(io.BytesIO(whole)))
+    assert [(m.name, m.data, m.problem) for m in members] == [(n, n.encode() * 7, None) for n in names]
     with pytest.raises(tarstream.TarFormatError, match="unexpected end of data"):
         list(tarstream.iter_members(io.BytesIO(whole[:1500])))
     damaged = bytearray(whole)
