@@ -6,15 +6,25 @@ Why PyAV + simplejpeg: docs/DECODERS.md. The strategy, per file:
 2. the wanted frames are decoded in order, seeking to the keyframe before a wanted frame only when that
    keyframe lies beyond the current decode position (short GOPs skip most of the clip, long GOPs decode
    straight through);
-3. each wanted frame is converted to RGB and resized in the decoder (swscale, area filter), then encoded
-   with simplejpeg.
+3. each wanted frame is converted to RGB and resized in the decoder (swscale, area filter), turned upright
+   by the stream's display matrix (phone videos), then encoded with simplejpeg.
 Every failure raises `SampleError(reason, detail)`; the reasons are listed in docs/SHARDS.md.
+
+Damaged data must fail as `decode_error`, not become garbage frames: FFmpeg conceals damage (grey/green
+blocks) and says so only in the frame's flags, so every frame decoded on the way to a stored frame is
+checked (`is_corrupt`: decode_error_flags or AV_FRAME_FLAG_CORRUPT). Intra-only codecs (still images,
+MJPEG) also decode with err_detect=explode (the MJPEG decoder otherwise paints a half-truncated JPEG grey),
+and a JPEG file must also pass libjpeg-turbo's strict decode (premature end, corrupt entropy data).
+Inter-coded video does not use explode: it fails clean open-GOP clips after a seek (the leading frames
+miss their references).
 """
 import bisect
 import os
+import statistics
 from dataclasses import dataclass, field
 
 import av
+import numpy as np
 import simplejpeg
 
 from shard_tools.sampling import resized_size, segment_midpoints
@@ -52,6 +62,7 @@ def decode_sample(path: str, kind: str, spec: FrameSpec) -> Decoded:
         raise SampleError("missing_file", f"{path}: {e.strerror}") from None
     if size == 0:
         raise SampleError("empty_file", f"{path} has 0 bytes")
+    _check_jpeg_source(path)
     try:
         container = av.open(path, mode="r")
     except av.error.FFmpegError as e:
@@ -68,6 +79,8 @@ def decode_sample(path: str, kind: str, spec: FrameSpec) -> Decoded:
             if width * height > spec.max_pixels:
                 raise SampleError("too_many_pixels",
                                   f"{path} is {width}x{height}, above --max-pixels {spec.max_pixels}")
+            if stream.codec_context.codec.intra_only:    # stills, MJPEG: no seek can miss a reference
+                stream.codec_context.options = {"err_detect": "explode"}
             if kind == "image":
                 return _decode_image(container, stream, spec, path)
             return _decode_video(container, stream, spec, path)
@@ -77,30 +90,76 @@ def decode_sample(path: str, kind: str, spec: FrameSpec) -> Decoded:
         raise SampleError("decode_error", f"{path}: {type(e).__name__}: {e}") from None
 
 
+def _check_jpeg_source(path: str) -> None:
+    """A JPEG file must decode without libjpeg-turbo warnings (strict). FFmpeg's MJPEG decoder, even with
+    explode, accepts many entropy-data errors that libjpeg-turbo reports, and the reverse; both run. The
+    check decodes at 1/8 scale: the entropy data (where damage shows) is read in full, the DCT is skipped."""
+    with open(path, "rb") as f:
+        head = f.read(3)
+        if head != b"\xff\xd8\xff":
+            return
+        data = head + f.read()
+    try:
+        colorspace = simplejpeg.decode_jpeg_header(data)[2]
+        simplejpeg.decode_jpeg(data, colorspace="CMYK" if colorspace in ("CMYK", "YCCK") else "RGB",
+                               min_factor=8, strict=True)
+    except ValueError as e:
+        raise SampleError("decode_error", f"{path}: damaged JPEG ({e})") from None
+
+
+def _check_frame(frame, path: str) -> None:
+    if frame.is_corrupt:
+        raise SampleError("decode_error", f"{path}: damaged data in the frame at pts {frame.pts} (the decoder "
+                                          f"concealed errors: it would be stored as garbage)")
+
+
+def _quarter_turns(frame) -> int:
+    """Counter-clockwise quarter turns that make the frame upright (display matrix, as ffmpeg's autorotate;
+    other angles round to the nearest quarter turn, as ffmpeg does)."""
+    rotation = frame.rotation
+    return int(round(rotation / 90.0)) % 4 if rotation else 0
+
+
 def _encode(frame, spec: FrameSpec) -> tuple[bytes, int, int]:
     w, h = resized_size(frame.width, frame.height, spec.short_side)
     rgb = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA")
+    turns = _quarter_turns(frame)
+    if turns:
+        rgb = np.ascontiguousarray(np.rot90(rgb, turns))
+        h, w = rgb.shape[:2]
     return simplejpeg.encode_jpeg(rgb, quality=spec.quality, colorspace="RGB", colorsubsampling="420"), w, h
+
+
+def _upright_size(frame, width: int, height: int) -> tuple[int, int, int]:
+    """(width, height, degrees turned) of the source as displayed."""
+    turns = _quarter_turns(frame)
+    return (height, width, turns * 90) if turns % 2 else (width, height, turns * 90)
 
 
 def _decode_image(container, stream, spec: FrameSpec, path: str) -> Decoded:
     for frame in container.decode(stream):
+        _check_frame(frame, path)
         jpeg, w, h = _encode(frame, spec)
+        width, height, rotation = _upright_size(frame, frame.width, frame.height)
         meta = {"frame_indices": [0], "frame_timestamps": [0.0], "duration": None, "fps": None,
-                "width": frame.width, "height": frame.height}
+                "width": width, "height": height, "rotation": rotation}
         return Decoded([jpeg], meta)
     raise SampleError("decode_error", f"{path}: no decodable image data")
 
 
-def _index_packets(container, stream, path: str) -> tuple[list[int], list[int]]:
-    """(pts of every frame in presentation order, pts of keyframes sorted) from one demux pass."""
+def _index_packets(container, stream, path: str) -> tuple[list[int], list[int], int]:
+    """(pts of every frame in presentation order, pts of keyframes sorted, end pts of the last frame) from
+    one demux pass."""
     pts, keys = [], []
+    end = None
     for packet in container.demux(stream):
         if packet.size == 0 or packet.pts is None:   # flush packets at the end carry no frame
             continue
         pts.append(packet.pts)
         if packet.is_keyframe:
             keys.append(packet.pts)
+        if packet.duration:
+            end = packet.pts + packet.duration if end is None else max(end, packet.pts + packet.duration)
     if not pts:
         raise SampleError("decode_error", f"{path}: the video stream holds no frames")
     pts.sort()
@@ -108,16 +167,22 @@ def _index_packets(container, stream, path: str) -> tuple[list[int], list[int]]:
     declared = stream.frames
     if declared and len(pts) < declared:
         raise SampleError("decode_error", f"{path}: truncated, {len(pts)} of {declared} frames present")
-    return pts, keys
+    if end is None or end <= pts[-1]:
+        # no packet durations: the last frame lasts as long as the typical gap between frames (0 if one frame)
+        gaps = [b - a for a, b in zip(pts, pts[1:]) if b > a]
+        end = pts[-1] + (int(statistics.median(gaps)) if gaps else 0)
+    return pts, keys, end
 
 
 def _decode_video(container, stream, spec: FrameSpec, path: str) -> Decoded:
-    frame_pts, key_pts = _index_packets(container, stream, path)
+    frame_pts, key_pts, end_pts = _index_packets(container, stream, path)
     n = len(frame_pts)
     indices = segment_midpoints(n, spec.frames)
     targets = sorted(set(frame_pts[i] for i in indices))
     tb = float(stream.time_base)
-    start = stream.start_time if stream.start_time is not None else frame_pts[0]
+    # timestamps and duration come from the frames present, never from the header (which can lie)
+    start = frame_pts[0]
+    upright = None
 
     decoded: dict[int, bytes] = {}
     frames_iter = None
@@ -135,26 +200,29 @@ def _decode_video(container, stream, spec: FrameSpec, path: str) -> Decoded:
             if frame.pts is None:
                 raise SampleError("decode_error", f"{path}: decoder returned a frame without a timestamp")
             position = frame.pts
+            # damage in any frame decoded since the keyframe can carry into the frames predicted from it
+            _check_frame(frame, path)
             if frame.pts >= target:
                 # an exact match is the norm; if a decoder drops a frame, the next one stands in
                 decoded[target] = _encode(frame, spec)[0]
+                upright = upright or _upright_size(frame, stream.codec_context.width, stream.codec_context.height)
                 break
         else:
             raise SampleError("decode_error", f"{path}: stream ended before frame at pts {target}")
-    fps = float(stream.average_rate) if stream.average_rate else None
-    if stream.duration is not None:
-        duration = stream.duration * tb
-    elif container.duration is not None:
-        duration = container.duration / av.time_base
+    duration = (end_pts - start) * tb
+    if duration > 0:
+        fps = n / duration
     else:
-        duration = (frame_pts[-1] - start) * tb + (1.0 / fps if fps else 0.0)
+        fps = float(stream.average_rate) if stream.average_rate else None
+    width, height, rotation = upright
     meta = {
         "frame_indices": indices,
         "frame_timestamps": [round((frame_pts[i] - start) * tb, 6) for i in indices],
-        "duration": round(float(duration), 6),
+        "duration": round(duration, 6),
         "fps": round(fps, 6) if fps else None,
-        "width": stream.codec_context.width,
-        "height": stream.codec_context.height,
+        "width": width,
+        "height": height,
+        "rotation": rotation,
         "num_source_frames": n,
     }
     return Decoded([decoded[frame_pts[i]] for i in indices], meta)

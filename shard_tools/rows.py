@@ -5,6 +5,7 @@ that order decides its shard. A row that is already known to be unusable (missin
 caption, empty caption, duplicate key) still takes its place in the order with `error` set, so it is
 counted and recorded like any other failure.
 """
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -30,8 +31,17 @@ class Row:
 
 
 def safe_key(value: str) -> str:
-    """A WebDataset-safe key: no dots (the key ends at the first dot), no slashes, ASCII only."""
-    return _UNSAFE.sub("_", value.strip())
+    """A WebDataset-safe key: no dots (the key ends at the first dot), no slashes, ASCII only.
+
+    Surrounding whitespace is dropped. An id that needs other characters replaced by `_` also gets `-` and
+    10 hex digits of its SHA-1, so different ids never share a key ('日本' -> '__-<hash>', 'a.b' and 'a_b'
+    stay apart); ids made only of [A-Za-z0-9_-] are kept as they are."""
+    stripped = value.strip()
+    key = _UNSAFE.sub("_", stripped)
+    if key == stripped:
+        return key
+    digest = hashlib.sha1(stripped.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    return f"{key}-{digest}"
 
 
 def check_caption(text, where: str) -> tuple[str, str] | None:

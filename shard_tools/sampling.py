@@ -18,8 +18,16 @@ def segment_midpoints(num_frames: int, k: int) -> list[int]:
 
 
 def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """(w, h) with the short side equal to `short_side` (never upscaled), both sides even for 4:2:0 JPEG."""
-    scale = min(1.0, short_side / min(width, height))
-    w = max(2, int(round(width * scale / 2)) * 2)
-    h = max(2, int(round(height * scale / 2)) * 2)
+    """(w, h) to store a width x height source at: never upscaled, never a size the source lacks.
+
+    A source whose short side is at most `short_side` keeps its exact size (odd sizes and 1x1 included;
+    JPEG 4:2:0 pads odd sizes internally). A larger one is scaled so its short side is `short_side`, both
+    sides rounded to the nearest even number (4:2:0 chroma planes then cover whole pixels), but never above
+    the source's own side.
+    """
+    if min(width, height) <= short_side:
+        return width, height
+    scale = short_side / min(width, height)
+    w = min(width, max(2, int(round(width * scale / 2)) * 2))
+    h = min(height, max(2, int(round(height * scale / 2)) * 2))
     return w, h

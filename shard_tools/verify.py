@@ -1,6 +1,17 @@
-"""`make-shards verify DIR`: read every shard, decode every frame, check everything against the manifest."""
+"""`make-shards verify DIR`: read every shard, decode every frame, check everything against the manifest.
+
+Whatever the folder holds (a JSON member replaced by `1` or `null`, a manifest or stats record missing a
+key or holding a value of the wrong type, a truncated tar, flipped bits), verify reports it as a problem
+naming the file, the sample and the member; it never raises on the folder's content.
+
+Each member's bytes are checked against the CRC-32 recorded when it was written (in the chunk's stats
+record), so every damaged member is named, also the JPEGs that still decode after bit flips. Shards
+written before checksums were recorded (stats shards without `crc32`) still verify: their frames are
+decoded and their json checked, and the report counts them in `unchecked_shards`.
+"""
 import json
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,8 +21,19 @@ from tqdm import tqdm
 from shard_tools import FORMAT
 from shard_tools.records import MANIFEST
 
-REQUIRED = ("key", "kind", "captions", "source", "num_frames", "frame_indices", "frame_timestamps",
-            "duration", "fps", "width", "height", "extra")
+# json fields every sample holds, with the types they must have
+_NUMBER = (int, float)
+_OPTIONAL_NUMBER = (int, float, type(None))
+SAMPLE_FIELDS = {"key": str, "kind": str, "captions": list, "source": dict, "num_frames": int,
+                 "frame_indices": list, "frame_timestamps": list, "duration": _OPTIONAL_NUMBER,
+                 "fps": _OPTIONAL_NUMBER, "width": int, "height": int, "extra": dict}
+REQUIRED = tuple(SAMPLE_FIELDS)
+# fields of newer shards, type-checked where present (older shards lack them)
+OPTIONAL_SAMPLE_FIELDS = {"rotation": int, "num_source_frames": int, "row": int}
+MANIFEST_FIELDS = {"format": str, "name": str, "kind": str, "frames_per_sample": int, "shards": list,
+                   "total_samples": int, "input_rows": int, "failed": dict, "options": dict,
+                   "tool_version": str, "stats": list}
+SHARD_FIELDS = {"path": str, "samples": int, "bytes": int}
 
 
 @dataclass
@@ -19,11 +41,61 @@ class VerifyReport:
     shards: int = 0
     samples: int = 0
     frames: int = 0
+    members_checked: int = 0          # members whose bytes matched their recorded CRC-32
+    unchecked_shards: list[str] = field(default_factory=list)   # written before checksums were recorded
     problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+def _is(value, types) -> bool:
+    """isinstance that does not take True/False for numbers (json's true is not a frame count)."""
+    if isinstance(value, bool):
+        return bool in (types if isinstance(types, tuple) else (types,))
+    return isinstance(value, types)
+
+
+def _type_name(types) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object",
+             type(None): "null"}
+    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
+
+
+def _shape_problems(obj, fields: dict, where: str, optional: dict | None = None) -> list[str]:
+    """Problems of a JSON object against {field: type} (and optional {field: type}, checked where
+    present): not an object, missing fields, wrong types."""
+    if not isinstance(obj, dict):
+        return [f"{where}: holds {json.dumps(obj)[:60]}, expected a JSON object"]
+    missing = [k for k in fields if k not in obj]
+    problems = [f"{where}: lacks {', '.join(missing)}"] if missing else []
+    for k, types in {**fields, **(optional or {})}.items():
+        if k in obj and not _is(obj[k], types):
+            problems.append(f"{where}: {k} is {json.dumps(obj[k])[:60]}, expected {_type_name(types)}")
+    return problems
+
+
+_UNREADABLE = object()
+
+
+def _read_json(path: Path, report: VerifyReport):
+    """The parsed file, or _UNREADABLE with a problem recorded."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError:
+        report.problems.append(f"{path.name}: missing")
+    except (OSError, UnicodeDecodeError, ValueError) as e:     # JSONDecodeError is a ValueError
+        report.problems.append(f"{path.name}: unreadable ({type(e).__name__}: {e})")
+    return _UNREADABLE
+
+
+def _plain_name(name, out_dir: Path) -> bool:
+    """A file name inside out_dir: no folders, no '..', no absolute path (a manifest cannot point outside)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
+        and "\0" not in name and (out_dir / name).parent == out_dir
 
 
 def verify(out_dir, progress: bool = False) -> VerifyReport:
@@ -34,34 +106,88 @@ def verify(out_dir, progress: bool = False) -> VerifyReport:
         report.problems.append(f"{manifest_path} is missing: the run is unfinished (or run "
                                f"`make-shards manifest {out_dir}` after all array tasks ended)")
         return report
-    with open(manifest_path, encoding="utf-8") as f:
-        manifest = json.load(f)
-    if manifest.get("format") != FORMAT:
+    manifest = _read_json(manifest_path, report)
+    if manifest is _UNREADABLE:
+        return report
+    if isinstance(manifest, dict) and manifest.get("format") != FORMAT:
         report.problems.append(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
         return report
-    frames = manifest["frames_per_sample"]
+    shape = _shape_problems(manifest, MANIFEST_FIELDS, MANIFEST)
+    report.problems.extend(shape)
+    if not isinstance(manifest, dict):
+        return report
+    frames = manifest.get("frames_per_sample")
+    if not _is(frames, int) or frames < 1:
+        if _is(frames, int):                # a missing or non-integer value is already reported above
+            report.problems.append(f"{MANIFEST}: frames_per_sample {frames} is not a positive integer")
+        frames = None                       # samples are still read; their frame count is not checked
+    shards = manifest.get("shards") if isinstance(manifest.get("shards"), list) else []
+    stats = manifest.get("stats") if isinstance(manifest.get("stats"), list) else []
+    recorded = _recorded_shards(out_dir, stats, report)
+
     keys: set[str] = set()
     listed = set()
-    for shard in tqdm(manifest["shards"], unit="shard", disable=not progress):
+    for i, shard in enumerate(tqdm(shards, unit="shard", disable=not progress)):
+        problems = _shape_problems(shard, SHARD_FIELDS, f"{MANIFEST} shards[{i}]")
+        if not problems and not _plain_name(shard["path"], out_dir):
+            problems.append(f"{MANIFEST} shards[{i}]: path {shard['path']!r} is not a file name in {out_dir}")
+        if problems:
+            report.problems.extend(problems)
+            continue
         listed.add(shard["path"])
-        _verify_shard(out_dir / shard["path"], shard, frames, keys, report)
-    total = manifest["total_samples"]
-    if report.samples != total:
+        if shard["path"] not in recorded:
+            report.problems.append(f"{shard['path']}: in no stats record the manifest lists (the manifest or "
+                                   f"the stats records are damaged)")
+        _verify_shard(out_dir / shard["path"], shard, frames, recorded.get(shard["path"]), keys, report)
+
+    total, rows, failed = manifest.get("total_samples"), manifest.get("input_rows"), manifest.get("failed")
+    if _is(total, int) and report.samples != total:
         report.problems.append(f"manifest says total_samples {total}, the shards hold {report.samples}")
-    failed = sum(manifest["failed"].values())
-    if total + failed != manifest["input_rows"]:
-        report.problems.append(f"manifest: total_samples {total} + failed {failed} != input_rows "
-                               f"{manifest['input_rows']}")
-    for stats in manifest.get("stats", []):
-        if not (out_dir / stats).is_file():
-            report.problems.append(f"{stats}: failure record listed in the manifest is missing")
+    if isinstance(failed, dict):
+        bad = {k: v for k, v in failed.items() if not _is(v, int)}
+        if bad:
+            report.problems.append(f"{MANIFEST}: failed counts that are not integers: {bad}")
+        elif _is(total, int) and _is(rows, int) and total + sum(failed.values()) != rows:
+            report.problems.append(f"manifest: total_samples {total} + failed {sum(failed.values())} != "
+                                   f"input_rows {rows}")
     for tar_path in sorted(out_dir.glob("*.tar")):
         if tar_path.name not in listed:
             report.problems.append(f"{tar_path.name}: tar file not listed in the manifest")
     return report
 
 
-def _verify_shard(path: Path, shard: dict, frames: int, keys: set, report: VerifyReport) -> None:
+def _recorded_shards(out_dir: Path, stats: list, report: VerifyReport) -> dict[str, dict | None]:
+    """{shard path: {member name: crc32}, or None for a shard recorded before checksums} from the stats
+    records the manifest lists. A record that is missing or damaged is a problem."""
+    checksums: dict[str, dict | None] = {}
+    for i, name in enumerate(stats):
+        if not _plain_name(name, out_dir):
+            report.problems.append(f"{MANIFEST} stats[{i}]: {name!r} is not a file name in {out_dir}")
+            continue
+        if not (out_dir / name).is_file():
+            report.problems.append(f"{name}: failure record listed in the manifest is missing")
+            continue
+        record = _read_json(out_dir / name, report)
+        if record is _UNREADABLE:
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("shards"), list):
+            report.problems.append(f"{name}: holds no list of shards (damaged stats record)")
+            continue
+        for j, shard in enumerate(record["shards"]):
+            if not isinstance(shard, dict) or not isinstance(shard.get("path"), str):
+                report.problems.append(f"{name}: shards[{j}] is not a shard entry")
+            elif "crc32" not in shard:
+                checksums[shard["path"]] = None
+            else:
+                crc = shard["crc32"]
+                if isinstance(crc, dict) and all(isinstance(v, str) for v in crc.values()):
+                    checksums[shard["path"]] = crc
+                else:
+                    report.problems.append(f"{name}: shards[{j}].crc32 is not a {{member: checksum}} object")
+    return checksums
+
+
+def _verify_shard(path: Path, shard: dict, frames, crc32: dict | None, keys: set, report: VerifyReport) -> None:
     name = path.name
     if not path.is_file():
         report.problems.append(f"{name}: listed in the manifest but missing")
@@ -69,18 +195,29 @@ def _verify_shard(path: Path, shard: dict, frames: int, keys: set, report: Verif
     if path.stat().st_size != shard["bytes"]:
         report.problems.append(f"{name}: {path.stat().st_size} bytes, manifest says {shard['bytes']}")
     samples: dict[str, dict[str, bytes]] = {}
+    seen_members: set[str] = set()
     try:
         with tarfile.open(path, "r") as tar:
             for info in tar:
                 if not info.isfile() or info.name.startswith("/") or "/" in info.name or ".." in info.name:
                     report.problems.append(f"{name}: unsafe or non-file member {info.name!r}")
                     continue
+                data = tar.extractfile(info).read()
+                if info.name in seen_members:
+                    report.problems.append(f"{name}: member {info.name} appears more than once")
+                seen_members.add(info.name)
+                _check_crc(name, info.name, data, crc32, report)
                 key, _, suffix = info.name.partition(".")
-                samples.setdefault(key, {})[suffix] = tar.extractfile(info).read()
+                samples.setdefault(key, {})[suffix] = data
     except (tarfile.TarError, OSError, EOFError) as e:
         report.problems.append(f"{name}: unreadable tar ({type(e).__name__}: {e})")
         return
     report.shards += 1
+    if crc32 is None:
+        report.unchecked_shards.append(name)
+    else:
+        for member in sorted(set(crc32) - seen_members):
+            report.problems.append(f"{name}: member {member} was written but is not in the tar")
     if len(samples) != shard["samples"]:
         report.problems.append(f"{name}: {len(samples)} samples, manifest says {shard['samples']}")
     for key, members in samples.items():
@@ -92,31 +229,55 @@ def _verify_shard(path: Path, shard: dict, frames: int, keys: set, report: Verif
         _verify_sample(where, key, members, frames, report)
 
 
-def _verify_sample(where: str, key: str, members: dict, frames: int, report: VerifyReport) -> None:
-    expected = {f"{i:03d}.jpg" for i in range(frames)} | {"json", "txt"}
+def _check_crc(shard: str, member: str, data: bytes, crc32: dict | None, report: VerifyReport) -> None:
+    if crc32 is None:
+        return
+    recorded = crc32.get(member)
+    if recorded is None:
+        report.problems.append(f"{shard}: member {member} has no recorded checksum (not written by this run)")
+        return
+    found = f"{zlib.crc32(data):08x}"
+    if found != recorded:
+        report.problems.append(f"{shard}: member {member} is damaged (CRC-32 {found}, written as {recorded})")
+    else:
+        report.members_checked += 1
+
+
+def _verify_sample(where: str, key: str, members: dict, frames, report: VerifyReport) -> None:
+    stored = frames if frames is not None else sum(1 for m in members if m.endswith(".jpg"))
+    expected = {f"{i:03d}.jpg" for i in range(stored)} | {"json", "txt"}
     if set(members) != expected:
         report.problems.append(f"{where}: members {sorted(members)}, expected {sorted(expected)}")
-        return
-    for i in range(frames):
+    for i in range(stored):
+        data = members.get(f"{i:03d}.jpg")
+        if data is None:
+            continue
         try:
-            simplejpeg.decode_jpeg(members[f"{i:03d}.jpg"])
+            simplejpeg.decode_jpeg(data, strict=True)
             report.frames += 1
         except ValueError as e:
-            report.problems.append(f"{where}: frame {i} does not decode ({e})")
+            report.problems.append(f"{where}: frame {i} does not decode ({key}.{i:03d}.jpg: {e})")
+    if "json" not in members or "txt" not in members:
+        return
     try:
         info = json.loads(members["json"].decode("utf-8"))
         text = members["txt"].decode("utf-8")
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        report.problems.append(f"{where}: bad json/txt ({e})")
+    except (UnicodeDecodeError, ValueError) as e:
+        report.problems.append(f"{where}: bad json/txt ({type(e).__name__}: {e})")
         return
-    missing = [k for k in REQUIRED if k not in info]
-    if missing:
-        report.problems.append(f"{where}: json lacks {', '.join(missing)}")
+    shape = _shape_problems(info, SAMPLE_FIELDS, f"{where}: {key}.json", OPTIONAL_SAMPLE_FIELDS)
+    if shape:
+        report.problems.extend(shape)
         return
     if info["key"] != key:
         report.problems.append(f"{where}: json key {info['key']!r} differs from the member key")
-    if info["num_frames"] != frames or len(info["frame_indices"]) != frames \
-            or len(info["frame_timestamps"]) != frames:
-        report.problems.append(f"{where}: json frame fields do not describe {frames} frames")
-    if not info["captions"] or info["captions"][0] != text:
+    if info["num_frames"] != stored or len(info["frame_indices"]) != stored \
+            or len(info["frame_timestamps"]) != stored:
+        report.problems.append(f"{where}: json frame fields do not describe {stored} frames")
+    if not all(_is(i, int) for i in info["frame_indices"]) \
+            or not all(_is(t, _NUMBER) for t in info["frame_timestamps"]):
+        report.problems.append(f"{where}: json frame_indices / frame_timestamps hold non-numbers")
+    if not info["captions"] or not all(isinstance(c, str) for c in info["captions"]):
+        report.problems.append(f"{where}: json captions is not a non-empty list of texts")
+    elif info["captions"][0] != text:
         report.problems.append(f"{where}: txt is not the first json caption")

@@ -5,12 +5,15 @@ A chunk is `samples_per_shard` consecutive input rows. Its samples go, in row or
 `{name}-{chunk:06d}-p1.tar`, `-p2`, ... Tar members carry fixed metadata (mtime 0, uid/gid 0, no user
 names, mode 0444) and a fixed member order, so the same samples always give the same bytes. Files are
 written under temporary names and renamed only when the whole chunk is complete; then the chunk's
-stats file (its completion marker, with every failure) is written, see shard_tools/records.py.
+stats file (its completion marker, with every failure) is written, see shard_tools/records.py. The stats
+file also keeps the CRC-32 of every member as written (`crc32`), so `make-shards verify` can name each
+damaged member: a JPEG with flipped bits usually still decodes.
 """
 import io
 import json
 import os
 import tarfile
+import zlib
 from pathlib import Path
 
 from pipeline.fsutil import atomic_path
@@ -60,6 +63,10 @@ def sample_members(row, row_index: int, decoded) -> list[tuple[str, bytes]]:
     return members
 
 
+def member_crc32(data: bytes) -> str:
+    return f"{zlib.crc32(data):08x}"
+
+
 def _member_bytes(members) -> int:
     return sum(512 + (len(data) + 511) // 512 * 512 for _, data in members)
 
@@ -74,6 +81,7 @@ class _Part:
         self._file = open(self.tmp, "wb")
         self.tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
         self.samples = 0
+        self.crc32: dict[str, str] = {}     # member name -> CRC-32 (8 hex digits) of its bytes
 
     def add(self, members) -> None:
         for name, data in members:
@@ -84,6 +92,7 @@ class _Part:
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             self.tar.addfile(info, io.BytesIO(data))
+            self.crc32[name] = member_crc32(data)
         self.samples += 1
 
     def size(self) -> int:
@@ -149,9 +158,11 @@ class ChunkWriter:
         self.written.append((row_index, key))
 
     def commit(self) -> list[dict]:
-        """Rename every part to its final name; returns [{path, samples, bytes}] in part order."""
+        """Rename every part to its final name; returns [{path, samples, bytes, crc32}] in part order
+        (crc32: {member name: CRC-32}; the stats record keeps it, the manifest leaves it out)."""
         assert self.complete, "commit before every row of the chunk has an outcome"
-        return [{"path": p.final.name, "samples": p.samples, "bytes": p.commit()} for p in self.parts]
+        return [{"path": p.final.name, "samples": p.samples, "bytes": p.commit(), "crc32": p.crc32}
+                for p in self.parts]
 
     def abort(self) -> None:
         for part in self.parts:
