@@ -185,8 +185,10 @@ def _run_verify(args) -> int:
     for problem in report.problems:
         print(f"PROBLEM {problem}")
     status = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+    unchecked = (f", {len(report.unchecked_shards)} shard(s) written before checksums were recorded "
+                 f"(frames decoded, no checksums to compare)" if report.unchecked_shards else "")
     print(f"verify {args.dir}: {report.shards} shards, {report.samples} samples, {report.frames} frames "
-          f"decoded: {status}")
+          f"decoded, {report.members_checked} members match their checksums{unchecked}: {status}")
     return 0 if report.ok else 1
 
 

@@ -203,3 +203,14 @@ def test_damaged_stats_record_is_reported_never_raised(folder, content):
     (folder / "v-000000.stats.json").write_text(content)
     report = verify(folder)
     assert any("v-000000.stats.json" in p for p in report.problems), report.problems
+
+
+def test_the_command_prints_each_damaged_member_and_the_checksum_count(folder, capsys):
+    from shard_tools import cli
+    assert cli.main(["verify", str(folder)]) == 0
+    assert "18 members match their checksums: OK" in capsys.readouterr().out
+    name, offset, size = members_of(folder / "v-000001.tar")[-1]          # the last sample's txt
+    flip_bit(folder / "v-000001.tar", offset)
+    assert cli.main(["verify", str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert f"PROBLEM v-000001.tar: member {name} is damaged" in out and "17 members match" in out
