@@ -131,7 +131,7 @@ def _encode(frame, spec: FrameSpec) -> tuple[bytes, int, int]:
 
 
 def _upright_size(frame, width: int, height: int) -> tuple[int, int, int]:
-    """(width, height, degrees turned) of the source as displayed."""
+    """(width, height, degrees turned counter-clockwise) of the source as displayed."""
     turns = _quarter_turns(frame)
     return (height, width, turns * 90) if turns % 2 else (width, height, turns * 90)
 

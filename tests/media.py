@@ -209,3 +209,17 @@ def write_still(path, rgb) -> Path:
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+def jpeg_with_orientation(path, rgb, orientation: int) -> Path:
+    """A JPEG of `rgb` with an EXIF Orientation tag (1 upright, 3 upside down, 6 and 8 the two quarter
+    turns), as phone cameras write; the pixels are stored unturned."""
+    import struct
+    import simplejpeg
+    tiff = (b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1)
+            + struct.pack("<HHII", 0x0112, 3, 1, orientation) + struct.pack("<I", 0))
+    app1 = b"Exif\x00\x00" + tiff
+    jpeg = simplejpeg.encode_jpeg(rgb, quality=95, colorspace="RGB", colorsubsampling="420")
+    path = Path(path)
+    path.write_bytes(jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:])
+    return path

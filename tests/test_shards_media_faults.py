@@ -167,6 +167,20 @@ def test_rotation_metadata_is_applied(tmp_path, rotate):
     assert result[2]["rotation"] == rotate
 
 
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_exif_orientation_of_images_is_applied(tmp_path, orientation):
+    quadrants = np.zeros((32, 48, 3), np.uint8)
+    quadrants[:16, :24], quadrants[:16, 24:], quadrants[16:, :24], quadrants[16:, 24:] = \
+        (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
+    jpg = media.jpeg_with_orientation(tmp_path / f"o{orientation}.jpg", quadrants, orientation)
+    upright = media.upright_frames(jpg)[0]
+    result = outcome(jpg, "image")
+    assert result[0] == "ok"
+    assert result[1][0].shape == upright.shape
+    assert np.abs(result[1][0].astype(int) - upright).mean() < 8
+    assert (result[2]["width"], result[2]["height"]) == upright.shape[1::-1]
+
+
 def test_keys_from_different_ids_are_different():
     ids = ["日本", "中文", "ü", "é", "a.b", "a_b", "a b", "a/b", "a%b", "clip-1", "clip_1", "ÄÖ", "__",
            "x" * 40 + ".", "x" * 40 + ":"]
