@@ -72,12 +72,26 @@ def test_half_truncated_jpeg_fails_at_every_cut(tmp_path):
     data = jpg.read_bytes()
     start, end = media.jpeg_scan_range(data)
     assert outcome(jpg, "image")[0] == "ok"
+    for kind in ("image", "video"):                 # a still listed as a video row is checked the same way
+        for k in range(1, 20):
+            cut = start + (end - start) * k // 20
+            bad = tmp_path / f"cut{k}.jpg"
+            bad.write_bytes(data[:cut])
+            result = outcome(bad, kind)
+            assert result[:2] == ("failed", "decode_error"), (kind, k, cut, result[:2])
+
+
+def test_truncated_or_flipped_png_fails_at_every_position(tmp_path):
+    png = media.render_image(tmp_path / "good.png", size=(160, 120))
+    data = png.read_bytes()
+    assert outcome(png, "image")[0] == "ok"
     for k in range(1, 20):
-        cut = start + (end - start) * k // 20
-        bad = tmp_path / f"cut{k}.jpg"
-        bad.write_bytes(data[:cut])
-        result = outcome(bad, "image")
-        assert result[:2] == ("failed", "decode_error"), (k, cut, result[:2])
+        at = len(data) * k // 20
+        for name, bad_bytes in (("cut", data[:at]), ("flip", media.damage_bytes(data, at, 2, "flip"))):
+            bad = tmp_path / f"{name}{k}.png"
+            bad.write_bytes(bad_bytes)
+            result = outcome(bad, "image")
+            assert result[0] == "failed" and result[1] in ("decode_error", "not_an_image"), (name, k, result[:2])
 
 
 def _a_decoder_reports(data: bytes) -> bool:
