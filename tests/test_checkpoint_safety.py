@@ -70,7 +70,8 @@ def _evaluate(path, runs, capsys):
     """launch/evaluate.py in this process: (exit code, stderr)."""
     from launch import evaluate
     capsys.readouterr()
-    code = evaluate.main(["--checkpoint", str(path), "--config", CONFIG, *_sets(runs["assets"])])
+    code = evaluate.main(["--checkpoint", str(path), "--config", CONFIG, *_sets(runs["assets"]),
+                          "--out", str(runs["root"] / "unexpected_metrics.json")])     # only if loading wrongly works
     return code, capsys.readouterr().err
 
 

@@ -1,6 +1,7 @@
 """Checkpoints: the released .pth.tar layout (built here exactly as the original's trainer wrote it),
 temporal inflation values, and our portable safetensors folder."""
 import collections
+import os
 import pathlib
 import sys
 import types
@@ -12,6 +13,7 @@ from models import FrozenInTime, ModelConfig, load_pretrained, load_weights_into
 from models.checkpoint import (TEMPORAL_NOISE_STD, adapt_temporal_embed, model_config_from_original,
                                read_original_checkpoint)
 from models.tiny import write_tiny_text_model
+from pipeline.safeload import DamagedFileError, RefusedGlobalError
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +134,29 @@ def test_unsafe_pickle_is_refused(tmp_path):
     path = tmp_path / "evil.pth.tar"
     torch.save({"state_dict": {}, "config": Exploit()}, path)
     model_stub = torch.nn.Linear(1, 1)
-    with pytest.raises(ValueError, match="refused to unpickle"):
+    with pytest.raises(RefusedGlobalError, match="refused to unpickle") as refused:
         load_weights_into(model_stub, path)
+    # the message names the file and the global it refused (torch's first line says neither)
+    assert refused.value.global_name == f"{os.system.__module__}.system"
+    assert str(path) in str(refused.value) and refused.value.global_name in str(refused.value)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["empty", "zip, cut at half", "legacy format, cut at half", "random bytes"])
+def test_damaged_weights_file_is_named_and_not_called_unsafe(tmp_path, damage):
+    """An empty / cut-short / foreign .pth.tar says so and names the file (it used to give a bare EOFError,
+    or "refused to unpickle" for random bytes)."""
+    whole = tmp_path / "whole.pth.tar"
+    torch.save({"state_dict": {"w": torch.arange(5000.0)}}, whole,
+               _use_new_zipfile_serialization=not damage.startswith("legacy"))
+    data = whole.read_bytes()
+    path = tmp_path / "model_best.pth.tar"
+    path.write_bytes({"empty": b"", "random bytes": bytes(range(256)) * 16}.get(damage, data[:len(data) // 2]))
+    with pytest.raises(DamagedFileError) as err:
+        load_weights_into(torch.nn.Linear(1, 1), path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and "refused" not in message and "get the file again" in message
+    assert ("empty (0 bytes)" in message) == (damage == "empty")
 
 
 def test_temporal_inflation_from_one_frame_checkpoint(tmp_path, distilbert_dir, fake_parse_config):
