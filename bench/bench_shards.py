@@ -10,6 +10,10 @@ Figures (clips/s per core, from CPU time of the process and its children, one wo
 - video2dataset 1.3.0 (its own venv): local files, ResolutionSubsampler(256, scale) re-encoding, 1 process.
   Its venv, without a second torch: see docs/bench/shards.md ("How video2dataset was installed").
 Prints a JSON line per measurement and a summary table. Not a test: no asserts on speed.
+
+Before/after a change of the writer (e.g. the damage checks): `--repo DIR` imports shard_tools from another
+checkout (`git worktree add /tmp/base COMMIT`), `--images N` adds a run over N JPEG stills (kind image),
+`--only-make-shards` skips the floors, `--repeat R` keeps the best of R runs of each measurement.
 """
 import argparse
 import csv
@@ -55,21 +59,45 @@ def make_clips(root: Path, n: int, seed: int) -> list[Path]:
     return paths
 
 
-def measure(label: str, fn, clips: int) -> dict:
-    c0, t0 = cpu_seconds(), time.monotonic()
-    fn()
-    cpu, wall = cpu_seconds() - c0, time.monotonic() - t0
+def measure(label: str, fn, clips: int, repeat: int = 1) -> dict:
+    runs = []
+    for _ in range(repeat):
+        c0, t0 = cpu_seconds(), time.monotonic()
+        fn()
+        runs.append((cpu_seconds() - c0, time.monotonic() - t0))
+    cpu, wall = min(runs)
     result = {"what": label, "clips": clips, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
               "clips_per_cpu_s": round(clips / cpu, 3), "clips_per_wall_s": round(clips / wall, 3)}
     print(json.dumps(result), flush=True)
     return result
 
 
-def run_make_shards(paths, out: Path, workers: int):
+def make_images(root: Path, n: int, seed: int) -> list[Path]:
+    """N JPEG stills (q ~ 90), 500x375 .. 1024x768 like CC-3M's, testsrc2/mandelbrot with noise."""
+    import ffmpeg
+    from media import ffmpeg_exe
+    rng = random.Random(seed)
+    sizes = [(500, 375), (640, 480), (800, 533), (1024, 768), (480, 640)]
+    paths = []
+    for i in range(n):
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / f"img{i:04d}.jpg"
+        paths.append(path)
+        if path.exists():
+            continue
+        w, h = rng.choice(sizes)
+        pattern = rng.choice(["testsrc2", "mandelbrot"])
+        src = ffmpeg.input(f"{pattern}=s={w}x{h}:r=1", f="lavfi", t=1).filter("noise", alls=6, allf="t")
+        (ffmpeg.output(src, str(path), vframes=1, **{"q:v": 3}).global_args("-loglevel", "error")
+         .overwrite_output().run(cmd=ffmpeg_exe()))
+    return paths
+
+
+def run_make_shards(paths, out: Path, workers: int, kind: str = "video"):
     from shard_tools.api import RunOptions, ShardOptions, make_shards
     shutil.rmtree(out, ignore_errors=True)
     rows = [{"key": p.stem, "path": str(p), "caption": p.stem} for p in paths]
-    report = make_shards(rows, out, ShardOptions(name="bench", samples_per_shard=100),
+    report = make_shards(rows, out, ShardOptions(name="bench", kind=kind, samples_per_shard=100),
                          RunOptions(workers=workers, progress=False))
     assert report.manifest["total_samples"] == len(paths), report.summary()
 
@@ -170,7 +198,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="/tmp/bench_shards")
     ap.add_argument("--v2d-python", help="python of a venv with video2dataset 1.3.0 (skipped if not given)")
     ap.add_argument("--also-two-workers", action="store_true", help="also time make-shards --workers 2 (wall)")
+    ap.add_argument("--images", type=int, default=0, help="also time make-shards over N JPEG stills (kind image)")
+    ap.add_argument("--only-make-shards", action="store_true", help="skip the floors")
+    ap.add_argument("--repeat", type=int, default=1, help="best of R runs per measurement")
+    ap.add_argument("--repo", help="import shard_tools from this checkout instead (before/after comparisons)")
     args = ap.parse_args(argv)
+    if args.repo:
+        sys.path.insert(0, str(Path(args.repo).resolve()))
+    import shard_tools
+    print(json.dumps({"shard_tools": str(Path(shard_tools.__file__).parent)}), flush=True)
     root = Path(args.out)
     paths = make_clips(root / "clips", args.clips, args.seed)
     seconds = 0.0
@@ -180,9 +216,16 @@ def main(argv=None) -> int:
             seconds += float(c.streams.video[0].duration * c.streams.video[0].time_base)
     print(json.dumps({"clips": len(paths), "total_video_s": round(seconds, 1),
                       "load": os.getloadavg()}), flush=True)
-    results = [measure("make-shards --workers 1", lambda: run_make_shards(paths, root / "shards", 1), len(paths)),
-               measure("floor A: PyAV same frames, no JPEG/tar", lambda: floor_pyav(paths), len(paths)),
-               measure("floor B: ffmpeg CLI select+scale", lambda: floor_ffmpeg(paths), len(paths))]
+    results = [measure("make-shards --workers 1", lambda: run_make_shards(paths, root / "shards", 1), len(paths),
+                       args.repeat)]
+    if args.images:
+        images = make_images(root / "images", args.images, args.seed)
+        results.append(measure("make-shards --workers 1, JPEG stills (kind image)",
+                               lambda: run_make_shards(images, root / "shards_img", 1, "image"), len(images),
+                               args.repeat))
+    if not args.only_make_shards:
+        results += [measure("floor A: PyAV same frames, no JPEG/tar", lambda: floor_pyav(paths), len(paths)),
+                    measure("floor B: ffmpeg CLI select+scale", lambda: floor_ffmpeg(paths), len(paths))]
     if args.also_two_workers:
         results.append(measure("make-shards --workers 2", lambda: run_make_shards(paths, root / "shards2", 2),
                                len(paths)))
