@@ -46,9 +46,13 @@ def read_manifest(path: Path, where: str) -> ShardSet:
         raise ConfigError(f"{where}: {path} has format {doc.get('format')!r}, expected {FORMAT!r} "
                           f"(write it with make-shards)")
     try:
-        entries = [(str(s["path"]), int(s["samples"])) for s in doc["shards"]]
-    except (KeyError, TypeError, ValueError) as err:
+        entries = [(str(s["path"]), s["samples"]) for s in doc["shards"]]
+    except (KeyError, TypeError) as err:
         raise ConfigError(f"{where}: {path}: bad 'shards' entry ({err}); each needs 'path' and 'samples'") from err
+    for i, (_, n) in enumerate(entries):  # the loader checks every shard against this count
+        if type(n) is not int or n < 0:
+            raise ConfigError(f"{where}: {path}: shards[{i}].samples is {n!r}, not a sample count; rewrite the "
+                              f"manifest with make-shards (make-shards manifest DIR)")
     if not entries:
         raise ConfigError(f"{where}: {path} lists no shards")
     urls = tuple(str(path.parent / p) for p, _ in entries)

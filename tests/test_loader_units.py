@@ -131,6 +131,12 @@ def test_shard_sources_folder_manifest_pattern_and_list(tmp_path):
     bad.write_text(json.dumps({"format": "other"}))
     with pytest.raises(ConfigError, match="expected 'fit-shards/1'"):
         shardlists.resolve_shards(str(bad), "x")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for count in (-1, "3", 2.5, None, True):  # the per-shard counts the loader compares every shard with
+        manifest["shards"][1]["samples"] = count
+        bad.write_text(json.dumps(manifest))
+        with pytest.raises(ConfigError, match=r"shards\[1\].samples is .*, not a sample count"):
+            shardlists.resolve_shards(str(bad), "x")
 
 
 # ---- config ----------------------------------------------------------------------------------------------
