@@ -87,6 +87,11 @@ def finish_rows(rows):
         yield row
 
 
+def _as_text(value):
+    """Paths, URLs and ids as text (or None): they go into the JSON stats records as they are."""
+    return value if value is None or isinstance(value, str) else str(value)
+
+
 def row_from_record(record: dict, index: int, kind: str = "video") -> Row:
     """A Row from a plain dict (the library API): keys `key`, `path` or `url`, `caption` or `captions`,
     optional `kind`, `id`, `extra`. Unknown keys go to `extra`. A record that is not usable (not a dict,
@@ -109,12 +114,10 @@ def row_from_record(record: dict, index: int, kind: str = "video") -> Row:
     if not isinstance(extra, dict):
         problem, extra = f"extra must be a dict, got {type(extra).__name__}", {}
     extra = {**extra, **{k: v for k, v in record.items() if k not in known}}
-    key = record.get("key")
-    path = record.get("path")
+    key, path, url, source_id = (record.get(k) for k in ("key", "path", "url", "id"))
     row = Row(key=safe_key(str(key)) if key is not None else f"{index:09d}", captions=list(captions),
-              kind=record.get("kind", kind), path=None if path is None else str(path), url=record.get("url"),
-              source_id=record.get("id"), extra=extra, where=where,
-              media_ref=None if path is None else str(path))
+              kind=record.get("kind", kind), path=_as_text(path), url=_as_text(url), source_id=_as_text(source_id),
+              extra=extra, where=where, media_ref=_as_text(path))
     if problem:
         row.error = ("bad_row", f"{where}: {problem}")
     return row
