@@ -14,6 +14,7 @@ the files it reads (pipeline.config.check_inputs), print every problem, exit 0 o
 import argparse
 import logging
 import sys
+import warnings
 
 log = logging.getLogger("train")
 
@@ -57,6 +58,13 @@ def main(argv=None) -> int:
     if args.check:
         return check(cfg, args.config, args.ranks or env.world_size)
     log.info("%s", describe_temporal_rows(cfg))
+    # DeepSpeed 0.19's comm layer (deepspeed/comm/torch.py, ZeRO's gathers) calls
+    # torch.distributed.all_gather_into_tensor / reduce_scatter_tensor, which torch 2.14 deprecates for
+    # all_gather_single / reduce_scatter_single; our code calls neither and DeepSpeed has no setting to switch.
+    # Every rank printed the FutureWarning on every step (models/loss.py's catch_warnings resets the
+    # once-per-location registry), a third of a tiny job's log: drop exactly these two messages.
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated")
     from pipeline.trainer import train
     init_distributed(env, timeout_s=cfg.deepspeed.comm_timeout_s)
     from pipeline.safeload import DamagedFileError

@@ -330,6 +330,11 @@ def _checkpoint_frames(path: str) -> int | None:
         return None
 
 
+def trained_temporal_rows(cfg: RunConfig) -> int:
+    """How many temporal-embedding rows get a gradient: rows 0..n-1, n = the most frames a training set reads."""
+    return min(max(s.num_frames for s in cfg.train_datasets), cfg.model.video.num_frames)
+
+
 def _rows(first: int, end: int) -> str:
     return f"row {first}" if end - first == 1 else f"rows {first}-{end - 1}"
 
@@ -344,7 +349,7 @@ def describe_temporal_rows(cfg: RunConfig) -> str:
     """
     rows = cfg.model.video.num_frames
     frames = {s.name: min(s.num_frames, rows) for s in cfg.train_datasets}
-    used = max(frames.values())
+    used = trained_temporal_rows(cfg)
     reads = ", ".join(f"{name} {n}" for name, n in frames.items())
     text = f"temporal embedding: {rows} row(s) (model.video.num_frames); training reads {reads} frame(s) -> "
     if used == rows:
