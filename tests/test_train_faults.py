@@ -19,11 +19,13 @@ def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("fault_assets")
     overrides = make_tiny_assets(root / "clean")
     # the same video shards with the first one damaged: its bytes are no tar archive
-    shutil.copytree(root / "clean" / "videos", root / "broken_videos")
-    first = sorted((root / "broken_videos").glob("*.tar"))[0]
-    first.write_bytes(b"this is not a tar archive " * 400)
-    return {"clean": overrides, "broken": [o.replace(str(root / "clean" / "videos"), str(root / "broken_videos"))
-                                           for o in overrides]}
+    broken = {}
+    for name in ("videos", "val"):
+        shutil.copytree(root / "clean" / name, root / f"broken_{name}")
+        first = sorted((root / f"broken_{name}").glob("*.tar"))[0]
+        first.write_bytes(b"this is not a tar archive " * 400)
+        broken[name] = [o.replace(str(root / "clean" / name), str(root / f"broken_{name}")) for o in overrides]
+    return {"clean": overrides, "broken": broken["videos"], "broken_eval": broken["val"]}
 
 
 def _logs(log_dir, world):
@@ -47,8 +49,8 @@ def _run_until_exit(args, world, log_dir, script, error_text):
     return codes, time.time() - seen
 
 
-@pytest.mark.parametrize("world", [1, 2])
-@pytest.mark.parametrize("fault", ["corrupt_shard", "injected_exception"])
+@pytest.mark.parametrize("world, fault", [(1, "corrupt_shard"), (2, "corrupt_shard"), (1, "injected_exception"),
+                                          (2, "injected_exception"), (2, "corrupt_eval_shard")])
 def test_a_data_path_exception_ends_every_rank_quickly(assets, tmp_path, world, fault):
     common = ["optim.total_steps=200", "eval.every_steps=0", "checkpoint.every_steps=0", "eval.at_start=false",
               f"output_dir={tmp_path / 'run'}", "data.options.max_corrupt_fraction=0",
@@ -56,6 +58,9 @@ def test_a_data_path_exception_ends_every_rank_quickly(assets, tmp_path, world, 
     if fault == "corrupt_shard":
         overrides, script, error = assets["broken"] + common, "launch/train.py", "CorruptDataError"
         prefix = []
+    elif fault == "corrupt_eval_shard":            # the evaluation's loader, in the evaluation at start
+        overrides = assets["broken_eval"] + common + ["eval.at_start=true"]
+        script, error, prefix = "launch/train.py", "CorruptDataError", []
     else:
         overrides, script, error = assets["clean"] + common, "tests/train_with_fault.py", "injected data-path fault"
         prefix = ["3"]
