@@ -384,3 +384,29 @@ def test_a_shard_cut_anywhere_loses_nothing_silently(tmp_path, with_manifest):
         else:
             assert lost == 1, at        # the loss is unknown without a manifest, but never silent
         assert reader.counters.seen == len(read) + lost, at
+
+
+def one_damage_per_outcome() -> list[str]:
+    """The first damage kind (by name) for each expected outcome: each reason, and nothing skipped."""
+    chosen = {}
+    for kind, (_, reasons, _) in sorted(DAMAGE.items()):
+        chosen.setdefault(tuple(sorted(reasons)), kind)
+    return sorted(chosen.values())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", one_damage_per_outcome())
+def test_readers_sharing_shards_count_each_skip_once(tmp_path, kind):
+    """2 ranks x 2 workers on 3 shards: fewer shards than readers, so every reader streams every shard and
+    keeps its own samples; a shard's lost tail is counted by one reader only."""
+    damage, reasons, lost = DAMAGE[kind]
+    folder = clean_shards(tmp_path / "f")
+    damage(folder / SHARD)
+    keys, totals = [], {}
+    for rank in (0, 1):
+        loader = build_eval_loader(spec(folder), options(num_workers=2), rank, 2)
+        keys += [k for batch in loader for k in batch["keys"]]
+        for reason, n in skipped(loader.counters()).items():
+            totals[reason] = totals.get(reason, 0) + n
+    assert totals == reasons
+    assert sorted(keys) == sorted(all_keys() - lost)
