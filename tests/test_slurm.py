@@ -5,7 +5,13 @@
    the 1-frame weights with the temporal embedding inflated from 1 to 4 frames;
 3. a 1-frame job signalled mid-run (the path `--signal=USR1@...` takes) checkpoints, requeues itself and
    resumes, ending with the same step count, losses and weights as the uninterrupted stage of test 2;
-4. a failing 1-frame stage gets the 4-frame stage cancelled, on a cluster without kill_invalid_depend.
+4. a failing 1-frame stage gets the 4-frame stage cancelled, on a cluster without kill_invalid_depend;
+5. at submission (slurm/submit.sh, curriculum.sh): a script default that does not fit the 2-CPU nodes is
+   lowered, a given value that does not fit is refused with the option to lower, a bad config value of any
+   stage stops the curriculum with the stage's name -- and nothing is submitted;
+6. docs/SLURM.md's first command on a new cluster: `make tiny-assets`, then the tiny curriculum with
+   --finetune --evaluate and no overrides: every job completes, none pends on its partition's limits, the job
+   logs hold no FutureWarning and say which temporal rows each stage trains.
 
 The training jobs of 2-4 are submitted together (one module fixture) so that they share the cluster's time.
 Jobs are watched with squeue / `scontrol show job` (never `sbatch --wait`) and cancelled at the end.
@@ -63,6 +69,19 @@ def sbatch(args: list[str], cwd: Path, **env) -> str:
                          text=True, timeout=30)
     assert out.returncode == 0, f"sbatch {args} failed: {out.stderr}"
     return out.stdout.strip().split(";")[0]
+
+
+def submit(args: list[str], cwd: Path, **env) -> str:
+    """`bash slurm/submit.sh ARGS` (checks, then sbatch); the job id."""
+    out = subprocess.run(["bash", str(REPO / "slurm" / "submit.sh"), *args], cwd=cwd, env=job_env(**env),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, f"submit.sh {args} failed: {out.stderr}"
+    return out.stdout.strip().splitlines()[-1]
+
+
+def jobs_named(name: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i %T %r"], capture_output=True, text=True, timeout=30)
+    return out.stdout.strip()
 
 
 def job_info(job: str) -> dict[str, str]:
@@ -152,8 +171,9 @@ def test_make_shards_array_equals_single_process(tmp_path):
                "--short-side", "32", "--samples-per-shard", "2", "--no-progress"]
     (tmp_path / "logs").mkdir()
 
-    job = sbatch(["--array=0-1", "--cpus-per-task=1", "--time=10", str(REPO / "slurm" / "make_shards.sh"),
-                  "csv", *options, "--out", "array"], cwd=tmp_path)
+    # through slurm/submit.sh with the script's default of 16 CPUs per task: lowered to the nodes' 2
+    job = submit(["--array=0-1", "--time=10", str(REPO / "slurm" / "make_shards.sh"), "csv", *options,
+                  "--out", "array"], cwd=tmp_path)
     try:
         single = subprocess.run([sys.executable, "-m", "shard_tools.cli", "csv", *options, "--out", "single",
                                  "--workers", "1"], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)),
@@ -163,6 +183,7 @@ def test_make_shards_array_equals_single_process(tmp_path):
     finally:
         cancel([job])
     assert array_states(job) == ["COMPLETED", "COMPLETED"], array_states(job)
+    assert job_info(job)["NumCPUs"] == "2", job_info(job)
     task_logs = sorted((tmp_path / "logs").glob(f"fit-shards-{job}_*.out"))
     assert [p.name for p in task_logs] == [f"fit-shards-{job}_0.out", f"fit-shards-{job}_1.out"]
     assert "task 0/2" in task_logs[0].read_text() and "task 1/2" in task_logs[1].read_text()
@@ -190,14 +211,16 @@ def training(tmp_path_factory):
     args_1f = assets + ["--set model.video.num_frames=1", "--set data.eval[0].num_frames=1",
                         f"--set optim.total_steps={STEPS_1F}"]
     args_4f = assets + ["--set optim.lr=1e-9"]
-    # test 4: the 1-frame stage reads shards that do not exist (the last --set wins)
-    args_1f_broken = args_1f + [f"--set data.train[0].shards={work / 'no_such_shards'}"]
+    # test 4: the 1-frame stage's text model folder exists (so the check at submission passes) but is empty,
+    # so the job fails when it loads it (the last --set wins)
+    (work / "empty_text_model").mkdir()
+    args_1f_broken = args_1f + [f"--set model.text.model={work / 'empty_text_model'}"]
     (work / "logs").mkdir()
     jobs = {}
 
     def curriculum(run_dir: str, stage_1f_args: list[str]) -> dict[str, str]:
         out = subprocess.run(["bash", str(REPO / "slurm" / "curriculum.sh")], cwd=work, capture_output=True,
-                             text=True, timeout=60,
+                             text=True, timeout=300,
                              env=job_env(RUN_DIR=run_dir, CONFIG_1F=str(REPO / "configs" / "tiny_1f.json"),
                                          CONFIG_4F=str(REPO / "configs" / "tiny_4f.json"),
                                          ARGS_1F=" ".join(stage_1f_args), ARGS_4F=" ".join(args_4f),
@@ -270,6 +293,9 @@ def test_curriculum_chains_1f_into_4f(training):
         assert list((run / "metrics").glob("eval_step_*.json")) and list((run / "tb").glob("events.*"))
     log_4f = logs[1].read_text()
     assert "video_model.temporal_embed: (1, 1, " in log_4f and "(zeros)" in log_4f, log_4f[-3000:]
+    assert "with 1 row(s): inflated to 4 (load_temporal_fix=zeros)" in log_4f, log_4f[-3000:]
+    for log in logs:
+        assert "FutureWarning" not in log.read_text(), log
 
     # the 4-frame weights are the 1-frame weights with the temporal embedding inflated 1 -> 4 (zeros)
     w1, w4 = final_weights(run_1f), final_weights(run_4f)
@@ -291,4 +317,83 @@ def test_failed_1f_stage_cancels_the_4f_stage(training):
     assert first["JobState"] == "FAILED" and first["ExitCode"] != "0:0", first
     assert (second["JobState"], second["Reason"]) == ("CANCELLED", "DependencyNeverSatisfied"), second
     log = job_log(training["work"], "fit-pretrain_1f", ids["pretrain_1f"]).read_text()
-    assert "no_such_shards" in log and "1-frame pretraining failed with exit code" in log, log[-3000:]
+    assert "empty_text_model" in log and "1-frame pretraining failed with exit code" in log, log[-3000:]
+
+
+# ---- 5. checks at submission: nothing that cannot start is submitted ---------------------------------------------
+
+def test_submission_lowers_defaults_and_refuses_what_cannot_fit(tmp_path):
+    (tmp_path / "logs").mkdir()
+    make_shards = str(REPO / "slurm" / "make_shards.sh")
+    refused = subprocess.run(["bash", str(REPO / "slurm" / "submit.sh"), "--cpus-per-task=16",
+                              "--job-name=fit-refused-cpus", make_shards, "csv", "--out", "x"], cwd=tmp_path,
+                             env=job_env(), capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr
+    assert "asks --cpus-per-task=16" in refused.stderr and "lower --cpus-per-task to 2" in refused.stderr
+    assert jobs_named("fit-refused-cpus") == ""
+
+    # the curriculum: a CPU request that cannot fit, then a bad value in the LAST stage's overrides
+    env = dict(GPUS_PER_NODE="0", RUN_DIR="refused", CONFIG_1F=str(REPO / "configs" / "tiny_1f.json"),
+               CONFIG_4F=str(REPO / "configs" / "tiny_4f.json"), CONFIG_FT=str(REPO / "configs" / "tiny_finetune.json"))
+    from pipeline.tiny_assets import write_tiny_assets
+    tiny = write_tiny_assets(tmp_path / "assets")
+    assets = " ".join(f"--set {o}" for o in tiny.overrides())
+    ft_assets = (f"--set model.text.model={tiny.text_model} --set data.options.tokenizer={tiny.text_model} "
+                 f"--set data.train[0].shards={tiny.shards('videos')} --set data.eval[0].shards={tiny.shards('val')}")
+    cases = [({"CPUS_PER_TASK": "16"}, ["pretrain_1f asks --cpus-per-task=16", "CPUS_PER_TASK=2",
+                                        "stage pretrain_1f: its resources do not fit"]),
+             ({"ARGS_1F": assets, "ARGS_4F": assets, "ARGS_FT": ft_assets + " --set optim.total_steps=0"},
+              ["finetune_msrvtt: ", "optim.total_steps: must be >= 1", "stage finetune_msrvtt: config check failed"])]
+    for extra, expected in cases:
+        out = subprocess.run(["bash", str(REPO / "slurm" / "curriculum.sh"), "--finetune", "--evaluate",
+                              "--name", "fit-refused"], cwd=tmp_path, env=job_env(**env, **extra),
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and out.stdout == "", (extra, out.stdout, out.stderr)
+        for text in expected:
+            assert text in out.stderr, (text, out.stderr)
+        assert "nothing was submitted" in out.stderr
+        assert not subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True,
+                                  timeout=30).stdout.count("fit-refused-")
+
+
+# ---- 6. docs/SLURM.md's first try on a new cluster ----------------------------------------------------------------
+
+NEVER_STARTS = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints")
+
+
+def test_first_hour_tiny_curriculum_runs_with_no_overrides(tmp_path):
+    """The commands of docs/SLURM.md's first section, from a fresh directory, on the 2-node test cluster."""
+    env = job_env(PYTHONPATH=str(REPO))
+    made = subprocess.run(["make", "-f", str(REPO / "Makefile"), "tiny-assets"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    out = subprocess.run(["bash", str(REPO / "slurm" / "curriculum.sh"), "--tiny", "--finetune", "--evaluate"],
+                         cwd=tmp_path, env=dict(env, GPUS_PER_NODE="0"), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    ids = dict(line.split() for line in out.stdout.splitlines())
+    assert list(ids) == ["pretrain_1f", "pretrain_4f", "finetune_msrvtt", "evaluate"], out.stdout
+    assert "using --cpus-per-task=2" in out.stderr        # the scripts' 8 CPUs per task, lowered to fit
+    logs = {stage: tmp_path / "logs" / f"fit-{stage}-{job}.out" for stage, job in ids.items()}
+    deadline = time.time() + 420
+    try:
+        while queued(list(ids.values())):
+            waiting = queued(list(ids.values()))
+            assert not any(reason in waiting for reason in NEVER_STARTS), waiting
+            if time.time() > deadline:
+                wait_jobs(list(ids.values()), deadline, logs=list(logs.values()))   # fails with the logs
+            time.sleep(1.0)
+    finally:
+        cancel(list(ids.values()))
+    for stage, job in ids.items():
+        info = job_info(job)
+        assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), (stage, logs[stage].read_text()[-3000:])
+    run = tmp_path / "runs" / "tiny_curriculum"
+    assert json.loads((run / "msrvtt" / "metrics" / "evaluate_final.json").read_text())
+    for stage, log in logs.items():
+        text = log.read_text()
+        assert "FutureWarning" not in text, (stage, [l for l in text.splitlines() if "FutureWarning" in l][:3])
+        if stage != "evaluate":
+            assert "train: temporal embedding: 4 row(s)" in text, (stage, text[-3000:])
+    assert "row 0 trains, rows 1-3 get no gradient" in logs["pretrain_1f"].read_text()
+    assert "with 4 row(s): no inflation" in logs["pretrain_4f"].read_text()
+    assert logs["evaluate"].read_text().rstrip().endswith("evaluation finished")
