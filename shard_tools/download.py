@@ -8,9 +8,12 @@ redirects): every socket read of the attempt, TLS included, waits at most until 
 slices so that a stopping run (`stop` set) is not kept waiting either. A failure to write the local file
 is not the row's fault: it raises records.LocalWriteError, which stops the run.
 """
+import errno
 import functools
 import http.client
+import os
 import re
+import select
 import socket
 import ssl
 import threading
@@ -208,14 +211,38 @@ class _DeadlineSSLSocket(ssl.SSLSocket):
 
 
 def _connect(address, timeout=None, source_address=None, *, deadline, stop):
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError("download deadline passed")
-    plain = socket.create_connection(address, remaining, source_address)
-    sock = _DeadlineSocket(plain.family, plain.type, plain.proto, plain.detach())
-    sock.deadline, sock.stop = deadline, stop
-    sock.settimeout(max(deadline - time.monotonic(), 0.001))   # bounds the TLS handshake as a whole
-    return sock
+    """socket.create_connection, but the TCP connect waits in slices too (a host that drops SYNs must
+    not hold a stopping run for the whole deadline). Tries each address of the host in turn."""
+    host, port = address
+    last_error = None
+    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        sock = _DeadlineSocket(family, kind, proto)
+        try:
+            if source_address:
+                sock.bind(source_address)
+            sock.setblocking(False)
+            code = sock.connect_ex(sockaddr)
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+            while code in (errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN):
+                if stop is not None and stop.is_set():
+                    raise _Stopped()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("download deadline passed while connecting")
+                if poller.poll(int(min(remaining, _SLICE) * 1000) + 1):
+                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code not in (0, errno.EISCONN):
+                raise OSError(code, os.strerror(code))
+            sock.deadline, sock.stop = deadline, stop
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))   # bounds the TLS handshake as a whole
+            return sock
+        except (OSError, _Stopped) as e:
+            sock.close()
+            if isinstance(e, (TimeoutError, _Stopped)):
+                raise
+            last_error = e
+    raise last_error or OSError(f"no address found for {host}")
 
 
 class _DeadlineConnection:

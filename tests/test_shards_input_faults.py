@@ -218,6 +218,32 @@ def test_download_timeout_is_a_wall_clock_deadline_whatever_the_server_does(tmp_
     assert "--download-timeout" in failure.value.detail
 
 
+def test_a_stopping_run_ends_transfers_and_connects_at_once(tmp_path, server):
+    """`stop` (set on SIGTERM or a local write error) ends a transfer that would run 30 s more, and a
+    TCP connect to a host that drops SYNs (a listener whose backlog is full), within a socket wait slice."""
+    import socket
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    filler = socket.create_connection(blackhole.getsockname(), timeout=2)     # fills the backlog
+    try:
+        for url in (f"{server}/trickle-body.mp4", f"http://127.0.0.1:{blackhole.getsockname()[1]}/x.mp4"):
+            stop = threading.Event()
+            threading.Timer(0.5, stop.set).start()
+            started = time.monotonic()
+            with pytest.raises(SampleError, match="stopped"):
+                fetch(url, str(tmp_path / "dest"), DownloadSpec(timeout=30, retries=3), stop=stop)
+            assert time.monotonic() - started < 2.5, url
+        started = time.monotonic()                       # the deadline bounds a connect as well
+        with pytest.raises(SampleError) as failure:
+            fetch(f"http://127.0.0.1:{blackhole.getsockname()[1]}/x.mp4", str(tmp_path / "d"),
+                  DownloadSpec(timeout=1, retries=0))
+        assert failure.value.reason == "timeout" and time.monotonic() - started < 3.0
+    finally:
+        filler.close()
+        blackhole.close()
+
+
 class _TLSServer(_Server):
     context = None
 
@@ -293,7 +319,7 @@ def test_sigterm_during_downloads_leaves_no_scratch_folder_and_a_rerun_finishes(
     assert not list(out.glob("*.stats.json"))      # the one chunk was not finished
 
     rerun = subprocess.run([sys.executable, "-m", "shard_tools.cli"] + _download_argv(
-        table, out, "--download-timeout", "0.5"), env=ENV, cwd=REPO, capture_output=True, text=True, timeout=60)
+        table, out, "--download-timeout", "1.5"), env=ENV, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert rerun.returncode == 0, rerun.stderr
     assert manifest_of(out)["total_samples"] == 1 and manifest_of(out)["failed"] == {"timeout": 3}
 
