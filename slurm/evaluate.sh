@@ -1,7 +1,7 @@
 #!/bin/bash
 # Retrieval evaluation (R@1/5/10, MedR, MeanR) of trained weights on a run config's data.eval datasets.
 #
-#   CHECKPOINT=runs/finetune_msrvtt/weights/best sbatch slurm/evaluate.sh [launch/evaluate.py args]
+#   CHECKPOINT=runs/finetune_msrvtt/weights/best bash slurm/submit.sh slurm/evaluate.sh [launch/evaluate.py args]
 #
 # Environment: CHECKPOINT (required: a weights folder, a finished DeepSpeed checkpoint folder, or a weights
 # file such as the released model_best.pth.tar), CONFIG (default: the run's config.json beside CHECKPOINT's

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Fine-tune on MSR-VTT from the pretrained (4-frame) weights (docs/SLURM.md).
 #
-#   INIT_FROM=runs/pretrain_4f/weights/final sbatch slurm/finetune_msrvtt.sh [launch/train.py args]
+#   INIT_FROM=runs/pretrain_4f/weights/final bash slurm/submit.sh slurm/finetune_msrvtt.sh [launch/train.py args]
 #
 # Environment: INIT_FROM (a weights folder, .safetensors or the released .pth.tar; default: the config's
 # checkpoint.load_checkpoint), CONFIG (default

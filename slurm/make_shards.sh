@@ -3,9 +3,12 @@
 # (make-shards --task-index i --num-tasks N); the task that finishes the last chunk writes manifest.json,
 # so the parts form one dataset. Any make-shards source works (docs/SHARDS.md, docs/SLURM.md):
 #
-#   sbatch --array=0-31 slurm/make_shards.sh webvid --csv results_2M_train.csv --videos-root videos/ \
+#   bash slurm/submit.sh --array=0-31 slurm/make_shards.sh webvid --csv results_2M_train.csv --videos-root videos/ \
 #          --out shards/webvid
-#   sbatch slurm/make_shards.sh cc3m --tsv Train_GCC-training.tsv --images-root cc3m/ --out shards/cc3m
+#   bash slurm/submit.sh slurm/make_shards.sh cc3m --tsv Train_GCC-training.tsv --images-root cc3m/ --out shards/cc3m
+#
+# (slurm/submit.sh lowers the default 16 CPUs per task to what the partition's nodes have; with a bare sbatch
+# on smaller nodes pass --cpus-per-task yourself, or the tasks pend forever with Reason=PartitionConfig.)
 #
 # Every task uses --workers = its --cpus-per-task (pass --workers to change that). A task that is requeued or
 # re-run skips the chunks it already finished. If tasks were cancelled, re-run the same command (only the

@@ -1,8 +1,9 @@
 #!/bin/bash
 # Curriculum stage 1: pretrain on images + videos at 1 frame per video (docs/SLURM.md).
 #
-#   sbatch slurm/pretrain_1f.sh [launch/train.py args, e.g. --set optim.lr=1e-4]
-#   CONFIG=configs/my_1f.json OUTPUT_DIR=runs/my_1f sbatch --nodes=4 slurm/pretrain_1f.sh
+#   bash slurm/submit.sh slurm/pretrain_1f.sh [launch/train.py args, e.g. --set optim.lr=1e-4]
+#   CONFIG=configs/my_1f.json OUTPUT_DIR=runs/my_1f bash slurm/submit.sh --nodes=4 slurm/pretrain_1f.sh
+#   (submit.sh checks resources and config first, then runs sbatch; a bare sbatch works too, unchecked)
 #
 # Environment: CONFIG (default configs/pretrain_1f.json), OUTPUT_DIR (default: the config's output_dir),
 # PYTHON, LAUNCHER (srun | deepspeed). Resources: override any #SBATCH line on the sbatch command line, e.g.

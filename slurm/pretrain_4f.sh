@@ -2,7 +2,7 @@
 # Curriculum stage 2: pretrain at 4 frames per video, starting from the 1-frame stage's final weights; the
 # temporal embedding is inflated when the 1-frame model had fewer frames (checkpoint.load_temporal_fix).
 #
-#   INIT_FROM=runs/pretrain_1f/weights/final sbatch slurm/pretrain_4f.sh [launch/train.py args]
+#   INIT_FROM=runs/pretrain_1f/weights/final bash slurm/submit.sh slurm/pretrain_4f.sh [launch/train.py args]
 #   (slurm/curriculum.sh submits it after the 1-frame stage with --dependency=afterok)
 #
 # Environment: INIT_FROM (a weights folder or .safetensors; default: the config's checkpoint.load_checkpoint),
