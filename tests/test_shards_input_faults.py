@@ -8,7 +8,6 @@ import http.server
 import json
 import os
 import random
-import resource
 import signal
 import subprocess
 import sys
