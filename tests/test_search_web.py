@@ -16,11 +16,12 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.features import INFO_FILE, ITEMS_FILE
 from pipeline.index import Searcher
-from pipeline.webapp import SearchApp, make_server
+from pipeline.webapp import QueryEncoder, SearchApp, make_server
 from test_search_helpers import (EVIL_CAPTION, EVIL_KEY, collection, embedder, search_shards,  # noqa: F401
                                  tar_member, tiny_weights)
 
@@ -343,6 +344,41 @@ def test_concurrent_clients_all_get_complete_correct_answers(server, embedder):
     base, searcher = server
     expected = expected_results(searcher, embedder, 5)
     assert not concurrent_clients(base, 100, expected, 5)
+
+
+def test_query_encoder_batches_waiting_queries_on_one_thread(embedder):
+    threads, batches, release = set(), [], threading.Event()
+
+    def embed_texts(texts):
+        threads.add(threading.get_ident())
+        batches.append(list(texts))
+        release.wait(60)              # the first batch holds the encoder while the other queries queue up
+        if "boom" in texts:
+            raise RuntimeError("the model failed")
+        return embedder.embed_texts(texts)
+
+    encoder = QueryEncoder(embed_texts, max_batch=8)
+    texts = QUERIES + [f"query {i}" for i in range(20 - len(QUERIES))]
+    with ThreadPoolExecutor(20) as pool:
+        first = pool.submit(encoder.embed, texts[0])
+        while not batches:
+            time.sleep(0.01)
+        rest = [pool.submit(encoder.embed, text) for text in texts[1:]]
+        while encoder._waiting.qsize() < len(rest):
+            time.sleep(0.01)
+        release.set()
+        vectors = [first.result(60)] + [f.result(60) for f in rest]
+    assert [len(b) for b in batches] == [1, 8, 8, 3] and len(threads) == 1
+    assert sorted(t for b in batches for t in b) == sorted(texts)
+    for text, vector in zip(texts, vectors):   # batched or not, each query gets its own vector
+        np.testing.assert_allclose(vector, embedder.embed_texts([text])[0], atol=1e-5)
+    # a failing forward pass fails the queries of its batch with the reason, and the encoder goes on
+    with pytest.raises(RuntimeError, match="embedding the query failed: RuntimeError..the model failed"):
+        encoder.embed("boom")
+    np.testing.assert_allclose(encoder.embed("red"), embedder.embed_texts(["red"])[0], atol=1e-5)
+    encoder.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        encoder.embed("red")
 
 
 def listen_backlog(port: int) -> int:
