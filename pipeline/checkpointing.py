@@ -89,7 +89,7 @@ def resume_candidates(resume: str | None, root: Path) -> list[Path]:
         return list_checkpoints(root)[::-1]
     path = Path(resume)
     if is_universal(path):
-        return path
+        return [path]
     if not (path / MARKER).is_file():
         raise FileNotFoundError(f"--resume {resume}: no {MARKER} marker in that folder; it is not a finished "
                                 f"checkpoint (use --resume auto to take the newest finished one)")

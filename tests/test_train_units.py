@@ -106,6 +106,20 @@ def test_checkpoint_folders_complete_latest_and_pruning(tmp_path):
     assert ckpt.resolve_resume("auto", tmp_path / "nothing") is None
 
 
+def test_resume_candidates_are_a_list_for_every_kind_of_resume(tmp_path):
+    """auto: every complete checkpoint, newest first (the order --resume auto falls back in); a finished folder
+    or a ds_to_universal folder (zero/, no COMPLETE): a list of that one; no --resume: none."""
+    for step in (2, 4, 6):
+        ckpt.mark_complete(tmp_path / ckpt.tag_for_step(step), step)
+    universal = tmp_path / "step_00000006_universal"
+    (universal / "zero").mkdir(parents=True)
+    assert [p.name for p in ckpt.resume_candidates("auto", tmp_path)] == ["step_00000006", "step_00000004",
+                                                                          "step_00000002"]
+    assert ckpt.resume_candidates(str(tmp_path / "step_00000004"), tmp_path) == [tmp_path / "step_00000004"]
+    assert ckpt.resume_candidates(str(universal), tmp_path) == [universal]
+    assert ckpt.resume_candidates(None, tmp_path) == [] and ckpt.resume_candidates("auto", tmp_path / "no") == []
+
+
 def test_sliding_windows_take_every_offset_of_each_segment():
     video = torch.arange(8).view(1, 8, 1, 1, 1).expand(2, 8, 3, 2, 2)
     windows = sliding_windows(video, window_frames=4, stride=1)
