@@ -294,7 +294,8 @@ def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
         progress.step(status == "ok")
         downloaded = row_tmp.pop(task_id, None)
         if downloaded:
-            Path(downloaded).unlink(missing_ok=True)
+            with _writing(downloaded):
+                Path(downloaded).unlink(missing_ok=True)
         if writer.complete:
             with _writing(out_dir, writer):
                 _finish_chunk(writer, out_dir, options, fingerprint, inputs, report)

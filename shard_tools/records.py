@@ -118,8 +118,8 @@ def collect(out_dir: Path, name: str | None = None) -> tuple[list[dict], list[in
     num_chunks = records[0]["num_chunks"]
     by_chunk = {r["chunk"]: r for r in records}
     for r in records:
-        if (r["num_chunks"] != num_chunks or r["options"] != records[0]["options"]
-                or r.get("input_sha256") != records[0].get("input_sha256")):
+        fingerprints = {r.get("input_sha256"), records[0].get("input_sha256")} - {None}   # None: older record
+        if r["num_chunks"] != num_chunks or r["options"] != records[0]["options"] or len(fingerprints) > 1:
             raise OptionsMismatch(f"{out_dir}: {stats_name(r['name'], r['chunk'])} disagrees with "
                                   f"{stats_name(records[0]['name'], records[0]['chunk'])} on the options or "
                                   f"the number of input rows; the folder mixes two different runs")
@@ -143,7 +143,7 @@ def build_manifest(records: list[dict]) -> dict:
         "shards": shards,
         "total_samples": sum(s["samples"] for s in shards),
         "input_rows": records[0]["input_rows"],
-        "input_sha256": records[0].get("input_sha256"),
+        "input_sha256": next((r["input_sha256"] for r in records if r.get("input_sha256")), None),
         "failed": dict(sorted(failed.items())),
         "options": options,
         "tool_version": __version__,

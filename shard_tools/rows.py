@@ -63,6 +63,9 @@ def finish_rows(rows):
     later rows with the same key fail with `duplicate_key` (naming the first). Yields the same rows."""
     seen: dict[str, str] = {}
     for row in rows:
+        # Row objects from library callers may hold Paths or numbers: the stats records are JSON
+        row.path, row.url, row.source_id, row.media_ref = (
+            _as_text(row.path), _as_text(row.url), _as_text(row.source_id), _as_text(row.media_ref))
         if row.error is None and row.kind not in ("video", "image"):
             row.error = ("bad_row", f"{row.where}: kind {row.kind!r} is neither video nor image")
         if row.error is None and not isinstance(row.captions, list):

@@ -23,6 +23,7 @@ from shard_tools import cli, download, records
 from shard_tools.api import RunOptions, ShardOptions, make_shards
 from shard_tools.decode import SampleError
 from shard_tools.download import DownloadSpec, fetch, request_url
+from shard_tools.rows import Row
 from shard_tools.verify import verify
 from test_shards_faults import _make_clips, failures_of, folder_bytes, manifest_of
 
@@ -190,14 +191,16 @@ def test_hostile_library_records_fail_their_row_only(tmp_path):
         {"key": "str_caption", "path": str(clip), "captions": "one caption as a string"},
         {"key": "num_url", "url": 12345, "caption": "x"},
         {"key": "obj_url", "url": object(), "id": object(), "caption": "x"},     # stats stay valid JSON
+        Row(key="path_obj", captions=["a pathlib.Path as the path"], path=clip, source_id=7),
+        Row(key="a.b", captions=["a key with a dot would split the sample"], path=str(clip)),
     ]
     report = make_shards(rows, tmp_path / "out", ShardOptions(name="t", samples_per_shard=4),
                          RunOptions(progress=False, download=True, download_spec=DownloadSpec(retries=0)))
-    assert report.written == 2                                  # good, str_caption
+    assert report.written == 3                                  # good, str_caption, path_obj
     failed = failures_of(tmp_path / "out")
     assert failed == {"000000001": "bad_row", "000000002": "bad_row", "num_caption": "bad_row",
                       "list_caption": "bad_row", "bad_captions": "bad_row", "bad_extra": "bad_row",
-                      "bad_kind": "bad_row", "num_url": "bad_url", "obj_url": "bad_url"}
+                      "bad_kind": "bad_row", "num_url": "bad_url", "obj_url": "bad_url", "a.b": "bad_row"}
     assert report.manifest["input_rows"] == len(rows)
 
 
@@ -479,6 +482,29 @@ def test_a_changed_table_is_refused_before_any_work(tmp_path, capsys, change):
             "rows swapped": "chunks that differ: 0 (rows 0-1: edited)",
             "row replaced": "chunks that differ: 2 (rows 4-5: edited)"}[change] in err
     assert cli.main(argv + ["--retry-failed"]) == 2
+
+
+def test_a_folder_begun_before_fingerprints_still_resumes(tmp_path):
+    """Stats records written before the input fingerprint existed carry none: the row count is checked,
+    and a folder mixing them with new records still gets its manifest."""
+    _make_clips(tmp_path, 6)
+    table = _webvid_table(tmp_path / "t.csv", 6)
+    out = tmp_path / "out"
+    argv = ["webvid", "--csv", str(table), "--videos-root", str(tmp_path / "videos"), "--out", str(out),
+            "--samples-per-shard", "2", "--workers", "0", "--no-progress"]
+    assert cli.main(argv) == 0
+    reference = folder_bytes(out)
+    for chunk in (0, 1):                       # as an older version wrote them
+        path = out / f"webvid-00000{chunk}.stats.json"
+        record = json.loads(path.read_text())
+        del record["input_sha256"], record["chunk_input_sha256"]
+        path.write_text(json.dumps(record))
+    for name in ("webvid-000002.stats.json", "webvid-000002.tar", "manifest.json"):   # unfinished there
+        (out / name).unlink()
+    assert cli.main(argv) == 0
+    assert manifest_of(out)["input_sha256"] == json.loads(reference["manifest.json"])["input_sha256"]
+    assert (out / "webvid-000002.tar").read_bytes() == reference["webvid-000002.tar"]
+    assert cli.main(["webvid", "--csv", str(_webvid_table(tmp_path / "short.csv", 4))] + argv[3:]) == 2
 
 
 def test_the_same_table_resumes_even_with_the_media_moved(tmp_path, capsys):
