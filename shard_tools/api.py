@@ -366,10 +366,10 @@ def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
         _abort(writers, out_dir, options.name)
         raise
     finally:
-        stop.set()
         progress.close()
         if pool:
-            pool.close()
+            pool.close(wait=0 if stop.is_set() else 5.0)     # stopping: busy decoders are killed at once
+        stop.set()
         if downloads:
             downloads.shutdown(wait=False, cancel_futures=True)
             wait(list(fetching), timeout=1.0)   # threads notice `stop` within a socket wait slice

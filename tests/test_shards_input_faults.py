@@ -326,6 +326,35 @@ def test_sigterm_during_downloads_leaves_no_scratch_folder_and_a_rerun_finishes(
     assert manifest_of(out)["total_samples"] == 1 and manifest_of(out)["failed"] == {"timeout": 3}
 
 
+def test_sigterm_with_hung_decoders_exits_at_once(tmp_path):
+    """A stopping run kills busy decoder workers at once (they were given 5 s each, one after the other:
+    16 hung workers held a SIGTERM'd job for 80 s, past Slurm's grace period)."""
+    clips = [media.render_clip(tmp_path / f"hang{i}.mp4", 0.5, (64, 48), 10) for i in range(3)]
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import signal, sys\n"
+        f"sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]\n"
+        "from shard_tools.api import RunOptions, ShardOptions, make_shards\n"
+        "from test_shards_faults import crashing_decoder   # sleeps 600 s on '*hang*'\n"
+        "def stop(*_):\n    raise KeyboardInterrupt\n"
+        "if __name__ == '__main__':      # spawned workers import this file too\n"
+        "    signal.signal(signal.SIGTERM, stop)\n"
+        f"    rows = [{{'key': f'k{{i}}', 'path': p, 'caption': 'x'}} for i, p in enumerate({[str(c) for c in clips]!r})]\n"
+        "    print('started', flush=True)\n"
+        f"    make_shards(rows, {str(tmp_path / 'out')!r}, ShardOptions(name='t'),\n"
+        "                RunOptions(workers=3, decoder=crashing_decoder, decode_timeout=600, progress=False))\n")
+    proc = subprocess.Popen([sys.executable, str(script)], env=ENV, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(4)                                      # the spawned workers are up and hung
+    proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    _, stderr = proc.communicate(timeout=60)
+    assert time.monotonic() - started < 6.0            # was 3 workers x 5 s
+    assert "KeyboardInterrupt" in stderr and "freeze_support" not in stderr    # the workers had started
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
 # --- 3. the local disk fails: stop with a clear message, a re-run completes ----------------------------
 
 def _limited(limit: int, argv: list[str]) -> list[str]:
