@@ -13,10 +13,11 @@ Every failure raises `SampleError(reason, detail)`; the reasons are listed in do
 Damaged data must fail as `decode_error`, not become garbage frames: FFmpeg conceals damage (grey/green
 blocks) and says so only in the frame's flags, so every frame decoded on the way to a stored frame is
 checked (`is_corrupt`: decode_error_flags or AV_FRAME_FLAG_CORRUPT). Intra-only codecs (still images,
-MJPEG) also decode with err_detect=explode (the MJPEG decoder otherwise paints a half-truncated JPEG grey),
-and a JPEG file must also pass libjpeg-turbo's strict decode (premature end, corrupt entropy data).
-Inter-coded video does not use explode: it fails clean open-GOP clips after a seek (the leading frames
-miss their references).
+MJPEG) also decode with err_detect=explode (the MJPEG decoder otherwise paints a half-truncated JPEG grey
+and reports nothing). Inter-coded video does not use explode: it fails clean open-GOP clips after a seek
+(the leading frames miss their references). Both checks cost nothing measurable; a second, strict
+libjpeg-turbo decode of JPEG sources would catch a few more entropy-data errors but costs ~25% per image
+(docs/bench/shards.md), so it is not done.
 """
 import bisect
 import os
@@ -62,7 +63,6 @@ def decode_sample(path: str, kind: str, spec: FrameSpec) -> Decoded:
         raise SampleError("missing_file", f"{path}: {e.strerror}") from None
     if size == 0:
         raise SampleError("empty_file", f"{path} has 0 bytes")
-    _check_jpeg_source(path)
     try:
         container = av.open(path, mode="r")
     except av.error.FFmpegError as e:
@@ -88,23 +88,6 @@ def decode_sample(path: str, kind: str, spec: FrameSpec) -> Decoded:
         raise
     except (av.error.FFmpegError, ValueError, IndexError, ZeroDivisionError, OverflowError) as e:
         raise SampleError("decode_error", f"{path}: {type(e).__name__}: {e}") from None
-
-
-def _check_jpeg_source(path: str) -> None:
-    """A JPEG file must decode without libjpeg-turbo warnings (strict). FFmpeg's MJPEG decoder, even with
-    explode, accepts many entropy-data errors that libjpeg-turbo reports, and the reverse; both run. The
-    check decodes at 1/8 scale: the entropy data (where damage shows) is read in full, the DCT is skipped."""
-    with open(path, "rb") as f:
-        head = f.read(3)
-        if head != b"\xff\xd8\xff":
-            return
-        data = head + f.read()
-    try:
-        colorspace = simplejpeg.decode_jpeg_header(data)[2]
-        simplejpeg.decode_jpeg(data, colorspace="CMYK" if colorspace in ("CMYK", "YCCK") else "RGB",
-                               min_factor=8, strict=True)
-    except ValueError as e:
-        raise SampleError("decode_error", f"{path}: damaged JPEG ({e})") from None
 
 
 def _check_frame(frame, path: str) -> None:
