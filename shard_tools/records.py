@@ -29,8 +29,20 @@ def read_stats(out_dir: Path, name: str, chunk: int) -> dict | None:
     path = Path(out_dir) / stats_name(name, chunk)
     if not path.is_file():
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return _load(path)
+
+
+def _load(path: Path) -> dict:
+    """A stats record; a damaged one (not JSON, e.g. hand-edited or from a disk that failed) is named."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is damaged ({e}); delete it and re-run the same command (its chunk is "
+                         f"written again)") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is damaged (not a JSON object); delete it and re-run the same command")
+    return record
 
 
 def chunk_is_complete(out_dir: Path, record: dict) -> bool:
@@ -75,8 +87,7 @@ def check_input(out_dir: Path, name: str, rows: int, sha256: str, chunk_sha256: 
     dataset carries the row count and fingerprint of the input it was made from (rows.input_fingerprint)."""
     old_rows, changed = set(), []
     for path in sorted(Path(out_dir).glob(f"{name}-*{STATS_SUFFIX}")):
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
+        record = _load(path)
         if record.get("name") != name:
             continue
         same_rows = record.get("input_rows") == rows
@@ -105,8 +116,7 @@ def collect(out_dir: Path, name: str | None = None) -> tuple[list[dict], list[in
     out_dir = Path(out_dir)
     records = []
     for path in sorted(out_dir.glob(f"*{STATS_SUFFIX}")):
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
+        record = _load(path)
         if name is None or record.get("name") == name:
             records.append(record)
     if not records:

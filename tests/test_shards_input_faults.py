@@ -536,6 +536,23 @@ def test_a_folder_begun_before_fingerprints_still_resumes(tmp_path):
     assert cli.main(["webvid", "--csv", str(_webvid_table(tmp_path / "short.csv", 4))] + argv[3:]) == 2
 
 
+def test_a_damaged_stats_record_is_named_and_deleting_it_redoes_its_chunk(tmp_path, capsys):
+    _make_clips(tmp_path, 4)
+    table = _webvid_table(tmp_path / "t.csv", 4)
+    out = tmp_path / "out"
+    argv = ["webvid", "--csv", str(table), "--videos-root", str(tmp_path / "videos"), "--out", str(out),
+            "--samples-per-shard", "2", "--workers", "0", "--no-progress"]
+    assert cli.main(argv) == 0
+    reference = folder_bytes(out)
+    damaged = out / "webvid-000001.stats.json"
+    damaged.write_bytes(reference[damaged.name][:40])          # cut short
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    assert f"{damaged} is damaged" in capsys.readouterr().err
+    damaged.unlink()
+    assert cli.main(argv) == 0 and folder_bytes(out) == reference
+
+
 def test_the_same_table_resumes_even_with_the_media_moved(tmp_path, capsys):
     _make_clips(tmp_path, 6)
     table = _webvid_table(tmp_path / "t.csv", 6)
