@@ -108,6 +108,7 @@ def restricted_torch_load(allowed: tuple, allowed_text: str, advice: str = "") -
     reaches all of them; nothing else runs torch.load in this process meanwhile (the loader's workers are
     other processes)."""
     def restricted(f, map_location=None, pickle_module=None, *, weights_only=None, **kwargs):
+        # the caller's weights_only=False and pickle_module are what this guard exists to override
         return load_torch_file(f, allowed, allowed_text, advice, zip_only=True, map_location=map_location,
                                **kwargs)
 

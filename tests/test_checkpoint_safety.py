@@ -251,12 +251,14 @@ def test_every_damaged_checkpoint_file_is_named_by_every_entry_point(runs, zero_
 def test_damaged_weights_folder_and_weights_file_are_named(runs, tmp_path, capsys):
     """evaluate and search extract on a weights folder with any file damaged, and on a damaged or crafted
     .pth.tar (zip and legacy torch formats): exit 2 naming the file; a crafted one names the global."""
-    folder = tmp_path / "final"
+    folder, marker = tmp_path / "final", tmp_path / "ran"
     shutil.copytree(runs["root"] / "zero0" / "weights" / "final", folder)
+    craft(tmp_path / "crafted", marker)
     for name in ("weights.safetensors", "model_config.json", "text_config.json"):
         file = folder / name
         data = file.read_bytes()
         kinds = {k: v for k, v in damages(file, data).items() if k != "step as a string"}
+        kinds["a crafted pickle"] = (tmp_path / "crafted").read_bytes()
         for kind, bad in kinds.items():
             file.write_bytes(bad)
             try:
@@ -265,7 +267,6 @@ def test_damaged_weights_folder_and_weights_file_are_named(runs, tmp_path, capsy
             finally:
                 file.write_bytes(data)
 
-    marker = tmp_path / "ran"
     state = {"state_dict": read_weights(folder)}
     whole, legacy = tmp_path / "whole.pth.tar", tmp_path / "legacy.pth.tar"
     torch.save(state, whole)
@@ -273,7 +274,6 @@ def test_damaged_weights_folder_and_weights_file_are_named(runs, tmp_path, capsy
     files = {"empty": b"", "zip, truncated at half": whole.read_bytes()[:whole.stat().st_size // 2],
              "legacy, truncated at half": legacy.read_bytes()[:legacy.stat().st_size // 2],
              "random bytes": bytes(random.Random(0).getrandbits(8) for _ in range(4096))}
-    craft(tmp_path / "crafted", marker)
     files["crafted"] = (tmp_path / "crafted").read_bytes()
     for kind, data in files.items():
         file = tmp_path / f"model_best_{kind.replace(' ', '_').replace(',', '')}.pth.tar"
