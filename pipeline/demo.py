@@ -17,9 +17,11 @@ Every stage's output (config.json, TensorBoard events, checkpoints, weights, log
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -34,6 +36,32 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("1f", "4f")
 MARGIN = 20.0     # the learning check: 4-frame motion-only R@1 >= 1-frame's + MARGIN points
+
+# One intra-op thread in every process of the demo: the training ranks, launch/evaluate.py and the demo's own
+# embedding. A float sum split over another number of threads rounds differently (the video embeddings of
+# one model differ by ~1e-6 between 1 and 2 threads), and 1900 training steps grow a last-bit difference
+# into another model, so with the count left to the caller's OMP_NUM_THREADS / MKL_NUM_THREADS or to the
+# core count (one rank runs without torchrun, which sets 1 only when the variable is unset) the same seed
+# gave another table (docs/DEMO.md, "Reproducibility"). One thread per rank is also the fastest here.
+THREADS = 1
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def child_env(environ) -> dict:
+    """The environment of the demo's children: the caller's, with the thread count pinned to THREADS."""
+    return {**environ, **{name: str(THREADS) for name in THREAD_VARIABLES}}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with `n` torch intra-op threads; the caller's count is restored afterwards."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -56,8 +84,8 @@ def stage_dir(out: Path, stage: str) -> Path:
 
 
 def _run(cmd: list[str], log_path: Path, what: str) -> None:
-    """Run a child process in the repository root, its output copied into `log_path` and its progress lines
-    into our log; raise naming the log when it fails.
+    """Run a child process in the repository root (with `child_env`), its output copied into `log_path` and its
+    progress lines into our log; raise naming the log when it fails.
 
     Children run the entry points as modules (`python -m launch.train`) from the repository root, so they
     import this checkout whether or not it is pip-installed.
@@ -66,7 +94,8 @@ def _run(cmd: list[str], log_path: Path, what: str) -> None:
     log.info("%s: %s (log: %s)", what, " ".join(cmd), log_path)
     started = time.time()
     with open(log_path, "ab") as sink:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=child_env(os.environ))
         try:
             for line in proc.stdout:
                 sink.write(line)
@@ -98,6 +127,50 @@ def train_command(config: Path, overrides: list[str], nproc: int) -> list[str]:
         return [sys.executable] + script
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
             "--master_addr", "127.0.0.1", "--master_port", str(free_port())] + script
+
+
+def environment() -> dict:
+    """What besides the seed decides the numbers: versions of what renders, packs and trains, the CPU and the
+    kernels torch picked for it (docs/DEMO.md, "Reproducibility"). Two runs can only match when these do."""
+    from importlib import metadata
+
+    import torch
+
+    from shard_tools.demo import ffmpeg_exe
+    versions = {}
+    for package in ("torch", "numpy", "deepspeed", "transformers", "av", "simplejpeg"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    try:
+        ffmpeg = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True,
+                                timeout=30).stdout.split("\n")[0]
+    except (OSError, subprocess.SubprocessError) as err:
+        ffmpeg = f"unknown ({err})"
+    return {"versions": versions, "ffmpeg": ffmpeg, "cpu": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads_per_process": THREADS}
+
+
+def cpu_model() -> str:
+    """'AMD EPYC (family 25, model 17, stepping 1)': a VM often shows only the brand, the numbers tell hosts apart."""
+    import platform
+    try:
+        fields = {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if not key.strip():
+                break                                  # the first processor's block is enough
+            fields.setdefault(key.strip(), value.strip())
+        return (f"{fields['model name']} (family {fields['cpu family']}, model {fields['model']}, "
+                f"stepping {fields.get('stepping', '?')})")
+    except (OSError, KeyError):
+        return platform.processor() or platform.machine()
+
+
+def train_stage(config: Path, sets: list[str], nproc: int, log_path: Path, stage: str) -> None:
+    """One stage's launch/train.py run, as `make demo` runs it."""
+    _run(train_command(config, sets, nproc), log_path, f"stage {stage} training")
 
 
 def common_overrides(out: Path, folders: dict, text_model: Path, seed: int) -> list[str]:
@@ -141,13 +214,12 @@ def run_demo(opts: DemoOptions) -> dict:
                 # its TensorBoard events and checkpoints belong to other data or another config
                 log.info("stage %s: removing the earlier run in %s before retraining", stage, run_dir)
                 shutil.rmtree(run_dir)
-            _run(train_command(opts.configs[stage], sets, opts.nproc), out / "logs" / f"train_{stage}.log",
-                 f"stage {stage} training")
+            train_stage(opts.configs[stage], sets, opts.nproc, out / "logs" / f"train_{stage}.log", stage)
             atomic_write_json(run_dir / DATA_STAMP, data_stamp)
             trained_earlier = True      # a later stage starts from these weights: it must be retrained too
         timings[f"train_{stage}"] = time.time() - t
 
-    results = {"seed": opts.seed, "stages": {}}
+    results = {"seed": opts.seed, "environment": environment(), "stages": {}}
     for stage in STAGES:
         t = time.time()
         run_dir = stage_dir(out, stage)
@@ -195,34 +267,41 @@ def stage_is_current(run_dir: Path, wanted_config: dict, data_stamp: dict) -> bo
 
 def query_metrics(weights: Path, config: Path, test_table: Path) -> dict:
     """Embed the held-out clips and their captions with the evaluation loader; score the demo query sets."""
+    from pipeline.demo_metrics import demo_query_metrics
+    from shard_tools.demo import read_table
+
+    rows = {r["key"]: r for r in read_table(test_table)}
+    keys, text_emb, video_emb = embed_eval_set(weights, config)
+    missing = sorted(set(rows) - set(keys))
+    if missing:
+        raise RuntimeError(f"{len(missing)} test clips never came out of the evaluation loader (first: {missing[0]})")
+    return demo_query_metrics(text_emb, video_emb, [rows[k] for k in keys])
+
+
+def embed_eval_set(weights: Path, config: Path):
+    """(keys, text embeddings, video embeddings) of the run's first eval dataset, sorted by key, computed with
+    THREADS torch threads whatever the caller's count (as launch/evaluate.py under `child_env`)."""
     import numpy as np
     import torch
 
     from pipeline.config import load_config
     from pipeline.data import build_eval_loader
-    from pipeline.demo_metrics import demo_query_metrics
     from pipeline.transforms import normalize_video
     from pipeline.weights import load_model
-    from shard_tools.demo import read_table
 
     cfg = load_config(config)
     spec = cfg.eval_datasets[0]
     model = load_model(weights, cfg.model).eval()
-    rows = {r["key"]: r for r in read_table(test_table)}
     keys, texts, videos = [], [], []
-    with torch.no_grad():
+    with torch.no_grad(), torch_threads(THREADS):
         for batch in build_eval_loader(spec, cfg.loader, 0, 1):
             video = normalize_video(batch["video"], cfg.loader.mean, cfg.loader.std)
             text_emb, video_emb = model(video, batch["text"]["input_ids"], batch["text"]["attention_mask"])
             keys += batch["keys"]
             texts.append(text_emb.numpy())
             videos.append(video_emb.numpy())
-    missing = sorted(set(rows) - set(keys))
-    if missing:
-        raise RuntimeError(f"{len(missing)} test clips never came out of the evaluation loader (first: {missing[0]})")
     order = np.argsort(keys)
-    return demo_query_metrics(np.concatenate(texts)[order], np.concatenate(videos)[order],
-                              [rows[keys[i]] for i in order])
+    return [keys[i] for i in order], np.concatenate(texts)[order], np.concatenate(videos)[order]
 
 
 def _check_agreement(evaluated: dict, queries: dict, stage: str) -> None:

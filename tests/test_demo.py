@@ -127,3 +127,63 @@ def test_a_stage_is_reused_only_with_its_config_and_its_data(trained_demo, tmp_p
     assert not stage_is_current(run, config, {**stamp, "format": "fit-demo/0"})
     (run / "weights" / "final" / "weights.safetensors").unlink()
     assert not stage_is_current(run, config, stamp)
+
+
+# The same seed must give the same table on any machine of this kind (docs/DEMO.md, "Reproducibility"):
+# nothing a caller brings (OMP_NUM_THREADS / MKL_NUM_THREADS, the core count that sets torch's default, a
+# busy machine) may change a bit of what the demo computes. A different thread count splits float sums
+# differently; 1900 training steps grow that into another model.
+CALLER_THREADS = ({"OMP_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3"})
+
+
+@pytest.mark.parametrize("nproc", [2, 1])
+def test_stage_training_is_bit_identical_whatever_threads_the_caller_sets(trained_demo, tmp_path, monkeypatch,
+                                                                           nproc):
+    from safetensors.torch import load_file
+
+    from pipeline.demo import train_stage
+
+    trained = []
+    for i, caller in enumerate(CALLER_THREADS):
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in caller.items():
+            monkeypatch.setenv(name, value)
+        run = tmp_path / f"run{i}"
+        train_stage(trained_demo.configs["1f"], [f"output_dir={run}", "optim.total_steps=3", "log.every_steps=1"],
+                    nproc, tmp_path / f"train{i}.log", "1f")
+        trained.append(load_file(run / "weights" / "final" / "weights.safetensors"))
+    first, second = trained
+    assert first.keys() == second.keys()
+    differ = [name for name in first if not torch.equal(first[name], second[name])]
+    assert not differ, f"{len(differ)} of {len(first)} tensors differ between {CALLER_THREADS}: {differ[:5]}"
+
+
+@pytest.mark.parametrize("stage", ["1f", "4f"])
+def test_the_demo_embedding_is_bit_identical_whatever_the_callers_torch_threads(trained_demo, stage):
+    from pipeline.demo import embed_eval_set
+
+    before = torch.get_num_threads()
+    embedded = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            embedded.append(embed_eval_set(trained_demo.weights[stage], trained_demo.configs[stage]))
+            assert torch.get_num_threads() == threads        # the caller's count is given back
+    finally:
+        torch.set_num_threads(before)
+    (keys_1, text_1, video_1), (keys_3, text_3, video_3) = embedded
+    assert keys_1 == keys_3 == sorted(keys_1) and len(keys_1) == len(trained_demo.test_rows)
+    assert np.array_equal(text_1, text_3) and np.array_equal(video_1, video_3)
+
+
+def test_results_record_what_besides_the_seed_decides_the_numbers():
+    """Two tables can only match when these match (docs/DEMO.md, "Reproducibility")."""
+    from pipeline.demo import THREADS, environment
+
+    env = environment()
+    assert env["versions"]["torch"] and torch.__version__.startswith(env["versions"]["torch"])
+    assert env["versions"]["numpy"] == np.__version__
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert env["ffmpeg"].startswith("ffmpeg version") and env["cpu"] and env["threads_per_process"] == THREADS == 1
+    json.dumps(env)                                       # it goes into results.json
