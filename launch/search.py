@@ -38,7 +38,9 @@ def parse_args(argv):
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("extract", help="embed every sample of a shard folder (or a media folder)")
-    p.add_argument("--model", required=True, help="weights folder (RUN/weights/final) or the original .pth.tar")
+    p.add_argument("--model", required=True, help="weights folder (RUN/weights/final), a finished checkpoint folder "
+                                                  "(RUN/checkpoints/step_N) or the original .pth.tar; loaded without "
+                                                  "running code from it, a damaged file is named")
     p.add_argument("--run-config", help="the run's config.json for its preprocessing (default: RUN/config.json "
                                         "beside RUN/weights/*; else the model's sizes and loader defaults)")
     src = p.add_mutually_exclusive_group(required=True)

@@ -284,6 +284,44 @@ def test_damaged_weights_folder_and_weights_file_are_named(runs, tmp_path, capsy
     assert not marker.exists()
 
 
+def _stage0_checkpoint(folder, step):
+    """The files of a finished one-rank ZeRO-0 checkpoint, as the trainer and DeepSpeed lay them out."""
+    folder.mkdir(parents=True)
+    torch.save({"module": {"w": torch.zeros(2)}}, folder / "mp_rank_00_model_states.pt")
+    ckpt.save_rank_state(folder, 0, {k: None for k in ckpt.RANK_STATE_KEYS})
+    ckpt.write_run_info(folder, {"step": step, "world_size": 1, "zero_stage": 0, "config": {"model": {}}})
+    ckpt.mark_complete(folder, step)
+    return folder
+
+
+def test_ranks_agree_before_resume_falls_back(tmp_path):
+    """A checkpoint another rank found damaged is skipped by every rank (auto), or stops an explicit resume;
+    with none left auto stops listing each problem and sets nothing aside; a marker copied from another step
+    is damage too."""
+    older, newer = (_stage0_checkpoint(tmp_path / ckpt.tag_for_step(s), s) for s in (1, 2))
+    candidates = ckpt.resume_candidates("auto", tmp_path)
+    assert candidates == [newer, older] and ckpt.first_sound_checkpoint("auto", candidates) == newer
+    votes = []
+
+    def another_rank_fails_the_newest(local_failure):
+        votes.append(local_failure)
+        return local_failure or len(votes) == 1
+
+    with Messages("pipeline.checkpointing") as log:
+        assert ckpt.first_sound_checkpoint("auto", candidates, another_rank_fails_the_newest) == older
+    assert votes == [False, False] and any("another rank found" in line for line in log.lines)
+    with pytest.raises(DamagedFileError, match="another rank found"):
+        ckpt.first_sound_checkpoint(str(newer), [newer], lambda local_failure: True)
+    with pytest.raises(DamagedFileError, match=r"none of the 2 finished checkpoints"):
+        ckpt.first_sound_checkpoint("auto", candidates, lambda local_failure: True, set_aside=True)
+    assert ckpt.list_checkpoints(tmp_path) == [older, newer]          # nothing was moved
+    ckpt.mark_complete(newer, 1)
+    with pytest.raises(DamagedFileError, match=re.escape(f"{newer / ckpt.MARKER}: says step 1")):
+        ckpt.verify_checkpoint(newer)
+    assert ckpt.first_sound_checkpoint("auto", candidates, set_aside=True) == older
+    assert sorted(p.name for p in tmp_path.iterdir()) == [older.name, f"{newer.name}.damaged"]   # set aside
+
+
 # ---------------------------------------------------------------------------------------------- resume, end to end
 
 @pytest.mark.slow
