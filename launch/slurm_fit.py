@@ -4,15 +4,20 @@
 
 Reads SCRIPT's #SBATCH lines, overlays the options (and sbatch's SBATCH_PARTITION), asks `scontrol show
 partition` and `sinfo` what the partition offers. Prints `ranks N` (nodes x tasks per node) and then the
-sbatch options that lower the script's defaults to what fits, one per line, on stdout; notes on stderr.
+sbatch options that lower the script's defaults to what fits, one per line, on stdout; notes on stderr
+(timestamped log lines).
 Exit 2, with a message naming the option to lower, when a request given at submission cannot fit.
 slurm/common.sh (fit_sbatch) calls it for slurm/submit.sh and slurm/curriculum.sh.
 """
 import argparse
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+
+log = logging.getLogger("slurm_fit")
 
 
 def _run(cmd: list[str]) -> str:
@@ -24,6 +29,8 @@ def _run(cmd: list[str]) -> str:
 
 def main(argv=None) -> int:
     from pipeline import slurm_fit
+    from pipeline.logs import setup_logging
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--what", default=None, help="how to name the job in messages (default: the script)")
     parser.add_argument("script", help="the job script (its #SBATCH lines are the defaults)")
@@ -38,20 +45,20 @@ def main(argv=None) -> int:
                 or slurm_fit.default_partition(partitions))
         name = name.split(",")[0] if name else None
         if name not in partitions:
-            print(f"error: {what}: partition {name!r} not found (partitions: {', '.join(partitions) or 'none'}); "
-                  f"choose one with --partition (curriculum.sh: SBATCH_ARGS=--partition=NAME)", file=sys.stderr)
+            log.error("%s: partition %r not found (partitions: %s); choose one with --partition (curriculum.sh: "
+                      "SBATCH_ARGS=--partition=NAME)", what, name, ", ".join(partitions) or "none")
             return 2
         partition = slurm_fit.build_partition(partitions[name], _run(["sinfo", "-h", "-N", "-p", name, "-o", "%N %c %G"]))
         fit = slurm_fit.fit_request(defaults, given, partition, what)
     except slurm_fit.ResourceError as err:
         for line in str(err).splitlines():
-            print(f"error: {line}", file=sys.stderr)
+            log.error("%s", line)
         return 2
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
-        print(f"error: {what}: cannot ask SLURM what the partition offers: {err}", file=sys.stderr)
+        log.error("%s: cannot ask SLURM what the partition offers: %s", what, err)
         return 2
     for note in fit.notes:
-        print(f"note: {note}", file=sys.stderr)
+        log.info("%s", note)
     print(f"ranks {fit.ranks}")
     for option in fit.options:
         print(option)
