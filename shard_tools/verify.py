@@ -93,9 +93,11 @@ def _read_json(path: Path, report: VerifyReport):
 
 
 def _plain_name(name, out_dir: Path) -> bool:
-    """A file name inside out_dir: no folders, no '..', no absolute path (a manifest cannot point outside)."""
+    """A file name inside out_dir: no folders, no '..', no absolute path (a manifest cannot point outside),
+    nothing the file system refuses outright (NUL, over 255 bytes)."""
     return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
-        and "\0" not in name and (out_dir / name).parent == out_dir
+        and "\0" not in name and len(name.encode("utf-8", "surrogateescape")) <= 255 \
+        and (out_dir / name).parent == out_dir
 
 
 def verify(out_dir, progress: bool = False) -> VerifyReport:

@@ -174,10 +174,10 @@ def manifest_variants(manifest: dict):
             if type(value) is not type(shard[key]):
                 yield f"shard {key}={value!r}", json.dumps({**manifest, "shards": [{**shard, key: value}]
                                                             + manifest["shards"][1:]})
-    for path in ["../v-000000.tar", "/etc/passwd", "sub/v-000000.tar", "", ".."]:
+    for path in ["../v-000000.tar", "/etc/passwd", "sub/v-000000.tar", "", "..", "a" * 300, "a\0b"]:
         yield f"shard path {path!r}", json.dumps({**manifest, "shards": [{**shard, "path": path}]
                                                   + manifest["shards"][1:]})
-    for stats in [[1], ["../x.stats.json"], ["nothere.stats.json"], [None]]:
+    for stats in [[1], ["../x.stats.json"], ["nothere.stats.json"], [None], ["s" * 300], ["a\0b"]]:
         yield f"stats={stats!r}", json.dumps({**manifest, "stats": stats})
     yield "failed counts", json.dumps({**manifest, "failed": {"decode_error": "2"}})
 
