@@ -87,7 +87,7 @@ def _read_json(path: Path, report: VerifyReport):
             return json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
         report.problems.append(f"{path.name}: missing")
-    except (OSError, UnicodeDecodeError, ValueError) as e:     # JSONDecodeError is a ValueError
+    except (OSError, ValueError, RecursionError) as e:     # JSONDecodeError, UnicodeDecodeError: ValueErrors
         report.problems.append(f"{path.name}: unreadable ({type(e).__name__}: {e})")
     return _UNREADABLE
 
@@ -264,7 +264,7 @@ def _verify_sample(where: str, key: str, members: dict, frames, report: VerifyRe
     try:
         info = json.loads(members["json"].decode("utf-8"))
         text = members["txt"].decode("utf-8")
-    except (UnicodeDecodeError, ValueError) as e:
+    except (ValueError, RecursionError) as e:          # RecursionError: absurdly deep nesting
         report.problems.append(f"{where}: bad json/txt ({type(e).__name__}: {e})")
         return
     shape = _shape_problems(info, SAMPLE_FIELDS, f"{where}: {key}.json", OPTIONAL_SAMPLE_FIELDS)

@@ -126,6 +126,7 @@ def json_variants(info: dict):
         if not isinstance(value, dict) or value:
             yield f"top={value!r}", json.dumps(value).encode()
     yield "not json", b"{not json"
+    yield "nested a million deep", b"[" * 1_000_000 + b"]" * 1_000_000
     yield "not utf-8", b'{"key": "\xff"}'
     for field in info:
         if field in REQUIRED:
@@ -160,6 +161,7 @@ def manifest_variants(manifest: dict):
         if not isinstance(value, dict) or value:
             yield f"manifest={value!r}", json.dumps(value)
     yield "not json", "{"
+    yield "nested a million deep", "[" * 1_000_000 + "]" * 1_000_000
     for key in MANIFEST_FIELDS:                      # the keys verify reads: each must be present and typed
         yield f"no {key}", json.dumps({k: v for k, v in manifest.items() if k != key})
         for value in WRONG_VALUES:
