@@ -100,8 +100,12 @@ def complete(status: int, body: bytes) -> bool:
     return status == 200 and body.rstrip().endswith(b"</html>")
 
 
-def steady(port: int, clients: int, seconds: float) -> dict:
-    """Closed loop: each client sends its next request when the last one is answered."""
+def steady(port: int, clients: int, seconds: float, server_pid: int) -> dict:
+    """Closed loop: each client sends its next request when the last one is answered. Also the server's CPU
+    time per answer (user + system, all its threads), steadier than wall time on a shared machine."""
+    import psutil
+
+    server = psutil.Process(server_pid)
     latencies: list[list[float]] = [[] for _ in range(clients)]
     failures = [0] * clients
     start = threading.Barrier(clients + 1)
@@ -129,18 +133,21 @@ def steady(port: int, clients: int, seconds: float) -> dict:
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
+    cpu_before = sum(server.cpu_times()[:2])
     began = time.perf_counter()
     stop_at[0] = began + seconds
     start.wait()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - began
+    cpu = sum(server.cpu_times()[:2]) - cpu_before
     every = np.array([x for per in latencies for x in per]) * 1000
     done = len(every) - sum(failures)
     return emit({"bench": "serve", "clients": clients, "seconds": round(elapsed, 1), "requests": len(every),
                  "failed": sum(failures), "queries_per_s": round(done / elapsed, 1),
                  "p50_ms": round(float(np.percentile(every, 50)), 1),
-                 "p99_ms": round(float(np.percentile(every, 99)), 1), "max_ms": round(float(every.max()), 1)})
+                 "p99_ms": round(float(np.percentile(every, 99)), 1), "max_ms": round(float(every.max()), 1),
+                 "server_cpu_ms_per_query": round(1000 * cpu / max(done, 1), 2)})
 
 
 def burst(port: int, clients: int) -> dict:
@@ -179,6 +186,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--burst", type=int, default=200, help="clients in the burst (0: skip)")
     parser.add_argument("--collection-clips", type=int, default=192)
+    parser.add_argument("--collection", default=None, help="serve this collection folder instead of making one")
     parser.add_argument("--threads", type=int, default=None, help="serve --threads (default: serve's own)")
     parser.add_argument("--server-repo", default=str(REPO), help="the checkout whose server to measure")
     parser.add_argument("--no-server-options", action="store_true",
@@ -193,7 +201,7 @@ def main() -> None:
           "cpus": os.cpu_count(), "server_repo": args.server_repo})
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         tmp = Path(tmp)
-        collection = demo_like_collection(tmp, args.collection_clips)
+        collection = Path(args.collection) if args.collection else demo_like_collection(tmp, args.collection_clips)
         options = [] if args.no_server_options or args.threads is None else ["--threads", str(args.threads)]
         port = free_port()
         server = start_server(Path(args.server_repo), collection, port, options, tmp / "server.log")
@@ -203,7 +211,7 @@ def main() -> None:
                 conn.request("GET", page_path(n))
                 conn.getresponse().read()
             for clients in (int(c) for c in args.clients.split(",") if c):
-                steady(port, clients, args.seconds)
+                steady(port, clients, args.seconds, server.pid)
             if args.burst:
                 burst(port, args.burst)
         finally:

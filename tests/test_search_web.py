@@ -65,11 +65,12 @@ def address(base: str) -> tuple[str, int]:
     return url.hostname, url.port
 
 
-def raw_get(base: str, target: bytes, timeout: float = 60) -> tuple[int, dict, bytes]:
+def raw_get(base: str, target: bytes, timeout: float = 60, method: bytes = b"GET") -> tuple[int, dict, bytes]:
     """GET `target` sent byte for byte over a fresh socket (urllib refuses or re-quotes hostile urls):
     (status, headers with lower-case names, body). The whole response is read up to the server's close."""
     with socket.create_connection(address(base), timeout=timeout) as s:
-        s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        s.sendall(method + b" " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                  b"Content-Length: 0\r\n\r\n")
         data = b""
         while chunk := s.recv(1 << 16):
             data += chunk
@@ -245,6 +246,12 @@ def test_very_long_requests_get_clear_errors(server):
     except ConnectionResetError:
         pass
     assert get(f"{base}/?q=red")[0] == 200
+    # HEAD answers the headers of GET; other methods are refused with what is allowed
+    status, headers, body = raw_get(base, b"/?q=red", method=b"HEAD")
+    assert status == 200 and body == b"" and int(headers["content-length"]) > 1000
+    for method in (b"POST", b"PUT", b"DELETE", b"OPTIONS"):
+        status, headers, body = raw_get(base, b"/api/search?q=red", method=method)
+        assert status == 405 and headers["allow"] == "GET, HEAD" and b"use GET" in body
     # and numbers written strictly in ASCII digits still work, with or without the frame's .jpg suffix
     for target in (b"/item/0", b"/frame/0/0", b"/frame/0/7.jpg", b"/?q=red&k=3", b"/api/search?q=red&k=100"):
         status, headers, body = raw_get(base, target)
