@@ -188,7 +188,8 @@ def _bounded(sock, op, *args):
             continue
 
 
-class _DeadlineSocket(socket.socket):
+class _DeadlineReads:
+    """Reads that wait in slices up to the socket's deadline; mixed into the plain and the TLS socket class."""
     deadline = float("inf")
     stop = None
 
@@ -199,15 +200,12 @@ class _DeadlineSocket(socket.socket):
         return _bounded(self, super().recv, *args)
 
 
-class _DeadlineSSLSocket(ssl.SSLSocket):
-    deadline = float("inf")
-    stop = None
+class _DeadlineSocket(_DeadlineReads, socket.socket):
+    pass
 
-    def recv_into(self, *args):
-        return _bounded(self, super().recv_into, *args)
 
-    def recv(self, *args):
-        return _bounded(self, super().recv, *args)
+class _DeadlineSSLSocket(_DeadlineReads, ssl.SSLSocket):
+    pass
 
 
 def _connect(address, timeout=None, source_address=None, *, deadline, stop):
