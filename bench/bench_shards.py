@@ -13,7 +13,9 @@ Prints a JSON line per measurement and a summary table. Not a test: no asserts o
 
 Before/after a change of the writer (e.g. the damage checks): `--repo DIR` imports shard_tools from another
 checkout (`git worktree add /tmp/base COMMIT`), `--images N` adds a run over N JPEG stills (kind image),
-`--only-make-shards` skips the floors, `--repeat R` keeps the best of R runs of each measurement.
+`--only-make-shards` skips the floors, `--repeat R` keeps the best of R runs of each measurement,
+`--in-process` also times `decode_sample` alone in this process (no workers, no tar: the least noisy
+figure of the decoder's own cost).
 """
 import argparse
 import csv
@@ -100,6 +102,13 @@ def run_make_shards(paths, out: Path, workers: int, kind: str = "video"):
     report = make_shards(rows, out, ShardOptions(name="bench", kind=kind, samples_per_shard=100),
                          RunOptions(workers=workers, progress=False))
     assert report.manifest["total_samples"] == len(paths), report.summary()
+
+
+def decode_in_process(paths, kind: str):
+    from shard_tools.decode import FrameSpec, decode_sample
+    spec = FrameSpec(frames=8 if kind == "video" else 1)
+    for p in paths:
+        decode_sample(str(p), kind, spec)
 
 
 def floor_pyav(paths):
@@ -202,6 +211,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only-make-shards", action="store_true", help="skip the floors")
     ap.add_argument("--repeat", type=int, default=1, help="best of R runs per measurement")
     ap.add_argument("--repo", help="import shard_tools from this checkout instead (before/after comparisons)")
+    ap.add_argument("--in-process", action="store_true", help="also time decode_sample alone, in this process")
     args = ap.parse_args(argv)
     if args.repo:
         sys.path.insert(0, str(Path(args.repo).resolve()))
@@ -218,11 +228,18 @@ def main(argv=None) -> int:
                       "load": os.getloadavg()}), flush=True)
     results = [measure("make-shards --workers 1", lambda: run_make_shards(paths, root / "shards", 1), len(paths),
                        args.repeat)]
+    if args.in_process:
+        decode_in_process(paths[:1], "video")                      # imports and first-call set-up
+        results.append(measure("decode_sample in-process, video", lambda: decode_in_process(paths, "video"),
+                               len(paths), args.repeat))
     if args.images:
         images = make_images(root / "images", args.images, args.seed)
         results.append(measure("make-shards --workers 1, JPEG stills (kind image)",
                                lambda: run_make_shards(images, root / "shards_img", 1, "image"), len(images),
                                args.repeat))
+        if args.in_process:
+            results.append(measure("decode_sample in-process, JPEG stills",
+                                   lambda: decode_in_process(images, "image"), len(images), args.repeat))
     if not args.only_make_shards:
         results += [measure("floor A: PyAV same frames, no JPEG/tar", lambda: floor_pyav(paths), len(paths)),
                     measure("floor B: ffmpeg CLI select+scale", lambda: floor_ffmpeg(paths), len(paths))]
