@@ -96,6 +96,14 @@ def _check_frame(frame, path: str) -> None:
                                           f"concealed errors: it would be stored as garbage)")
 
 
+def _drain(stream, path: str) -> None:
+    """Check the frames the decoder holds back before we leave a decode run (seek, or done). With B-frames
+    a stored frame can be predicted from a later frame that was decoded before it but is output after it:
+    its corrupt flag only shows once it is output. Draining decodes nothing new; the next seek resets."""
+    for frame in stream.codec_context.decode(None):
+        _check_frame(frame, path)
+
+
 def _quarter_turns(frame) -> int:
     """Counter-clockwise quarter turns that make the frame upright (display matrix, as ffmpeg's autorotate;
     other angles round to the nearest quarter turn, as ffmpeg does)."""
@@ -176,6 +184,8 @@ def _decode_video(container, stream, spec: FrameSpec, path: str) -> Decoded:
         k = bisect.bisect_right(key_pts, target) - 1
         keyframe = key_pts[k] if k >= 0 else frame_pts[0]
         if frames_iter is None or position is None or keyframe > position or target <= position:
+            if frames_iter is not None:
+                _drain(stream, path)
             container.seek(keyframe, stream=stream, backward=True, any_frame=False)
             frames_iter = container.decode(stream)
             position = None
@@ -192,6 +202,7 @@ def _decode_video(container, stream, spec: FrameSpec, path: str) -> Decoded:
                 break
         else:
             raise SampleError("decode_error", f"{path}: stream ended before frame at pts {target}")
+    _drain(stream, path)
     duration = (end_pts - start) * tb
     if duration > 0:
         fps = n / duration

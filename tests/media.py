@@ -20,17 +20,22 @@ def ffmpeg_exe() -> str:
 
 
 def render_clip(path, seconds: float = 1.0, size=(64, 48), fps: int = 10, pattern: str = "testsrc2",
-                gop: int | None = None, faststart: bool = True, crf: int = 28) -> Path:
+                gop: int | None = None, faststart: bool = True, crf: int = 28, preset: str = "ultrafast",
+                x264_params: str | None = None) -> Path:
     """Write an H.264 mp4 of `seconds` at `size` (w, h) and `fps` from a lavfi source `pattern`.
 
     `gop` sets the keyframe interval in frames (None: x264's default); `faststart` puts the index first.
+    `preset` ultrafast gives CAVLC without B-frames; slower presets give CABAC with B-frames, like real
+    clips; `x264_params` e.g. "open-gop=1".
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     w, h = size
     src = ffmpeg.input(f"{pattern}=s={w}x{h}:r={fps}:d={seconds}", f="lavfi")
-    out_args = {"vcodec": "libx264", "preset": "ultrafast", "crf": crf, "pix_fmt": "yuv420p",
+    out_args = {"vcodec": "libx264", "preset": preset, "crf": crf, "pix_fmt": "yuv420p",
                 "threads": 1, "an": None}
+    if x264_params:
+        out_args["x264-params"] = x264_params
     if gop is not None:
         out_args["g"] = gop
     if faststart:
