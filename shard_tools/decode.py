@@ -96,11 +96,17 @@ def _check_frame(frame, path: str) -> None:
                                           f"concealed errors: it would be stored as garbage)")
 
 
-def _drain(stream, path: str) -> None:
+def _drain(stream, path: str, frames_iter) -> None:
     """Check the frames the decoder holds back before we leave a decode run (seek, or done). With B-frames
     a stored frame can be predicted from a later frame that was decoded before it but is output after it:
     its corrupt flag only shows once it is output. Draining decodes nothing new; the next seek resets."""
-    for frame in stream.codec_context.decode(None):
+    try:
+        held = stream.codec_context.decode(None)
+    except EOFError:
+        # the run reached the end of the file: container.decode has flushed the decoder already (a second
+        # flush is an error) and holds what it gave back; the rest of that iterator is those frames
+        held = frames_iter if frames_iter is not None else ()
+    for frame in held:
         _check_frame(frame, path)
 
 
@@ -185,7 +191,7 @@ def _decode_video(container, stream, spec: FrameSpec, path: str) -> Decoded:
         keyframe = key_pts[k] if k >= 0 else frame_pts[0]
         if frames_iter is None or position is None or keyframe > position or target <= position:
             if frames_iter is not None:
-                _drain(stream, path)
+                _drain(stream, path, frames_iter)
             container.seek(keyframe, stream=stream, backward=True, any_frame=False)
             frames_iter = container.decode(stream)
             position = None
@@ -202,7 +208,7 @@ def _decode_video(container, stream, spec: FrameSpec, path: str) -> Decoded:
                 break
         else:
             raise SampleError("decode_error", f"{path}: stream ended before frame at pts {target}")
-    _drain(stream, path)
+    _drain(stream, path, frames_iter)
     duration = (end_pts - start) * tb
     if duration > 0:
         fps = n / duration
