@@ -57,35 +57,35 @@ def write_noise_shards(folder: Path, name: str, kind: str, shard_sizes, captions
                        num_frames: int = STORED_FRAMES, size: int = FRAME_SIZE) -> Path:
     """fit-shards/1 shards of noise samples, keys `{name}_{shard}_{index}`, captions `caption {j} of {key}`;
     manifest.json last. A folder that already has its manifest is left as it is."""
-    from pipeline.fsutil import atomic_write_json
-    from shard_tools import FORMAT, __version__
-    from shard_tools.records import MANIFEST
+    from shard_tools import FORMAT, records
     from shard_tools.writer import ChunkWriter, sample_members
     folder = Path(folder)
-    if (folder / MANIFEST).is_file():
+    if (folder / records.MANIFEST).is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     frames = 1 if kind == "image" else num_frames
-    shards, row = [], 0
+    options = {"kind": kind, "frames": frames, "source": "pipeline.tiny_assets (seeded noise)"}
+    total, row = sum(shard_sizes), 0
     for s, count in enumerate(shard_sizes):
         writer = ChunkWriter(folder, name, s, list(range(row, row + count)), max_bytes=None)
         for i in range(count):
             key = f"{name}_{s}_{i}"
-            sample = SimpleNamespace(key=key, kind=kind, extra={}, source=lambda: None,
+            sample = SimpleNamespace(key=key, kind=kind, extra={}, source=lambda: {"generator": "tiny_assets"},
                                      captions=[f"caption {j} of {key}" for j in range(captions_per_sample)])
             decoded = SimpleNamespace(
                 jpegs=[noise_frame(name, s, i, f, size) for f in range(frames)],
                 meta={"frame_indices": list(range(frames)), "frame_timestamps": [f / 10 for f in range(frames)],
                       "duration": frames / 10, "fps": 10.0, "width": size, "height": size})
             writer.add_sample(row + i, key, sample_members(sample, row + i, decoded))
-        shards += writer.commit()
+        # the same stats record make-shards writes per chunk (member checksums for verify), then its manifest
+        records.write_stats(folder, {
+            "format": FORMAT, "name": name, "chunk": s, "num_chunks": len(shard_sizes), "input_rows": total,
+            "rows": [row, row + count], "options": options, "shards": writer.commit(),
+            "samples": [list(x) for x in writer.written], "failures": writer.failures})
         row += count
-    total = sum(s["samples"] for s in shards)
-    atomic_write_json(folder / MANIFEST, {
-        "format": FORMAT, "name": name, "kind": kind, "frames_per_sample": frames, "shards": shards,
-        "total_samples": total, "input_rows": total, "failed": {},
-        "options": {"kind": kind, "frames": frames, "source": "pipeline.tiny_assets (seeded noise)"},
-        "tool_version": __version__})
+    manifest, missing = records.finalize(folder, name)
+    if manifest is None:
+        raise RuntimeError(f"{folder}: tiny shards incomplete (chunks {missing})")
     return folder
 
 

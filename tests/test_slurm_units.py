@@ -130,6 +130,10 @@ def test_tiny_configs_check_after_tiny_assets_and_name_the_step_before(tmp_path,
     assert "make tiny-assets" in missing
 
     write_tiny_assets(DEFAULT_ROOT)
+    from shard_tools.verify import verify
+    for name in ("images", "videos", "val"):        # shards as make-shards writes them: verify finds no problem
+        report = verify(tmp_path / DEFAULT_ROOT / name)
+        assert report.ok and report.members_checked > 0, (name, report.problems[:3])
     for config in tiny_configs:
         assert check_inputs(load_config(config), world_size=2) == [], config.name
     crowded = check_inputs(load_config(REPO / "configs" / "tiny_1f.json"), world_size=5)   # 4 shards per set
