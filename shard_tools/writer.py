@@ -11,6 +11,7 @@ damaged member: a JPEG with flipped bits usually still decodes.
 """
 import io
 import json
+import math
 import os
 import tarfile
 import zlib
@@ -33,6 +34,8 @@ def _clean_text(value):
         return {str(k): _clean_text(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_clean_text(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None          # NaN / inf (an empty numeric cell of a table) have no JSON form; null says "no value"
     if value is None or isinstance(value, (int, float, bool)):
         return value
     return str(value)
@@ -58,7 +61,7 @@ def sample_members(row, row_index: int, decoded) -> list[tuple[str, bytes]]:
         "extra": _clean_text(row.extra),
     }
     members = [(f"{row.key}.{FRAME_MEMBER.format(i=i)}", jpeg) for i, jpeg in enumerate(decoded.jpegs)]
-    members.append((f"{row.key}.json", json.dumps(info, ensure_ascii=False).encode("utf-8")))
+    members.append((f"{row.key}.json", json.dumps(info, ensure_ascii=False, allow_nan=False).encode("utf-8")))
     members.append((f"{row.key}.txt", row.captions[0].encode("utf-8")))
     return members
 

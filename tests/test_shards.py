@@ -301,3 +301,23 @@ def test_demo_subcommand_reports_a_missing_module(monkeypatch):
     with pytest.raises(SystemExit, match="shard_tools/demo.py is not installed"):
         cli.main(["demo"])
     assert cli.main(["verify", "/nonexistent"]) == 1            # other commands never import the demo
+
+
+def test_sample_json_is_strict_json_whatever_the_pass_through_values():
+    """NaN / inf in a table's extra columns (an empty numeric parquet cell) become null: strict JSON parsers
+    (and other languages' readers of the shards) reject the bare NaN Python's json writes by default."""
+    from types import SimpleNamespace
+
+    from shard_tools.writer import sample_members
+    row = SimpleNamespace(key="k", kind="image", captions=["c"],
+                          source=lambda: {"path": "a.jpg", "size": float("inf")},
+                          extra={"score": float("nan"), "neg": float("-inf"), "ok": 1.5, "n": [float("nan"), 2]})
+    decoded = SimpleNamespace(jpegs=[b"\xff\xd8"], meta={"frame_indices": [0], "frame_timestamps": [0.0],
+                                                         "duration": 0.0, "fps": 0.0, "width": 2, "height": 2})
+    data = dict(sample_members(row, 0, decoded))["k.json"]
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+    info = json.loads(data, parse_constant=refuse)
+    assert info["extra"] == {"score": None, "neg": None, "ok": 1.5, "n": [None, 2]}
+    assert info["source"] == {"path": "a.jpg", "size": None}
