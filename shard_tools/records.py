@@ -17,6 +17,38 @@ MANIFEST = "manifest.json"
 STATS_SUFFIX = ".stats.json"
 
 
+SHARD_FIELDS = {"path": str, "samples": int, "bytes": int}
+STATS_FIELDS = {"format": str, "name": str, "chunk": int, "num_chunks": int, "input_rows": int, "rows": list,
+                "options": dict, "shards": list, "samples": list, "failures": list}
+
+
+def json_is(value, types) -> bool:
+    """isinstance that does not take True/False for numbers (json's true is not a frame count)."""
+    if isinstance(value, bool):
+        return bool in (types if isinstance(types, tuple) else (types,))
+    return isinstance(value, types)
+
+
+def _type_name(types) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object",
+             type(None): "null"}
+    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
+
+
+def shape_problems(obj, fields: dict, where: str, optional: dict | None = None) -> list[str]:
+    """Problems of a JSON object against {field: type} (and optional {field: type}, checked where
+    present): not an object, missing fields, wrong types."""
+    if not isinstance(obj, dict):
+        return [f"{where}: holds {json.dumps(obj)[:60]}, expected a JSON object"]
+    missing = [k for k in fields if k not in obj]
+    problems = [f"{where}: lacks {', '.join(missing)}"] if missing else []
+    for k, types in {**fields, **(optional or {})}.items():
+        if k in obj and not json_is(obj[k], types):
+            problems.append(f"{where}: {k} is {json.dumps(obj[k])[:60]}, expected {_type_name(types)}")
+    return problems
+
+
 def stats_name(name: str, chunk: int) -> str:
     return f"{name}-{chunk:06d}{STATS_SUFFIX}"
 
@@ -40,8 +72,15 @@ def _load(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is damaged ({e}); delete it and re-run the same command (its chunk is "
                          f"written again)") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{path} is damaged (not a JSON object); delete it and re-run the same command")
+    problems = shape_problems(record, STATS_FIELDS, path.name)
+    if not problems:
+        problems = [p for i, s in enumerate(record["shards"])
+                    for p in shape_problems(s, SHARD_FIELDS, f"{path.name} shards[{i}]")]
+        problems += [f"{path.name} failures[{i}]: not an object with a reason" for i, f in enumerate(record["failures"])
+                     if not (isinstance(f, dict) and isinstance(f.get("reason"), str))]
+    if problems:
+        raise ValueError(f"{path} is damaged ({'; '.join(problems[:3])}); delete it and re-run the same command "
+                         f"(its chunk is written again)")
     return record
 
 

@@ -19,7 +19,7 @@ import simplejpeg
 from tqdm import tqdm
 
 from shard_tools import FORMAT
-from shard_tools.records import MANIFEST
+from shard_tools.records import MANIFEST, SHARD_FIELDS, json_is, shape_problems
 
 # json fields every sample holds, with the types they must have
 _NUMBER = (int, float)
@@ -33,7 +33,6 @@ OPTIONAL_SAMPLE_FIELDS = {"rotation": int, "num_source_frames": int, "row": int}
 MANIFEST_FIELDS = {"format": str, "name": str, "kind": str, "frames_per_sample": int, "shards": list,
                    "total_samples": int, "input_rows": int, "failed": dict, "options": dict,
                    "tool_version": str, "stats": list}
-SHARD_FIELDS = {"path": str, "samples": int, "bytes": int}
 
 
 @dataclass
@@ -48,33 +47,6 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def _is(value, types) -> bool:
-    """isinstance that does not take True/False for numbers (json's true is not a frame count)."""
-    if isinstance(value, bool):
-        return bool in (types if isinstance(types, tuple) else (types,))
-    return isinstance(value, types)
-
-
-def _type_name(types) -> str:
-    types = types if isinstance(types, tuple) else (types,)
-    names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object",
-             type(None): "null"}
-    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
-
-
-def _shape_problems(obj, fields: dict, where: str, optional: dict | None = None) -> list[str]:
-    """Problems of a JSON object against {field: type} (and optional {field: type}, checked where
-    present): not an object, missing fields, wrong types."""
-    if not isinstance(obj, dict):
-        return [f"{where}: holds {json.dumps(obj)[:60]}, expected a JSON object"]
-    missing = [k for k in fields if k not in obj]
-    problems = [f"{where}: lacks {', '.join(missing)}"] if missing else []
-    for k, types in {**fields, **(optional or {})}.items():
-        if k in obj and not _is(obj[k], types):
-            problems.append(f"{where}: {k} is {json.dumps(obj[k])[:60]}, expected {_type_name(types)}")
-    return problems
 
 
 _UNREADABLE = object()
@@ -114,13 +86,13 @@ def verify(out_dir, progress: bool = False) -> VerifyReport:
     if isinstance(manifest, dict) and manifest.get("format") != FORMAT:
         report.problems.append(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
         return report
-    shape = _shape_problems(manifest, MANIFEST_FIELDS, MANIFEST)
+    shape = shape_problems(manifest, MANIFEST_FIELDS, MANIFEST)
     report.problems.extend(shape)
     if not isinstance(manifest, dict):
         return report
     frames = manifest.get("frames_per_sample")
-    if not _is(frames, int) or frames < 1:
-        if _is(frames, int):                # a missing or non-integer value is already reported above
+    if not json_is(frames, int) or frames < 1:
+        if json_is(frames, int):                # a missing or non-integer value is already reported above
             report.problems.append(f"{MANIFEST}: frames_per_sample {frames} is not a positive integer")
         frames = None                       # samples are still read; their frame count is not checked
     shards = manifest.get("shards") if isinstance(manifest.get("shards"), list) else []
@@ -130,7 +102,7 @@ def verify(out_dir, progress: bool = False) -> VerifyReport:
     keys: set[str] = set()
     listed = set()
     for i, shard in enumerate(tqdm(shards, unit="shard", disable=not progress)):
-        problems = _shape_problems(shard, SHARD_FIELDS, f"{MANIFEST} shards[{i}]")
+        problems = shape_problems(shard, SHARD_FIELDS, f"{MANIFEST} shards[{i}]")
         if not problems and not _plain_name(shard["path"], out_dir):
             problems.append(f"{MANIFEST} shards[{i}]: path {shard['path']!r} is not a file name in {out_dir}")
         if problems:
@@ -143,13 +115,13 @@ def verify(out_dir, progress: bool = False) -> VerifyReport:
         _verify_shard(out_dir / shard["path"], shard, frames, recorded.get(shard["path"]), keys, report)
 
     total, rows, failed = manifest.get("total_samples"), manifest.get("input_rows"), manifest.get("failed")
-    if _is(total, int) and report.samples != total:
+    if json_is(total, int) and report.samples != total:
         report.problems.append(f"manifest says total_samples {total}, the shards hold {report.samples}")
     if isinstance(failed, dict):
-        bad = {k: v for k, v in failed.items() if not _is(v, int)}
+        bad = {k: v for k, v in failed.items() if not json_is(v, int)}
         if bad:
             report.problems.append(f"{MANIFEST}: failed counts that are not integers: {bad}")
-        elif _is(total, int) and _is(rows, int) and total + sum(failed.values()) != rows:
+        elif json_is(total, int) and json_is(rows, int) and total + sum(failed.values()) != rows:
             report.problems.append(f"manifest: total_samples {total} + failed {sum(failed.values())} != "
                                    f"input_rows {rows}")
     for tar_path in sorted(out_dir.glob("*.tar")):
@@ -267,7 +239,7 @@ def _verify_sample(where: str, key: str, members: dict, frames, report: VerifyRe
     except (ValueError, RecursionError) as e:          # RecursionError: absurdly deep nesting
         report.problems.append(f"{where}: bad json/txt ({type(e).__name__}: {e})")
         return
-    shape = _shape_problems(info, SAMPLE_FIELDS, f"{where}: {key}.json", OPTIONAL_SAMPLE_FIELDS)
+    shape = shape_problems(info, SAMPLE_FIELDS, f"{where}: {key}.json", OPTIONAL_SAMPLE_FIELDS)
     if shape:
         report.problems.extend(shape)
         return
@@ -276,8 +248,8 @@ def _verify_sample(where: str, key: str, members: dict, frames, report: VerifyRe
     if info["num_frames"] != stored or len(info["frame_indices"]) != stored \
             or len(info["frame_timestamps"]) != stored:
         report.problems.append(f"{where}: json frame fields do not describe {stored} frames")
-    if not all(_is(i, int) for i in info["frame_indices"]) \
-            or not all(_is(t, _NUMBER) for t in info["frame_timestamps"]):
+    if not all(json_is(i, int) for i in info["frame_indices"]) \
+            or not all(json_is(t, _NUMBER) for t in info["frame_timestamps"]):
         report.problems.append(f"{where}: json frame_indices / frame_timestamps hold non-numbers")
     if not info["captions"] or not all(isinstance(c, str) for c in info["captions"]):
         report.problems.append(f"{where}: json captions is not a non-empty list of texts")

@@ -536,7 +536,26 @@ def test_a_folder_begun_before_fingerprints_still_resumes(tmp_path):
     assert cli.main(["webvid", "--csv", str(_webvid_table(tmp_path / "short.csv", 4))] + argv[3:]) == 2
 
 
-def test_a_damaged_stats_record_is_named_and_deleting_it_redoes_its_chunk(tmp_path, capsys):
+def _stats_damages():
+    """(name, damage(record bytes) -> bytes): cut short, and well-formed JSON of the wrong shape."""
+    def edit(change):
+        def damage(data):
+            record = json.loads(data)
+            change(record)
+            return json.dumps(record).encode()
+        return damage
+    return [("cut short", lambda data: data[:40]),
+            ("a list", lambda data: b"[1, 2]"),
+            ("no shards", edit(lambda r: r.pop("shards"))),
+            ("chunk as text", edit(lambda r: r.update(chunk="1"))),
+            ("shard entry null", edit(lambda r: r["shards"].__setitem__(0, None))),
+            ("shard bytes as text", edit(lambda r: r["shards"][0].update(bytes="12"))),
+            ("failures an object", edit(lambda r: r.update(failures={}))),
+            ("failure without reason", edit(lambda r: r["failures"].append({"row": 1})))]
+
+
+@pytest.mark.parametrize("damage", _stats_damages(), ids=[n for n, _ in _stats_damages()])
+def test_a_damaged_stats_record_is_named_and_deleting_it_redoes_its_chunk(tmp_path, capsys, damage):
     _make_clips(tmp_path, 4)
     table = _webvid_table(tmp_path / "t.csv", 4)
     out = tmp_path / "out"
@@ -545,10 +564,11 @@ def test_a_damaged_stats_record_is_named_and_deleting_it_redoes_its_chunk(tmp_pa
     assert cli.main(argv) == 0
     reference = folder_bytes(out)
     damaged = out / "webvid-000001.stats.json"
-    damaged.write_bytes(reference[damaged.name][:40])          # cut short
-    capsys.readouterr()
-    assert cli.main(argv) == 2
-    assert f"{damaged} is damaged" in capsys.readouterr().err
+    damaged.write_bytes(damage[1](reference[damaged.name]))
+    for command in (argv, ["manifest", str(out)]):   # a re-run, and rebuilding the manifest from the records
+        capsys.readouterr()
+        assert cli.main(command) == 2, command
+        assert f"{damaged} is damaged" in capsys.readouterr().err
     damaged.unlink()
     assert cli.main(argv) == 0 and folder_bytes(out) == reference
 
