@@ -7,7 +7,8 @@
     python launch/train.py --config configs/tiny_1f.json --check --ranks 16     (validate only, start nothing)
 
 Exit codes: 0 done, 75 (pipeline.trainer.EXIT_PREEMPTED) stopped by SIGUSR1/SIGTERM after saving a
-checkpoint (requeue with --resume auto), 2 bad config or arguments, 1 anything else.
+checkpoint (requeue with --resume auto), 2 bad config or arguments, or a checkpoint to resume from that is
+missing or damaged (named in the log; not worth a requeue), 1 anything else (e.g. a data-path error).
 --check (what slurm/ runs before it submits a stage): load and validate the config with its overrides and
 the files it reads (pipeline.config.check_inputs), print every problem, exit 0 or 2; no ranks, no DeepSpeed.
 """
