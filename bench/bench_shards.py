@@ -39,24 +39,30 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def make_clips(root: Path, n: int, seed: int) -> list[Path]:
+def make_media(root: Path, n: int, seed: int, kind: str) -> list[Path]:
+    """N synthetic sources (testsrc2 or mandelbrot with noise): kind "clip": 5-20 s mp4s at 480x270 .. 1280x720;
+    "image": JPEG stills (q ~ 90) at CC-3M-like sizes, 500x375 .. 1024x768. Existing files are kept."""
     import ffmpeg
     from media import ffmpeg_exe
     rng = random.Random(seed)
-    sizes = [(480, 270), (640, 360), (854, 480), (960, 540), (1280, 720)]
+    root.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
-        root.mkdir(parents=True, exist_ok=True)
-        path = root / f"clip{i:04d}.mp4"
+        path = root / (f"clip{i:04d}.mp4" if kind == "clip" else f"img{i:04d}.jpg")
         paths.append(path)
         if path.exists():
             continue
-        w, h = rng.choice(sizes)
-        seconds, fps = rng.randint(5, 20), rng.choice([24, 25, 30])
+        if kind == "clip":
+            w, h = rng.choice([(480, 270), (640, 360), (854, 480), (960, 540), (1280, 720)])
+            seconds, fps = rng.randint(5, 20), rng.choice([24, 25, 30])
+            output = {"vcodec": "libx264", "preset": "veryfast", "crf": 23, "pix_fmt": "yuv420p",
+                      "movflags": "+faststart"}
+        else:
+            w, h = rng.choice([(500, 375), (640, 480), (800, 533), (1024, 768), (480, 640)])
+            seconds, fps, output = 1, 1, {"vframes": 1, "q:v": 3}
         pattern = rng.choice(["testsrc2", "mandelbrot"])
         src = ffmpeg.input(f"{pattern}=s={w}x{h}:r={fps}", f="lavfi", t=seconds).filter("noise", alls=6, allf="t")
-        (ffmpeg.output(src, str(path), vcodec="libx264", preset="veryfast", crf=23, pix_fmt="yuv420p",
-                       movflags="+faststart").global_args("-loglevel", "error").overwrite_output()
+        (ffmpeg.output(src, str(path), **output).global_args("-loglevel", "error").overwrite_output()
          .run(cmd=ffmpeg_exe()))
     return paths
 
@@ -72,27 +78,6 @@ def measure(label: str, fn, clips: int, repeat: int = 1) -> dict:
               "clips_per_cpu_s": round(clips / cpu, 3), "clips_per_wall_s": round(clips / wall, 3)}
     print(json.dumps(result), flush=True)
     return result
-
-
-def make_images(root: Path, n: int, seed: int) -> list[Path]:
-    """N JPEG stills (q ~ 90), 500x375 .. 1024x768 like CC-3M's, testsrc2/mandelbrot with noise."""
-    import ffmpeg
-    from media import ffmpeg_exe
-    rng = random.Random(seed)
-    sizes = [(500, 375), (640, 480), (800, 533), (1024, 768), (480, 640)]
-    paths = []
-    for i in range(n):
-        root.mkdir(parents=True, exist_ok=True)
-        path = root / f"img{i:04d}.jpg"
-        paths.append(path)
-        if path.exists():
-            continue
-        w, h = rng.choice(sizes)
-        pattern = rng.choice(["testsrc2", "mandelbrot"])
-        src = ffmpeg.input(f"{pattern}=s={w}x{h}:r=1", f="lavfi", t=1).filter("noise", alls=6, allf="t")
-        (ffmpeg.output(src, str(path), vframes=1, **{"q:v": 3}).global_args("-loglevel", "error")
-         .overwrite_output().run(cmd=ffmpeg_exe()))
-    return paths
 
 
 def run_make_shards(paths, out: Path, workers: int, kind: str = "video"):
@@ -218,7 +203,7 @@ def main(argv=None) -> int:
     import shard_tools
     print(json.dumps({"shard_tools": str(Path(shard_tools.__file__).parent)}), flush=True)
     root = Path(args.out)
-    paths = make_clips(root / "clips", args.clips, args.seed)
+    paths = make_media(root / "clips", args.clips, args.seed, "clip")
     seconds = 0.0
     import av
     for p in paths:
@@ -233,7 +218,7 @@ def main(argv=None) -> int:
         results.append(measure("decode_sample in-process, video", lambda: decode_in_process(paths, "video"),
                                len(paths), args.repeat))
     if args.images:
-        images = make_images(root / "images", args.images, args.seed)
+        images = make_media(root / "images", args.images, args.seed, "image")
         results.append(measure("make-shards --workers 1, JPEG stills (kind image)",
                                lambda: run_make_shards(images, root / "shards_img", 1, "image"), len(images),
                                args.repeat))
