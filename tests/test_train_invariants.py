@@ -1,4 +1,5 @@
-"""Training invariants over many positions of one run, on 1 and 2 ranks and several ZeRO stages:
+"""Training invariants over many positions of one run, on 1 and 2 ranks, ZeRO 0, 2 and 3, with and without
+gradient accumulation:
 
 - evaluation (and checkpointing) never changes training: a run with evaluation every K steps and a checkpoint
   after every step ends with bit-identical weights and losses to the same run with neither;
@@ -26,14 +27,15 @@ def assets(tmp_path_factory):
     return make_tiny_assets(tmp_path_factory.mktemp("invariant_assets"))
 
 
-@pytest.fixture(scope="module", params=[(1, 0), (2, 2), (2, 3)], ids=["1rank-zero0", "2ranks-zero2", "2ranks-zero3"])
+@pytest.fixture(scope="module", params=[(1, 0, 1), (1, 2, 2), (2, 2, 1), (2, 3, 1)],
+                ids=["1rank-zero0", "1rank-zero2-accum2", "2ranks-zero2", "2ranks-zero3"])
 def sweep(request, assets, tmp_path_factory):
-    world, zero = request.param
-    out = tmp_path_factory.mktemp(f"invariants_{world}_{zero}")
+    world, zero, accum = request.param
+    out = tmp_path_factory.mktemp(f"invariants_{world}_{zero}_{accum}")
     args = ["--config", str(REPO / "configs" / "tiny_1f.json"), "--out", str(out), "--steps", str(STEPS),
             "--eval-every", str(EVAL_EVERY), "--resume-at", ",".join(map(str, RESUME_AT[world])),
             "--preempt-at", ",".join(map(str, PREEMPT_AT[world]))]
-    for override in assets + [f"deepspeed.zero_stage={zero}", "optim.lr=3e-3"]:
+    for override in assets + [f"deepspeed.zero_stage={zero}", f"optim.grad_accum_steps={accum}", "optim.lr=3e-3"]:
         args += ["--set", override]
     procs = launch_ranks(args, world, out / "logs", script="tests/train_invariants.py")
     codes = wait_all(procs, 900)
