@@ -153,20 +153,29 @@ class _Faults(http.server.BaseHTTPRequestHandler):
 
 
 class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
     def handle_error(self, request, client_address):
         pass        # the client hangs up on purpose (size cap, timeout): not an error here
+
+
+def serve_on_loopback(handler):
+    """Serve `handler` on 127.0.0.1 (a free port) in a thread; yields the base URL, then shuts down."""
+    httpd = _QuietServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 @pytest.fixture
 def server(tmp_path):
     _Faults.clip = media.render_clip(tmp_path / "served.mp4", 1.0, (64, 48), 10).read_bytes()
     _Faults.hits = {}
-    httpd = _QuietServer(("127.0.0.1", 0), _Faults)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    yield from serve_on_loopback(_Faults)
 
 
 def test_downloads_with_injected_http_faults(tmp_path, server):

@@ -25,7 +25,8 @@ from shard_tools.decode import SampleError
 from shard_tools.download import DownloadSpec, fetch, request_url
 from shard_tools.rows import Row
 from shard_tools.verify import verify
-from test_shards_faults import _make_clips, failures_of, folder_bytes, manifest_of
+from test_shards_faults import (_make_clips, _QuietServer, failures_of, folder_bytes, manifest_of,
+                               serve_on_loopback)
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -96,22 +97,10 @@ class _Routes(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        pass
-
-
 @pytest.fixture
 def server(tmp_path):
     _Routes.clip = media.render_clip(tmp_path / "served.mp4", 1.0, (64, 48), 10).read_bytes()
-    httpd = _Server(("127.0.0.1", 0), _Routes)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    yield from serve_on_loopback(_Routes)
 
 
 def _url_table(path: Path, rows) -> Path:
@@ -246,7 +235,7 @@ def test_a_stopping_run_ends_transfers_and_connects_at_once(tmp_path, server):
         blackhole.close()
 
 
-class _TLSServer(_Server):
+class _TLSServer(_QuietServer):
     context = None
 
     def get_request(self):
@@ -483,13 +472,19 @@ def _webvid_table(path: Path, n: int, edit=None) -> Path:
     return path
 
 
-@pytest.mark.parametrize("change", ["shorter", "longer", "caption edited", "rows swapped", "row replaced"])
-def test_a_changed_table_is_refused_before_any_work(tmp_path, capsys, change):
-    _make_clips(tmp_path, 8)
-    table = _webvid_table(tmp_path / "t.csv", 6)
+def _webvid_run(tmp_path, clips: int, rows: int):
+    """Clips, a WebVid table of `rows` of them, and the make-shards argv (2 per shard) into tmp_path/out."""
+    _make_clips(tmp_path, clips)
+    table = _webvid_table(tmp_path / "t.csv", rows)
     out = tmp_path / "out"
     argv = ["webvid", "--csv", str(table), "--videos-root", str(tmp_path / "videos"), "--out", str(out),
             "--samples-per-shard", "2", "--workers", "0", "--no-progress"]
+    return table, out, argv
+
+
+@pytest.mark.parametrize("change", ["shorter", "longer", "caption edited", "rows swapped", "row replaced"])
+def test_a_changed_table_is_refused_before_any_work(tmp_path, capsys, change):
+    table, out, argv = _webvid_run(tmp_path, 8, 6)
     assert cli.main(argv) == 0
     before = folder_bytes(out)
     edits = {
@@ -516,11 +511,7 @@ def test_a_changed_table_is_refused_before_any_work(tmp_path, capsys, change):
 def test_a_folder_begun_before_fingerprints_still_resumes(tmp_path):
     """Stats records written before the input fingerprint existed carry none: the row count is checked,
     and a folder mixing them with new records still gets its manifest."""
-    _make_clips(tmp_path, 6)
-    table = _webvid_table(tmp_path / "t.csv", 6)
-    out = tmp_path / "out"
-    argv = ["webvid", "--csv", str(table), "--videos-root", str(tmp_path / "videos"), "--out", str(out),
-            "--samples-per-shard", "2", "--workers", "0", "--no-progress"]
+    table, out, argv = _webvid_run(tmp_path, 6, 6)
     assert cli.main(argv) == 0
     reference = folder_bytes(out)
     for chunk in (0, 1):                       # as an older version wrote them
@@ -556,11 +547,7 @@ def _stats_damages():
 
 @pytest.mark.parametrize("damage", _stats_damages(), ids=[n for n, _ in _stats_damages()])
 def test_a_damaged_stats_record_is_named_and_deleting_it_redoes_its_chunk(tmp_path, capsys, damage):
-    _make_clips(tmp_path, 4)
-    table = _webvid_table(tmp_path / "t.csv", 4)
-    out = tmp_path / "out"
-    argv = ["webvid", "--csv", str(table), "--videos-root", str(tmp_path / "videos"), "--out", str(out),
-            "--samples-per-shard", "2", "--workers", "0", "--no-progress"]
+    table, out, argv = _webvid_run(tmp_path, 4, 4)
     assert cli.main(argv) == 0
     reference = folder_bytes(out)
     damaged = out / "webvid-000001.stats.json"
