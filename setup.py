@@ -7,8 +7,8 @@ setup(
     description="Frozen-in-Time video/image-text retrieval pretraining at cluster scale: "
                 "shards, streaming loader, DeepSpeed trainer, SLURM curriculum, search",
     python_requires=">=3.10",
-    packages=find_packages(include=["pipeline", "pipeline.*", "shard_tools", "shard_tools.*",
-                                    "models", "models.*", "launch", "launch.*"]),
+    packages=find_packages(include=["foundation", "foundation.*", "pipeline", "pipeline.*", "shard_tools",
+                                    "shard_tools.*", "models", "models.*", "launch", "launch.*"]),
     install_requires=[
         # torch / torchvision are deliberately not pinned here: install the pair that matches your
         # CUDA first (README.md). These floors are what the code needs; the pins are what we tested.

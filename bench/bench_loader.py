@@ -1,6 +1,6 @@
 """Loader throughput, side by side on the same clips, one core, T=1 and T=4 (issue 4's benchmark).
 
-1. loader:  pipeline.data's train loader reading fit-shards/1 shards (num_workers=0: the main process does
+1. loader:  pipeline.data.loader's train loader reading fit-shards/1 shards (num_workers=0: the main process does
             everything: tar reading, shuffling, JPEG decoding, augmentation, tokenization, batching);
 2. decord:  the original's path: open the source mp4 with decord on every sample, random-access the T frames
             ('rand' segment sampling over all decoded frames, spec 3.2), same augmentation and tokenization;
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline import frames as frame_ops  # noqa: E402
-from pipeline import transforms  # noqa: E402
-from pipeline.data import DatasetSpec, LoaderOptions, build_train_loader  # noqa: E402
-from pipeline.tokenize import load_tokenizer, tokenize  # noqa: E402
+from pipeline.data import frames as frame_ops  # noqa: E402
+from pipeline.data import transforms  # noqa: E402
+from pipeline.data.loader import DatasetSpec, LoaderOptions, build_train_loader  # noqa: E402
+from pipeline.data.tokenize import load_tokenizer, tokenize  # noqa: E402
 
 K = 8          # stored frames per clip, as make-shards' default
 BATCH = 16

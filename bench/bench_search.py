@@ -1,6 +1,6 @@
 """Search benchmark (issue 8): extraction throughput, index build time / query latency by size, IVF recall.
 
-1. extraction: `pipeline.features.extract_features` over fit-shards/1 shards of random-block clips
+1. extraction: `pipeline.search.features.extract_features` over fit-shards/1 shards of random-block clips
    (K=8 stored JPEG frames, short side 256 as make-shards stores them), for the tiny config (32 px,
    T=4) and the ViT-B/16 config (224 px, T=4), random weights. Clips/s, wall clock, end to end
    (tar read, JPEG decode, eval crop, forward, part writing).
@@ -73,7 +73,7 @@ def write_clips(folder: Path, clips: int, per_shard: int, frames: int = 8, heigh
 def make_embedder(preset_name: str, text_dir: Path):
     from models import FrozenInTime, TextConfig, preset
     from models.tiny import write_tiny_text_model
-    from pipeline.inference import Embedder
+    from pipeline.search.inference import Embedder
 
     cfg = preset(preset_name)
     cfg.video.init = "none"   # random weights: throughput does not depend on them, and nothing is downloaded
@@ -83,7 +83,7 @@ def make_embedder(preset_name: str, text_dir: Path):
 
 
 def bench_extraction(name: str, embedder, shards: Path, out: Path, batch_size: int, workers: int) -> dict:
-    from pipeline.features import extract_features, merge_parts
+    from pipeline.search.features import extract_features, merge_parts
 
     start = time.perf_counter()
     counts = extract_features(embedder, shards, out, batch_size=batch_size, num_workers=workers,
@@ -99,7 +99,7 @@ def bench_extraction(name: str, embedder, shards: Path, out: Path, batch_size: i
 # ------------------------------------------------------------------------------------------ indexes
 
 def random_unit(n: int, dim: int, seed: int) -> np.ndarray:
-    from pipeline.index import normalize
+    from pipeline.search.index import normalize
 
     rng = np.random.default_rng(seed)
     out = np.empty((n, dim), np.float32)
@@ -109,7 +109,7 @@ def random_unit(n: int, dim: int, seed: int) -> np.ndarray:
 
 
 def query_latency_ms(index, queries: np.ndarray) -> float:
-    from pipeline.index import search
+    from pipeline.search.index import search
 
     search(index, queries[:2], 10)   # warm-up
     start = time.perf_counter()
@@ -119,7 +119,7 @@ def query_latency_ms(index, queries: np.ndarray) -> float:
 
 
 def bench_scaling(n: int, dim: int, queries: int) -> list[dict]:
-    from pipeline.index import build_index, recall_at_k, search
+    from pipeline.search.index import build_index, recall_at_k, search
 
     data, qs = random_unit(n, dim, 1), random_unit(queries, dim, 2)
     exact, exact_info = build_index(data, "flat")
@@ -138,7 +138,7 @@ def bench_scaling(n: int, dim: int, queries: int) -> list[dict]:
 def bench_recall(name: str, vectors: np.ndarray, queries: int) -> dict:
     """IVF (defaults) vs exact on a collection's own vectors; the queries are held-out members (each vector's
     nearest neighbour is itself, so queries are left out of the index)."""
-    from pipeline.index import build_index, recall_at_k, search
+    from pipeline.search.index import build_index, recall_at_k, search
 
     vectors = np.asarray(vectors, np.float32)
     rng = np.random.default_rng(0)
@@ -178,8 +178,8 @@ def main() -> None:
 
     import faiss
 
-    from pipeline.features import Collection
-    from pipeline.logs import setup_logging
+    from pipeline.search.features import Collection
+    from foundation.logs import setup_logging
 
     setup_logging()
     emit({"bench": "machine", "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),

@@ -51,13 +51,13 @@ def demo_like_collection(root: Path, clips: int) -> Path:
     """Weights (our portable folder) + shards + extracted features + index, as a user of the demo has them."""
     from models import FrozenInTime, ModelConfig, save_pretrained
     from models.tiny import write_tiny_text_model
-    from pipeline.demo import DemoOptions
-    from pipeline.features import extract_features, merge_parts
-    from pipeline.index import build_collection_index
-    from pipeline.inference import Embedder
+    from pipeline.demo.run import DEMO_TEXT_MODEL
+    from pipeline.search.features import extract_features, merge_parts
+    from pipeline.search.index import build_collection_index
+    from pipeline.search.inference import Embedder
 
     model = json.loads((REPO / "configs" / "demo_4f.json").read_text())["model"]
-    model["text"]["model"] = str(write_tiny_text_model(root / "text_model", **DemoOptions().text_model))
+    model["text"]["model"] = str(write_tiny_text_model(root / "text_model", **DEMO_TEXT_MODEL))
     cfg = ModelConfig.from_dict(model)
     torch.manual_seed(0)
     weights = save_pretrained(FrozenInTime(cfg), cfg, root / "weights")
@@ -71,7 +71,7 @@ def demo_like_collection(root: Path, clips: int) -> Path:
 
 
 def free_port() -> int:
-    from pipeline.distributed import free_port as free
+    from pipeline.train.distributed import free_port as free
 
     return free()
 
@@ -194,7 +194,7 @@ def main() -> None:
     parser.add_argument("--work-dir", default=None, help="default: a temporary folder, removed at the end")
     args = parser.parse_args()
 
-    from pipeline.logs import setup_logging
+    from foundation.logs import setup_logging
 
     setup_logging()
     emit({"bench": "machine", "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),

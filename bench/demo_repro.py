@@ -37,7 +37,7 @@ def shard_members(folder: Path) -> dict:
 
 
 def render(out: Path, seed: int) -> None:
-    from shard_tools.demo import DemoSpec, generate
+    from pipeline.demo.render import DemoSpec, generate
     runs = [shard_members(generate(out / name, DemoSpec(seed=seed, **SMALL), progress=False)["train"].parent)
             for name in ("r1", "r2")]
     first, second = runs
@@ -63,16 +63,16 @@ def train(out: Path, seed: int, steps: int) -> None:
     from safetensors.torch import load_file
 
     from models.tiny import write_tiny_text_model
-    from pipeline.demo import DemoOptions, child_env, common_overrides, train_command
-    from shard_tools.demo import DemoSpec, generate
-    opts = DemoOptions(out=out, seed=seed)
+    from pipeline.demo.run import DemoOptions, child_env, common_overrides, train_command
+    from pipeline.demo.render import DemoSpec, generate
+    opts = DemoOptions(checkout=REPO, out=out, seed=seed)
     folders = generate(out / "data", DemoSpec(seed=seed, **SMALL), progress=False)
     text_model = write_tiny_text_model(out / "text_model", seed=seed, **opts.text_model)
     sets = common_overrides(out, folders, text_model, seed) + [f"optim.total_steps={steps}", "log.every_steps=10"]
 
     def run(name: str, extra: dict) -> dict:
         run_dir = out / "runs" / name.split(" ")[0].replace("=", "_")
-        cmd = train_command(opts.configs["1f"], sets + [f"output_dir={run_dir}"], 2)
+        cmd = train_command(REPO / "configs" / "demo_1f.json", sets + [f"output_dir={run_dir}"], 2)
         with open(out / f"{run_dir.name}.log", "wb") as sink:
             subprocess.run(cmd, cwd=REPO, env={**child_env(os.environ), **extra}, stdout=sink, stderr=sink,
                            check=True)

@@ -7,7 +7,7 @@
 
 Supervised, so the text side and the contrastive loss are out of the picture: the demo's video model
 (SpaceTimeTransformer: 64 px, patch 16, width 128, depth 3, 4 heads, num_frames 1) plus a linear head
-classifies the shape of demo images (shard_tools.demo scenes rendered at 64 px: shape, colour, background,
+classifies the shape of demo images (pipeline.demo.render scenes rendered at 64 px: shape, colour, background,
 position, size, angle as the demo draws them), AdamW 3e-4, batch 64, 6000 training images, 512 held-out
 images from another seed. Prints held-out accuracy (chance 0.25) every 250 steps. Figures: docs/DEMO.md.
 """
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from models.video_transformer import SpaceTimeTransformer
-from pipeline.transforms import normalize_video
+from pipeline.data.transforms import normalize_video
 from shard_tools import demo
 
 RES = 64

@@ -16,7 +16,7 @@ log = logging.getLogger("demo")
 
 
 def parse_args(argv=None):
-    from shard_tools.demo import DemoSpec
+    from pipeline.demo.render import DemoSpec
     d = DemoSpec()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_run", help="folder for data, runs, logs and results")
@@ -34,15 +34,15 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from pipeline.demo import DemoOptions, results_table, run_demo, stage_dir
-    from pipeline.logs import setup_logging
-    from shard_tools.demo import DemoSpec
+    from pipeline.demo.run import DemoOptions, results_table, run_demo, stage_dir
+    from foundation.logs import setup_logging
+    from pipeline.demo.render import DemoSpec
     setup_logging()
     if args.train_clips < 1 or args.images < 1 or args.nproc < 1:
         log.error("--train-clips, --images and --nproc must be at least 1")
         return 2
     out = Path(args.out).resolve()
-    opts = DemoOptions(out=out, seed=args.seed, nproc=args.nproc, progress=not args.no_progress,
+    opts = DemoOptions(checkout=Path(__file__).resolve().parents[1], out=out, seed=args.seed, nproc=args.nproc, progress=not args.no_progress,
                        data=DemoSpec(seed=args.seed, train_clips=args.train_clips, images=args.images),
                        overrides={"1f": args.set_1f, "4f": args.set_4f})
     results = run_demo(opts)

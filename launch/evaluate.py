@@ -37,14 +37,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from pipeline.config import load_config
-    from pipeline.distributed import device_for, init_distributed, read_env, shutdown
-    from pipeline.evaluation import evaluate_run
-    from pipeline.fsutil import atomic_write_json
-    from pipeline.logs import setup_logging
-    from pipeline.safeload import DamagedFileError
-    from pipeline.schema import ConfigError
-    from pipeline.weights import load_model
+    from pipeline.train.config import load_config
+    from pipeline.train.distributed import device_for, init_distributed, read_env, shutdown
+    from pipeline.train.evaluation import evaluate_run
+    from foundation.fsutil import atomic_write_json
+    from foundation.logs import setup_logging
+    from foundation.safeload import DamagedFileError
+    from foundation.schema import ConfigError
+    from pipeline.train.weights import load_model
 
     env = read_env()
     setup_logging(rank=env.rank if env.world_size > 1 else None)

@@ -23,7 +23,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from pipeline.logs import setup_logging
+    from foundation.logs import setup_logging
 
     setup_logging()
     try:
@@ -75,7 +75,7 @@ def parse_args(argv):
     p.add_argument("--json", action="store_true", help="one JSON object per result")
     p.set_defaults(run=cmd_query)
 
-    from pipeline import webapp
+    from pipeline.search import webapp
 
     p = sub.add_parser("serve", help="serve the search page")
     p.add_argument("collection")
@@ -104,8 +104,8 @@ def add_searcher_args(p) -> None:
 # ---------------------------------------------------------------------------------------------- extract
 
 def cmd_extract(args) -> int:
-    from pipeline import distributed
-    from pipeline.features import merge_parts, wait_for_parts
+    from pipeline.train import distributed
+    from pipeline.search.features import merge_parts, wait_for_parts
 
     out = Path(args.out)
     env = distributed.read_env()
@@ -133,7 +133,7 @@ def cmd_extract(args) -> int:
 
 
 def _extract_rank(local_rank: int, args, shards: Path, world: int) -> None:
-    from pipeline.logs import setup_logging
+    from foundation.logs import setup_logging
 
     setup_logging(rank=local_rank)
     _extract(args, shards, local_rank, world, local_rank)
@@ -142,8 +142,8 @@ def _extract_rank(local_rank: int, args, shards: Path, world: int) -> None:
 def _extract(args, shards: Path, rank: int, world: int, local_rank: int) -> None:
     import torch
 
-    from pipeline.features import extract_features
-    from pipeline.inference import Embedder
+    from pipeline.search.features import extract_features
+    from pipeline.search.inference import Embedder
 
     if args.device:
         device = args.device
@@ -161,7 +161,7 @@ def _extract(args, shards: Path, rank: int, world: int, local_rank: int) -> None
 
 def _model_info(args) -> dict:
     """Where the features came from; `query` and `serve` load this model unless told otherwise."""
-    from pipeline.inference import find_run_config
+    from pipeline.search.inference import find_run_config
 
     model = Path(args.model).resolve()
     run_config = Path(args.run_config).resolve() if args.run_config else find_run_config(model)
@@ -199,7 +199,7 @@ def shards_from_media(media: Path, out: Path, frames: int) -> Path:
 # ---------------------------------------------------------------------------------------------- index
 
 def cmd_build_index(args) -> int:
-    from pipeline.index import EXACT_MAX_DEFAULT, build_collection_index
+    from pipeline.search.index import EXACT_MAX_DEFAULT, build_collection_index
 
     info = build_collection_index(args.collection, args.kind, nlist=args.nlist, nprobe=args.nprobe,
                                   pq_m=args.pq_m, exact_max=args.exact_max or EXACT_MAX_DEFAULT, seed=args.seed)
@@ -209,8 +209,8 @@ def cmd_build_index(args) -> int:
 
 def open_search(args):
     """(Searcher, Embedder) for a collection: the index first, so a missing one fails before model loading."""
-    from pipeline.index import Searcher
-    from pipeline.inference import Embedder
+    from pipeline.search.index import Searcher
+    from pipeline.search.inference import Embedder
 
     searcher = Searcher(args.collection, nprobe=args.nprobe)
     made_with = searcher.collection.info["model"]
@@ -239,7 +239,7 @@ def cmd_query(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from pipeline.webapp import SearchApp, make_server, search_url
+    from pipeline.search.webapp import SearchApp, make_server, search_url
 
     for name in ("threads", "idle_timeout", "max_connections"):
         if getattr(args, name) < 1:

@@ -1,4 +1,4 @@
-"""Check a job's resources against its SLURM partition before it is submitted (pipeline/slurm_fit.py).
+"""Check a job's resources against its SLURM partition before it is submitted (pipeline/train/slurm_fit.py).
 
     python3 launch/slurm_fit.py [--what NAME] SCRIPT [SBATCH OPTIONS ...]
 
@@ -28,8 +28,8 @@ def _run(cmd: list[str]) -> str:
 
 
 def main(argv=None) -> int:
-    from pipeline import slurm_fit
-    from pipeline.logs import setup_logging
+    from pipeline.train import slurm_fit
+    from foundation.logs import setup_logging
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--what", default=None, help="how to name the job in messages (default: the script)")

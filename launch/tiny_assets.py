@@ -11,8 +11,8 @@ import sys
 
 
 def main(argv=None) -> int:
-    from pipeline.logs import setup_logging
-    from pipeline.tiny_assets import DEFAULT_ROOT, write_tiny_assets
+    from foundation.logs import setup_logging
+    from pipeline.demo.tiny_assets import DEFAULT_ROOT, write_tiny_assets
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=DEFAULT_ROOT, help=f"folder to write (default {DEFAULT_ROOT}, where "
                                                             "configs/tiny_*.json look)")

@@ -7,7 +7,7 @@
   and whose 'config' is a pickled `parse_config.ConfigParser`. It is read with torch's weights_only
   unpickler, which only builds tensors and plain containers; the ConfigParser (and the pathlib
   paths inside it) map to inert stand-ins, so no code from the file ever runs. Any other global is
-  refused by name; an empty, cut-short or foreign file is reported as such (pipeline/safeload.py).
+  refused by name; an empty, cut-short or foreign file is reported as such (foundation/safeload.py).
 - `load_weights_into` takes either, fixes prefixes and the DistilBERT `position_ids` difference,
   adapts temporal (spec 1.8) and spatial position embeddings, and reports missing/unexpected keys.
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.fsutil import atomic_path, atomic_write_json
-from pipeline.safeload import DamagedFileError, load_torch_file, read_json, read_safetensors
+from foundation.fsutil import atomic_path, atomic_write_json
+from foundation.safeload import DamagedFileError, load_torch_file, read_json, read_safetensors
 
 from .config import ModelConfig
 from .video_transformer import resize_pos_embed
@@ -148,7 +148,7 @@ def read_torch_file(path: str | os.PathLike) -> dict:
     """torch.load with weights_only=True plus inert stand-ins for the original's config object.
 
     Any other global in the pickle (a function, a class from elsewhere) is refused with its name
-    (pipeline.safeload.RefusedGlobalError); an empty or damaged file raises DamagedFileError naming it.
+    (foundation.safeload.RefusedGlobalError); an empty or damaged file raises DamagedFileError naming it.
     """
     return load_torch_file(path, tuple(_SAFE_STANDINS), "tensors, containers, the original's ConfigParser and "
                            "pathlib paths", WEIGHTS_ADVICE)

@@ -14,7 +14,7 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 
-from pipeline.schema import ConfigError, check_keys, get_typed
+from foundation.schema import ConfigError, check_keys, get_typed
 
 # kept here (not imported from the model) so reading a config needs no torch
 TIME_INITS = ("zeros", "spatial")

@@ -4,17 +4,16 @@
     make-shards cc3m    --tsv Train_GCC-training.tsv --images-root training/ --out shards/cc3m
     make-shards msrvtt  --root MSRVTT/ --split test --cut jsfusion --out shards/msrvtt_test
     make-shards csv     --table clips.parquet --path-col file --caption-col text --out shards/mine
-    make-shards verify DIR        make-shards manifest DIR        make-shards demo ...
+    make-shards verify DIR        make-shards manifest DIR
 """
 import argparse
-import importlib
 import logging
 import os
 import signal
 import sys
 import threading
 
-from pipeline.logs import setup_logging
+from foundation.logs import setup_logging
 from shard_tools import __version__, records, sources
 from shard_tools.api import RunOptions, ShardOptions, make_shards
 from shard_tools.download import DownloadSpec
@@ -57,13 +56,11 @@ def _common(p: argparse.ArgumentParser, kind_choice: bool = False) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def build_parser(with_demo: bool = False) -> argparse.ArgumentParser:
-    """The full parser; the demo's own options are added only when `demo` runs (`with_demo`), so the
-    other commands never import shard_tools/demo.py."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="make-shards", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"make-shards {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="SOURCE|verify|manifest|demo")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="SOURCE|verify|manifest")
 
     p = sub.add_parser("webvid", help="official WebVid CSV (videoid,contentUrl,duration,page_dir,name)")
     p.add_argument("--csv", required=True, help="e.g. results_2M_train.csv")
@@ -96,20 +93,7 @@ def build_parser(with_demo: bool = False) -> argparse.ArgumentParser:
     p.add_argument("dir")
     p = sub.add_parser("manifest", help="write DIR/manifest.json after all array tasks ended")
     p.add_argument("dir")
-    p = sub.add_parser("demo", help="make demo clips and shards (shard_tools.demo; see docs/DEMO.md)")
-    if with_demo:
-        _demo_module().add_arguments(p)
     return parser
-
-
-def _demo_module():
-    try:
-        return importlib.import_module("shard_tools.demo")
-    except ModuleNotFoundError as e:
-        if e.name != "shard_tools.demo":
-            raise
-        raise SystemExit("make-shards demo: shard_tools/demo.py is not installed in this checkout; "
-                         "update the checkout or run another SOURCE") from None
 
 
 def _rows(args):
@@ -205,7 +189,7 @@ def _on_sigterm(signum, frame):
 def main(argv=None) -> int:
     setup_logging()
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(with_demo=argv[:1] == ["demo"]).parse_args(argv)
+    args = build_parser().parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     out = getattr(args, "out", None) or getattr(args, "dir", None)
@@ -214,8 +198,6 @@ def main(argv=None) -> int:
             return _run_verify(args)
         if args.command == "manifest":
             return _run_manifest(args)
-        if args.command == "demo":
-            return _demo_module().run(args)
         return _run_source(args)
     except (OptionsMismatch, FileNotFoundError, ValueError) as e:
         print(f"make-shards: error: {e}", file=sys.stderr)

@@ -10,7 +10,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from pipeline.fsutil import atomic_write_json
+from foundation.fsutil import atomic_write_json
 from shard_tools import FORMAT, __version__
 
 MANIFEST = "manifest.json"

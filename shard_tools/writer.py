@@ -17,7 +17,7 @@ import tarfile
 import zlib
 from pathlib import Path
 
-from pipeline.fsutil import atomic_path
+from foundation.fsutil import atomic_path
 
 FRAME_MEMBER = "{i:03d}.jpg"
 

@@ -15,7 +15,7 @@
 # SIGUSR1 to the launcher, so that variant works too. SIGTERM (scancel, time limit, preemption by the
 # scheduler) is never answered with a requeue: whoever sent it decides what happens to the job.
 
-FIT_EXIT_PREEMPTED=75     # pipeline.trainer.EXIT_PREEMPTED
+FIT_EXIT_PREEMPTED=75     # pipeline.train.trainer.EXIT_PREEMPTED
 PYTHON=${PYTHON:-python3}
 # The jobs run this checkout's code, whatever else is installed.
 export PYTHONPATH="$FIT_ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -101,7 +101,7 @@ fit_array_slice() {
 # Default: srun, one task per GPU (the allocation's --ntasks-per-node). Why srun rather than the deepspeed
 # launcher: SLURM itself starts, tracks and signals every rank on every node -- `--signal` and scancel reach
 # the trainers directly, a dead rank ends the step (srun --wait), accounting and cgroups see each
-# rank, and no ssh/pdsh between compute nodes is needed (many sites forbid it). pipeline/distributed.py reads
+# rank, and no ssh/pdsh between compute nodes is needed (many sites forbid it). pipeline/train/distributed.py reads
 # SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS and takes the rendezvous from the job itself: the first host of
 # SLURM_JOB_NODELIST as MASTER_ADDR and a port derived from the job id, identical on every task.
 #

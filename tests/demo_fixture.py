@@ -5,7 +5,7 @@
     def test_search(trained_demo):
         trained_demo.weights["4f"], trained_demo.test_shards, trained_demo.test_rows ...
 
-It runs the real first command (`pipeline.demo.run_demo`: make-shards demo -> launch/train.py 1-frame ->
+It runs the real first command (`pipeline.demo.run.run_demo`: demo data -> launch/train.py 1-frame ->
 launch/train.py 4-frame from the inflated 1-frame weights -> launch/evaluate.py) at test sizes: 192
 training clips and 96 images at 64 px, 150 + 6 steps on 2 ranks. Once per test session, about 2-3
 minutes on 2 quiet cores (3-4 on the shared development machine). These weights have learned colour and shape, not motion (that needs the full
@@ -42,11 +42,11 @@ class TrainedDemo:
 
 
 def build_trained_demo(out: Path) -> TrainedDemo:
-    from pipeline.demo import DemoOptions, run_demo, stage_dir
-    from shard_tools.demo import DemoSpec, read_table
+    from pipeline.demo.run import DemoOptions, run_demo, stage_dir
+    from pipeline.demo.render import DemoSpec, read_table
     results_file = out / "results.json"
     if not results_file.is_file():
-        run_demo(DemoOptions(out=out, seed=0, data=DemoSpec(**QUICK_DATA), overrides=QUICK_SETS, progress=False))
+        run_demo(DemoOptions(checkout=Path(__file__).resolve().parents[1], out=out, seed=0, data=DemoSpec(**QUICK_DATA), overrides=QUICK_SETS, progress=False))
     results = json.loads(results_file.read_text())
     return TrainedDemo(
         out=out, weights={s: stage_dir(out, s) / "weights" / "final" for s in ("1f", "4f")},

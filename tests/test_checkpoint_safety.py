@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import checkpointing as ckpt
-from pipeline.safeload import DamagedFileError, RefusedGlobalError
+from pipeline.train import checkpointing as ckpt
+from foundation.safeload import DamagedFileError, RefusedGlobalError
 from test_train_fixtures import REPO, launch_ranks, make_tiny_assets, read_log, read_weights, wait_all
 
 CONFIG = str(REPO / "configs" / "tiny_1f.json")
@@ -119,7 +119,7 @@ def damages(file, data):
 @pytest.mark.parametrize("zero_stage", STAGES)
 def test_sound_checkpoints_load_as_the_exported_weights(runs, zero_stage):
     """The restricted loading changes nothing for real files: step 2's checkpoint is the final weights."""
-    from pipeline.weights import load_model
+    from pipeline.train.weights import load_model
     run = runs["root"] / f"zero{zero_stage}"
     newest = ckpt.latest_complete(run / "checkpoints")
     assert newest.name == "step_00000002" and ckpt.verify_checkpoint(newest)["zero_stage"] == zero_stage
@@ -142,7 +142,7 @@ def test_the_payload_runs_when_loaded_without_restriction(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("zero_stage", STAGES)
 def test_crafted_pickles_in_a_checkpoint_folder_are_refused_everywhere(runs, zero_stage, tmp_path, capsys):
-    from pipeline.weights import consolidated_state_dict
+    from pipeline.train.weights import consolidated_state_dict
     root = _copy_run(runs, zero_stage, tmp_path / "run") / "checkpoints"
     previous, newest = ckpt.list_checkpoints(root)
     marker = tmp_path / "ran"
@@ -157,7 +157,7 @@ def test_crafted_pickles_in_a_checkpoint_folder_are_refused_everywhere(runs, zer
             with pytest.raises(RefusedGlobalError, match=re.escape(str(file))) as refused:
                 ckpt.first_sound_checkpoint(str(newest), ckpt.resume_candidates(str(newest), root))
             assert refused.value.global_name == SYSTEM
-            with Messages("pipeline.checkpointing") as log:
+            with Messages("pipeline.train.checkpointing") as log:
                 assert ckpt.first_sound_checkpoint("auto", ckpt.resume_candidates("auto", root)) == previous
             assert any(str(file) in line and "falling back" in line for line in log.lines), log.lines
             # past the folder check too: DeepSpeed's own loading (zero_to_fp32 at ZeRO 2/3) and the trainer's
@@ -199,7 +199,7 @@ def test_deepspeeds_own_loaders_are_restricted(tmp_path):
 
 def test_features_and_parts_never_unpickle(tmp_path):
     """Search's own files are numpy arrays read with allow_pickle=False: an object array is refused by name."""
-    from pipeline import features as feats
+    from pipeline.search import features as feats
     marker = tmp_path / "ran"
     evil = np.array([Payload(marker)], dtype=object)
     folder = tmp_path / "collection"
@@ -237,7 +237,7 @@ def test_every_damaged_checkpoint_file_is_named_by_every_entry_point(runs, zero_
                     assert kind != "empty" or "empty (0 bytes)" in err, (where, err)
                 with pytest.raises((DamagedFileError, FileNotFoundError), match=re.escape(str(file))):
                     ckpt.first_sound_checkpoint(str(newest), ckpt.resume_candidates(str(newest), root))
-                with Messages("pipeline.checkpointing") as log:
+                with Messages("pipeline.train.checkpointing") as log:
                     assert ckpt.first_sound_checkpoint("auto", ckpt.resume_candidates("auto", root)) == previous, where
                 assert any(str(file) in line and "falling back" in line for line in log.lines), (where, log.lines)
             finally:
@@ -307,7 +307,7 @@ def test_ranks_agree_before_resume_falls_back(tmp_path):
         votes.append(local_failure)
         return local_failure or len(votes) == 1
 
-    with Messages("pipeline.checkpointing") as log:
+    with Messages("pipeline.train.checkpointing") as log:
         assert ckpt.first_sound_checkpoint("auto", candidates, another_rank_fails_the_newest) == older
     assert votes == [False, False] and any("another rank found" in line for line in log.lines)
     with pytest.raises(DamagedFileError, match="another rank found"):

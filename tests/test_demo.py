@@ -22,7 +22,7 @@ def test_stages_chain_and_the_4f_stage_starts_from_inflated_1f_weights(trained_d
 
     from models import FrozenInTime
     from models.checkpoint import load_weights_into
-    from pipeline.config import load_config
+    from pipeline.train.config import load_config
     cfg_1f = json.loads(trained_demo.configs["1f"].read_text())
     cfg_4f = json.loads(trained_demo.configs["4f"].read_text())
     assert cfg_1f["model"]["video"]["num_frames"] == 1 and cfg_4f["model"]["video"]["num_frames"] == 4
@@ -68,10 +68,10 @@ def test_metrics_tables_and_tensorboard_are_written(trained_demo):
 
 
 def _embed_training_clips(trained_demo, stage: str):
-    from pipeline.config import load_config
-    from pipeline.data import DatasetSpec, build_eval_loader
-    from pipeline.transforms import normalize_video
-    from pipeline.weights import load_model
+    from pipeline.train.config import load_config
+    from pipeline.data.loader import DatasetSpec, build_eval_loader
+    from pipeline.data.transforms import normalize_video
+    from pipeline.train.weights import load_model
     cfg = load_config(trained_demo.configs[stage])
     spec = DatasetSpec(name="train_clips", shards=str(trained_demo.train_shards), batch_size=64,
                        num_frames=cfg.eval_datasets[0].num_frames)
@@ -110,7 +110,7 @@ def test_launch_demo_rejects_bad_arguments():
 
 def test_a_stage_is_reused_only_with_its_config_and_its_data(trained_demo, tmp_path):
     """Re-rendered data lands in the same folders under the same config: the stage must be retrained then."""
-    from pipeline.demo import DATA_STAMP, stage_is_current
+    from pipeline.demo.run import DATA_STAMP, stage_is_current
 
     stamp = json.loads((trained_demo.out / "data" / "demo.json").read_text())
     for stage in ("1f", "4f"):       # run_demo records the data each stage was trained on
@@ -141,7 +141,7 @@ def test_stage_training_is_bit_identical_whatever_threads_the_caller_sets(traine
                                                                            nproc):
     from safetensors.torch import load_file
 
-    from pipeline.demo import train_stage
+    from pipeline.demo.run import train_stage
 
     trained = []
     for i, caller in enumerate(CALLER_THREADS):
@@ -151,7 +151,7 @@ def test_stage_training_is_bit_identical_whatever_threads_the_caller_sets(traine
             monkeypatch.setenv(name, value)
         run = tmp_path / f"run{i}"
         train_stage(trained_demo.configs["1f"], [f"output_dir={run}", "optim.total_steps=3", "log.every_steps=1"],
-                    nproc, tmp_path / f"train{i}.log", "1f")
+                    nproc, tmp_path / f"train{i}.log", "1f", REPO)
         trained.append(load_file(run / "weights" / "final" / "weights.safetensors"))
     first, second = trained
     assert first.keys() == second.keys()
@@ -161,7 +161,7 @@ def test_stage_training_is_bit_identical_whatever_threads_the_caller_sets(traine
 
 @pytest.mark.parametrize("stage", ["1f", "4f"])
 def test_the_demo_embedding_is_bit_identical_whatever_the_callers_torch_threads(trained_demo, stage):
-    from pipeline.demo import embed_eval_set
+    from pipeline.demo.run import embed_eval_set
 
     before = torch.get_num_threads()
     embedded = []
@@ -179,7 +179,7 @@ def test_the_demo_embedding_is_bit_identical_whatever_the_callers_torch_threads(
 
 def test_results_record_what_besides_the_seed_decides_the_numbers():
     """Two tables can only match when these match (docs/DEMO.md, "Reproducibility")."""
-    from pipeline.demo import THREADS, environment
+    from pipeline.demo.run import THREADS, environment
 
     env = environment()
     assert env["versions"]["torch"] and torch.__version__.startswith(env["versions"]["torch"])

@@ -1,4 +1,4 @@
-"""The demo data generator (shard_tools/demo.py): splits, caption grammar, determinism, the one-frame
+"""The demo data generator (pipeline/demo/render.py): splits, caption grammar, determinism, the one-frame
 ambiguity of motion, and real mp4s through ffmpeg."""
 import dataclasses
 import re
@@ -141,13 +141,13 @@ def test_encode_clips_writes_one_real_mp4_per_clip(tmp_path):
         assert np.abs(frames.astype(int) - rendered).mean() < 6        # H.264 at crf 18: close, not exact
 
 
-def test_make_shards_demo_goes_through_the_csv_path(tmp_path):
+def test_demo_data_goes_through_the_csv_path(tmp_path):
     import json
     import tarfile
 
-    from shard_tools.cli import main
+    from launch.demo_data import main
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--train-clips", "16", "--images", "8", "--size", "32", "--workers", "0"]
+    args = ["--out", str(out), "--train-clips", "16", "--images", "8", "--size", "32", "--workers", "0"]
     assert main(args) == 0
     counts = {}
     for split, kind, frames in (("train", "video", 8), ("test", "video", 8), ("images", "image", 1)):
@@ -166,5 +166,5 @@ def test_make_shards_demo_goes_through_the_csv_path(tmp_path):
     assert main(args) == 0 and (out / "demo.json").stat().st_mtime_ns == stamp    # same spec: reused as is
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "precious.txt").write_text("not a demo folder")
-    assert main(["demo", "--out", str(tmp_path / "other"), "--train-clips", "4", "--images", "4", "--workers", "0"]) == 2
+    assert main(["--out", str(tmp_path / "other"), "--train-clips", "4", "--images", "4", "--workers", "0"]) == 2
     assert (tmp_path / "other" / "precious.txt").exists()

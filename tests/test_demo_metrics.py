@@ -1,8 +1,8 @@
-"""The demo's query sets (pipeline/demo_metrics.py) on hand-built similarity cases."""
+"""The demo's query sets (pipeline/demo/metrics.py) on hand-built similarity cases."""
 import numpy as np
 import pytest
 
-from pipeline.demo_metrics import (appearance_ranks, chance_first_of, chance_uniform, demo_query_metrics,
+from pipeline.demo.metrics import (appearance_ranks, chance_first_of, chance_uniform, demo_query_metrics,
                                    motion_only_ranks)
 
 

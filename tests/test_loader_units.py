@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import shardgen
-from pipeline import frames, shardlists, tarstream, transforms
-from pipeline.data import DatasetSpec, LoaderOptions
-from pipeline.schema import ConfigError
+from pipeline.data import frames, shardlists, tarstream, transforms
+from pipeline.data.loader import DatasetSpec, LoaderOptions
+from foundation.schema import ConfigError
 
 
 # ---- frame choice ----------------------------------------------------------------------------------------

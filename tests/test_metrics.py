@@ -3,7 +3,7 @@ a video's captions) and against a literal re-statement of the original's sort-an
 import numpy as np
 import pytest
 
-from pipeline.metrics import cosine_similarity, retrieval_metrics, t2v_ranks, v2t_ranks
+from pipeline.train.metrics import cosine_similarity, retrieval_metrics, t2v_ranks, v2t_ranks
 
 
 def test_square_matrix_with_ties_hand_computed():

@@ -12,7 +12,7 @@ from models.config import VideoConfig
 from models.tiny import MINILM_SAFETENSORS_SHA256, minilm_path, write_tiny_text_model
 from models.video_transformer import init_time_attention_all_, resize_pos_embed
 from models.vit_init import init_from_vit
-from pipeline.schema import ConfigError
+from foundation.schema import ConfigError
 
 SIZES = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0)
 N_PATCHES = (32 // 8) ** 2
@@ -397,7 +397,7 @@ def test_time_residual_is_validated_and_reaches_every_block(text_dirs):
 def test_frozen_text_encoder_is_locked_and_its_projection_trains(text_dirs):
     """model.text.freeze: no gradient or optimizer state for the text encoder, no dropout even in train
     mode; the text projection and the video side train as usual."""
-    from pipeline.optim import adamw, param_groups
+    from pipeline.train.optim import adamw, param_groups
     with pytest.raises(ConfigError, match=r"model\.text\.freeze"):
         ModelConfig.from_dict({"preset": "tiny", "text": {"model": text_dirs["bert"], "freeze": 1}})
     model = _tiny_model(text_dirs["bert"], text={"freeze": True}).train()

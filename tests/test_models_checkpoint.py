@@ -13,7 +13,7 @@ from models import FrozenInTime, ModelConfig, load_pretrained, load_weights_into
 from models.checkpoint import (TEMPORAL_NOISE_STD, adapt_temporal_embed, model_config_from_original,
                                read_original_checkpoint)
 from models.tiny import write_tiny_text_model
-from pipeline.safeload import DamagedFileError, RefusedGlobalError
+from foundation.safeload import DamagedFileError, RefusedGlobalError
 
 
 @pytest.fixture(scope="module")
@@ -283,8 +283,8 @@ def test_noise_inflation_keeps_rows_and_draws_distinct_new_ones():
 
 def test_the_trainer_config_carries_the_noise_scale_to_the_loaded_weights(tmp_path, distilbert_dir):
     """checkpoint.load_temporal_noise_std reaches load_weights_into (validated; 0.02 by default)."""
-    from pipeline.config import load_config
-    from pipeline.schema import ConfigError
+    from pipeline.train.config import load_config
+    from foundation.schema import ConfigError
     cfg_1f = ModelConfig.from_dict({"preset": "tiny", "text": {"model": distilbert_dir},
                                     "video": {"num_frames": 1}})
     save_pretrained(FrozenInTime(cfg_1f), cfg_1f, tmp_path / "w1")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import features as feats
-from pipeline import index as idx
+from pipeline.search import features as feats
+from pipeline.search import index as idx
 from test_search_helpers import (CORRUPT_KEY, EVIL_CAPTION, EVIL_KEY, SHARD_SIZES, collection,  # noqa: F401
                                  embedder, search_shards, tar_member, tiny_weights)
 
@@ -173,7 +173,7 @@ def test_video_file_embeds_like_its_shard_and_ranking_is_consistent(tmp_path, ti
 def test_embedder_runs_on_cuda_when_present(tiny_weights, embedder):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device on this machine (the GPU path runs on GPU CI machines)")
-    from pipeline.inference import Embedder
+    from pipeline.search.inference import Embedder
 
     gpu = Embedder.load(tiny_weights, device="cuda")
     clips = torch.randint(0, 256, (2, 4, 3, 32, 32), dtype=torch.uint8)

@@ -58,17 +58,17 @@ def demo(request, tmp_path_factory):
 
 
 def evaluation_ranking(weights: Path, config: Path) -> list[tuple[str, float]]:
-    """(key, cosine) of every held-out clip for QUERY, best first, the way pipeline.demo scores the demo:
+    """(key, cosine) of every held-out clip for QUERY, best first, the way pipeline.demo.run scores the demo:
     the run's evaluation loader (its data.eval[0]: the held-out shards) and model, nothing from search."""
     import numpy as np
     import torch
 
-    from pipeline.config import load_config
-    from pipeline.data import build_eval_loader
-    from pipeline.metrics import cosine_similarity
-    from pipeline.tokenize import load_tokenizer, tokenize
-    from pipeline.transforms import normalize_video
-    from pipeline.weights import load_model
+    from pipeline.train.config import load_config
+    from pipeline.data.loader import build_eval_loader
+    from pipeline.train.metrics import cosine_similarity
+    from pipeline.data.tokenize import load_tokenizer, tokenize
+    from pipeline.data.transforms import normalize_video
+    from pipeline.train.weights import load_model
 
     cfg = load_config(config)
     spec = cfg.eval_datasets[0]
@@ -107,7 +107,7 @@ def wanted_rank(expected: list[tuple[str, float]], items: list[dict]) -> int:
 
 def test_demo_query_cli_returns_a_red_square_moving_left_first(demo, capsys):
     from launch import search as cli
-    from pipeline.features import Collection
+    from pipeline.search.features import Collection
 
     out, kind, expected = demo
     coll = Collection(out)
@@ -124,7 +124,7 @@ def test_demo_browser_returns_a_red_square_moving_left_first(demo, browser, tmp_
     from selenium.webdriver.common.by import By
 
     from launch import search as cli
-    from pipeline.webapp import SearchApp, make_server
+    from pipeline.search.webapp import SearchApp, make_server
 
     out, kind, expected = demo
     searcher, embedder = cli.open_search(cli.parse_args(["serve", str(out)]))

@@ -76,7 +76,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def embedder(tiny_weights):
-    from pipeline.inference import Embedder
+    from pipeline.search.inference import Embedder
 
     return Embedder.load(tiny_weights, device="cpu")
 
@@ -89,8 +89,8 @@ def search_shards(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def collection(tmp_path_factory, embedder, search_shards, tiny_weights) -> Path:
     """Features (float32) + exact index of `search_shards`, made in one uninterrupted run."""
-    from pipeline.features import extract_features, merge_parts
-    from pipeline.index import build_collection_index
+    from pipeline.search.features import extract_features, merge_parts
+    from pipeline.search.index import build_collection_index
 
     out = tmp_path_factory.mktemp("collection")
     extract_features(embedder, search_shards, out, batch_size=4, num_workers=0, dtype="float32", progress=False)

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.features import INFO_FILE, ITEMS_FILE
-from pipeline.index import Searcher
-from pipeline.webapp import QueryEncoder, SearchApp, make_server
+from pipeline.search.features import INFO_FILE, ITEMS_FILE
+from pipeline.search.index import Searcher
+from pipeline.search.webapp import QueryEncoder, SearchApp, make_server
 from test_search_helpers import (EVIL_CAPTION, EVIL_KEY, collection, embedder, search_shards,  # noqa: F401
                                  tar_member, tiny_weights)
 
@@ -158,7 +158,7 @@ def test_serve_refuses_a_collection_without_index(collection, tmp_path, capsys):
 
 
 def test_serve_cli_answers_until_ctrl_c(collection, capsys):
-    from pipeline.distributed import free_port
+    from pipeline.train.distributed import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "launch.search", "serve", str(collection), "--port", str(port),

@@ -296,13 +296,6 @@ def test_csv_jsonl_parquet_with_pass_through_columns(tmp_path):
     assert manifest["failed"] == {"bad_row": 1} and manifest["input_rows"] == 3
 
 
-def test_demo_subcommand_reports_a_missing_module(monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "shard_tools.demo", None)
-    with pytest.raises(SystemExit, match="shard_tools/demo.py is not installed"):
-        cli.main(["demo"])
-    assert cli.main(["verify", "/nonexistent"]) == 1            # other commands never import the demo
-
-
 def test_sample_json_is_strict_json_whatever_the_pass_through_values():
     """NaN / inf in a table's extra columns (an empty numeric parquet cell) become null: strict JSON parsers
     (and other languages' readers of the shards) reject the bare NaN Python's json writes by default."""

@@ -406,11 +406,11 @@ class _FullDisk:
 
 
 def _write_points():
-    import pipeline.fsutil
+    import foundation.fsutil
     import shard_tools.api
     return {   # where the shard folder is written: tar members, the rename into place, stats, manifest
         "tar member": (tarfile.TarFile, "addfile"),
-        "tar rename": (pipeline.fsutil.os, "replace"),
+        "tar rename": (foundation.fsutil.os, "replace"),
         "stats record": (records, "write_stats"),
         "json file": (records, "atomic_write_json"),
         "scratch folder": (shard_tools.api.tempfile, "mkdtemp"),

@@ -335,7 +335,7 @@ def test_submission_lowers_defaults_and_refuses_what_cannot_fit(tmp_path):
     # the curriculum: a CPU request that cannot fit, then a bad value in the LAST stage's overrides
     env = dict(GPUS_PER_NODE="0", RUN_DIR="refused", CONFIG_1F=str(REPO / "configs" / "tiny_1f.json"),
                CONFIG_4F=str(REPO / "configs" / "tiny_4f.json"), CONFIG_FT=str(REPO / "configs" / "tiny_finetune.json"))
-    from pipeline.tiny_assets import write_tiny_assets
+    from pipeline.demo.tiny_assets import write_tiny_assets
     tiny = write_tiny_assets(tmp_path / "assets")
     assets = " ".join(f"--set {o}" for o in tiny.overrides())
     ft_assets = (f"--set model.text.model={tiny.text_model} --set data.options.tokenizer={tiny.text_model} "

@@ -1,6 +1,6 @@
 """What slurm/ checks before it submits, without a cluster (docs/SLURM.md): resource fitting against a partition
-(pipeline/slurm_fit.py), `launch/train.py --check` on the tiny configs and their assets, and the temporal rows
-a stage trains (pipeline.config.describe_temporal_rows) against the gradient the model really gets."""
+(pipeline/train/slurm_fit.py), `launch/train.py --check` on the tiny configs and their assets, and the temporal rows
+a stage trains (pipeline.train.config.describe_temporal_rows) against the gradient the model really gets."""
 from __future__ import annotations
 
 import itertools
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import slurm_fit
-from pipeline.config import describe_temporal_rows, load_config, trained_temporal_rows
+from pipeline.train import slurm_fit
+from pipeline.train.config import describe_temporal_rows, load_config, trained_temporal_rows
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ["make_shards.sh", "pretrain_1f.sh", "pretrain_4f.sh", "finetune_msrvtt.sh", "evaluate.sh"]
@@ -119,8 +119,8 @@ def _check(cwd: Path, config: str, *args: str) -> subprocess.CompletedProcess:
 def test_tiny_configs_check_after_tiny_assets_and_name_the_step_before(tmp_path, monkeypatch):
     """The tiny configs read runs/tiny_assets/ relative to the working directory: before `make tiny-assets`
     the check names every missing input and the command; after it every tiny config passes, unchanged."""
-    from pipeline.config import check_inputs
-    from pipeline.tiny_assets import DEFAULT_ROOT, write_tiny_assets
+    from pipeline.train.config import check_inputs
+    from pipeline.demo.tiny_assets import DEFAULT_ROOT, write_tiny_assets
     monkeypatch.chdir(tmp_path)
     tiny_configs = sorted((REPO / "configs").glob("tiny_*.json"))
     assert {p.name for p in tiny_configs} >= {"tiny_1f.json", "tiny_4f.json", "tiny_finetune.json"}

@@ -25,13 +25,13 @@ sys.path.insert(0, str(REPO / "tests"))
 
 def make_tiny_assets(root: Path) -> list[str]:
     """Text model + shards for configs/tiny_*.json under `root` (kept if present; the same assets as
-    `make tiny-assets`, pipeline/tiny_assets.py); returns the `--set` overrides pointing the configs at them."""
-    from pipeline.tiny_assets import write_tiny_assets
+    `make tiny-assets`, pipeline/demo/tiny_assets.py); returns the `--set` overrides pointing the configs at them."""
+    from pipeline.demo.tiny_assets import write_tiny_assets
     return write_tiny_assets(root).overrides()
 
 
 def free_port() -> int:
-    from pipeline.distributed import free_port as pick
+    from pipeline.train.distributed import free_port as pick
     return pick()
 
 
@@ -126,10 +126,10 @@ def _synthetic_main(argv: list[str]) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
-    from pipeline.config import load_config
-    from pipeline.distributed import init_distributed, read_env, shutdown
-    from pipeline.logs import setup_logging
-    from pipeline.trainer import train
+    from pipeline.train.config import load_config
+    from pipeline.train.distributed import init_distributed, read_env, shutdown
+    from foundation.logs import setup_logging
+    from pipeline.train.trainer import train
     env = read_env()
     setup_logging(rank=env.rank)
     cfg = load_config(args.config, args.overrides)

@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from pipeline import checkpointing as ckpt
-from pipeline.config import apply_overrides, load_config
-from pipeline.distributed import first_slurm_host, read_env, slurm_master_port
-from pipeline.evaluation import sliding_windows
-from pipeline.optim import LRSchedule, param_groups
-from pipeline.schema import ConfigError
-from pipeline.trainer import EXIT_PREEMPTED, RunPaths, deepspeed_config
+from pipeline.train import checkpointing as ckpt
+from pipeline.train.config import apply_overrides, load_config
+from pipeline.train.distributed import first_slurm_host, read_env, slurm_master_port
+from pipeline.train.evaluation import sliding_windows
+from pipeline.train.optim import LRSchedule, param_groups
+from foundation.schema import ConfigError
+from pipeline.train.trainer import EXIT_PREEMPTED, RunPaths, deepspeed_config
 
 TINY = "configs/tiny_1f.json"
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.distributed import init_distributed, read_env, shutdown  # noqa: E402
-from pipeline.logs import setup_logging  # noqa: E402
-from pipeline.preemption import EXIT_PREEMPTED  # noqa: E402
-from pipeline.trainer import Trainer  # noqa: E402
+from pipeline.train.config import load_config  # noqa: E402
+from pipeline.train.distributed import init_distributed, read_env, shutdown  # noqa: E402
+from foundation.logs import setup_logging  # noqa: E402
+from foundation.preemption import EXIT_PREEMPTED  # noqa: E402
+from pipeline.train.trainer import Trainer  # noqa: E402
 
 
 class ModeRecorder:

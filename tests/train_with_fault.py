@@ -11,8 +11,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from launch.train import main  # noqa: E402
-from pipeline import streams  # noqa: E402
-from pipeline.distributed import read_env  # noqa: E402
+from pipeline.data import streams  # noqa: E402
+from pipeline.train.distributed import read_env  # noqa: E402
 
 
 def inject(after_batches: int) -> None:

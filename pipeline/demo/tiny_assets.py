@@ -64,7 +64,7 @@ def write_noise_shards(folder: Path, name: str, kind: str, shard_sizes, captions
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     frames = 1 if kind == "image" else num_frames
-    options = {"kind": kind, "frames": frames, "source": "pipeline.tiny_assets (seeded noise)"}
+    options = {"kind": kind, "frames": frames, "source": "pipeline.demo.tiny_assets (seeded noise)"}
     total, row = sum(shard_sizes), 0
     for s, count in enumerate(shard_sizes):
         writer = ChunkWriter(folder, name, s, list(range(row, row + count)), max_bytes=None)

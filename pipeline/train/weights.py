@@ -9,7 +9,7 @@
   architecture of the given model config.
 
 Nothing read here can run code (docs/TRAINING.md, "Which files are loaded how"); a damaged or refused file
-raises pipeline.safeload.DamagedFileError (a ValueError) naming it.
+raises foundation.safeload.DamagedFileError (a ValueError) naming it.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline import checkpointing as ckpt
-from pipeline.safeload import DamagedFileError
+from pipeline.train import checkpointing as ckpt
+from foundation.safeload import DamagedFileError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ endless (epoch-wrapped), so all ranks get the same number of steps and none wait
 Eval: `build_eval_loader(spec, options, rank, world_size)` yields every sample exactly once across all ranks,
 in a deterministic order, without padding.
 
-The per-reader work (shard reading, shuffling, decoding, batching) lives in `pipeline.streams`.
+The per-reader work (shard reading, shuffling, decoding, batching) lives in `pipeline.data.streams`.
 """
 import copy
 import itertools
@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline import shardlists
-from pipeline.preemption import ignore_preemption_signals
-from pipeline.schema import ConfigError, check_keys, get_typed
-from pipeline.streams import Counters, DatasetReader, ReaderConfig
-from pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.data import shardlists
+from foundation.preemption import ignore_preemption_signals
+from foundation.schema import ConfigError, check_keys, get_typed
+from pipeline.data.streams import Counters, DatasetReader, ReaderConfig
+from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 STATE_VERSION = 1
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import braceexpand
 import numpy as np
 
-from pipeline.schema import ConfigError
+from foundation.schema import ConfigError
 
 MANIFEST = "manifest.json"
 FORMAT = "fit-shards/1"

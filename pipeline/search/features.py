@@ -14,7 +14,7 @@ Output folder (a "collection", docs/SEARCH.md):
 
 Shards are dealt round-robin to ranks (shard i -> rank i % world_size); rank 0 waits for every part and
 writes the merged files. Frames are picked and transformed exactly as the evaluation loader does
-(`pipeline.frames`, `pipeline.inference.Preprocess`), but the shard is read here by byte range because
+(`pipeline.data.frames`, `pipeline.search.inference.Preprocess`), but the shard is read here by byte range because
 the table must say where each frame lives.
 """
 from __future__ import annotations
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.fsutil import atomic_path, atomic_write_json, atomic_write_text
-from pipeline.safeload import DamagedFileError
-from pipeline.tarstream import split_member_name
+from foundation.fsutil import atomic_path, atomic_write_json, atomic_write_text
+from foundation.safeload import DamagedFileError
+from pipeline.data.tarstream import split_member_name
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +128,13 @@ class _ShardClips:
     """Map-style dataset: sample i -> (i, uint8 clip [T, 3, res, res] or None, failure reason or None)."""
 
     def __init__(self, shard: Path, samples: list[SampleRef], prep):
-        self.shard, self.samples, self.prep = shard, samples, prep   # prep: pipeline.inference.Preprocess
+        self.shard, self.samples, self.prep = shard, samples, prep   # prep: pipeline.search.inference.Preprocess
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, i):
-        from pipeline.frames import decode_frames, frame_indices
+        from pipeline.data.frames import decode_frames, frame_indices
 
         ref = self.samples[i]
         try:
@@ -165,7 +165,7 @@ def extract_features(embedder, shards_dir: str | Path, out_dir: str | Path, *, r
                      dtype: str = "float16", progress: bool = True) -> dict:
     """Embed this rank's unfinished shards of `shards_dir` into `out_dir/parts/`; return counts.
 
-    `embedder` is a `pipeline.inference.Embedder` (its `prep` decides T frames, crop and input size).
+    `embedder` is a `pipeline.search.inference.Embedder` (its `prep` decides T frames, crop and input size).
     """
     import torch
     from tqdm import tqdm

@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pipeline import checkpointing as ckpt
-from pipeline.config import RunConfig
-from pipeline.distributed import DistEnv, device_for
-from pipeline.evaluation import evaluate_run, flatten
-from pipeline.fsutil import atomic_write_json
-from pipeline.optim import LRSchedule, adamw, lambda_lr, param_groups
-from pipeline.preemption import EXIT_PREEMPTED, PreemptionFlag  # noqa: F401  (EXIT_PREEMPTED re-exported)
-from pipeline.tb import ScalarWriter
+from pipeline.train import checkpointing as ckpt
+from pipeline.train.config import RunConfig
+from pipeline.train.distributed import DistEnv, device_for
+from pipeline.train.evaluation import evaluate_run, flatten
+from foundation.fsutil import atomic_write_json
+from pipeline.train.optim import LRSchedule, adamw, lambda_lr, param_groups
+from foundation.preemption import EXIT_PREEMPTED, PreemptionFlag  # noqa: F401  (EXIT_PREEMPTED re-exported)
+from pipeline.train.tb import ScalarWriter
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class Trainer:
         import deepspeed
         from models import FrozenInTime
         from models.checkpoint import load_weights_into
-        from pipeline.transforms import normalize_video
+        from pipeline.data.transforms import normalize_video
 
         self.cfg, self.env = cfg, env
         self.paths = RunPaths(cfg.output_dir)
@@ -121,7 +121,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ data
 
     def _build_train_loader(self):
-        from pipeline.data import build_train_loader
+        from pipeline.data.loader import build_train_loader
         return build_train_loader(self.cfg.train_datasets, self.cfg.loader, self.env.rank, self.env.world_size)
 
     def prepare_video(self, video_uint8: torch.Tensor) -> torch.Tensor:

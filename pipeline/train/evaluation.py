@@ -4,7 +4,7 @@ For each evaluation dataset: embed every video (optionally averaging a test-time
 spec 4.6) and its captions on every rank, gather the embeddings, drop duplicate keys (a loader may repeat
 samples to give every rank equal batches), then on every rank compute
 
-- the retrieval metrics of `pipeline.metrics` on the cosine similarity of all captions x all videos, and
+- the retrieval metrics of `pipeline.train.metrics` on the cosine similarity of all captions x all videos, and
 - `val_loss`: the mean NormSoftmax loss over consecutive batches of `batch_size` videos (primary captions,
   videos ordered by key, so the value does not depend on the number of ranks), as the original's
   `val_loss_{dl}`.
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipeline.metrics import cosine_similarity, retrieval_metrics
+from pipeline.train.metrics import cosine_similarity, retrieval_metrics
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +182,9 @@ def evaluate_run(model: Callable, cfg, env, device, dtype: torch.dtype, temperat
     `loaders`: {dataset: (batches, batch_size)} to use instead of the config's evaluation shards.
     """
     from models.loss import norm_softmax_loss
-    from pipeline.data import build_eval_loader
-    from pipeline.tokenize import load_tokenizer, tokenize
-    from pipeline.transforms import normalize_video
+    from pipeline.data.loader import build_eval_loader
+    from pipeline.data.tokenize import load_tokenizer, tokenize
+    from pipeline.data.transforms import normalize_video
     if loaders is None:
         loaders = {spec.name: (build_eval_loader(spec, cfg.loader, env.rank, env.world_size), spec.batch_size)
                    for spec in cfg.eval_datasets}

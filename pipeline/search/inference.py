@@ -1,6 +1,6 @@
 """Simple inference: load a trained model, embed videos, images and captions, rank one against the other.
 
-    from pipeline.inference import Embedder
+    from pipeline.search.inference import Embedder
     emb = Embedder.load("runs/demo/weights/final")          # or the original's model_best.pth.tar
     v = emb.embed_video_file("clip.mp4")                    # [D], unit length
     emb.rank_captions(v, ["a red square moves to the left", "a blue circle"])   # [(caption, score), ...]
@@ -8,7 +8,7 @@
 Frames go through the exact path the shards and the evaluation loader take, so a file embedded here gets
 the same vector as the same clip indexed from shards: PyAV decoding of the middle frame of T equal
 segments (`shard_tools.decode`), JPEG at the shards' quality, the evaluation crop
-(`pipeline.transforms.eval_clip`) and ImageNet normalisation. Every embedding returned is L2-normalised,
+(`pipeline.data.transforms.eval_clip`) and ImageNet normalisation. Every embedding returned is L2-normalised,
 so a dot product is the cosine similarity the model was trained with.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.frames import decode_frames, frame_indices
-from pipeline.tokenize import load_tokenizer, tokenize
-from pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_clip, normalize_video
+from pipeline.data.frames import decode_frames, frame_indices
+from pipeline.data.tokenize import load_tokenizer, tokenize
+from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_clip, normalize_video
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Preprocess:
     @classmethod
     def from_run_config(cls, path: str | Path, config) -> "Preprocess":
         """From a run's config.json (what `launch/train.py` wrote to its output_dir)."""
-        from pipeline.config import load_config
+        from pipeline.train.config import load_config
 
         path = Path(path)
         run = load_config(path)
@@ -93,11 +93,11 @@ def find_run_config(weights: Path) -> Path | None:
 
 
 def load_model(path: str | Path):
-    """A FrozenInTime in eval mode on the CPU, from any form `pipeline.weights.load_model` reads (our weights
+    """A FrozenInTime in eval mode on the CPU, from any form `pipeline.train.weights.load_model` reads (our weights
     folder, a finished trainer checkpoint) or the original's released `.pth.tar` (its architecture comes
     from the config stored inside it; its text model is the hub's distilbert-base-uncased)."""
     from models import checkpoint
-    from pipeline.weights import load_model as load_weights
+    from pipeline.train.weights import load_model as load_weights
 
     path = Path(path)
     if path.is_file():

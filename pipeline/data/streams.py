@@ -22,11 +22,11 @@ import numpy as np
 import simplejpeg
 import torch
 
-from pipeline import frames as frame_ops
-from pipeline import transforms
-from pipeline.shardlists import epoch_order, stream_id, worker_shards
-from pipeline.tarstream import Sample, ShardReadError, iter_samples, printable
-from pipeline.tokenize import load_tokenizer, tokenize
+from pipeline.data import frames as frame_ops
+from pipeline.data import transforms
+from pipeline.data.shardlists import epoch_order, stream_id, worker_shards
+from pipeline.data.tarstream import Sample, ShardReadError, iter_samples, printable
+from pipeline.data.tokenize import load_tokenizer, tokenize
 
 log = logging.getLogger(__name__)
 

@@ -2,14 +2,14 @@
 
 Every step runs the code users run on a cluster (docs/DEMO.md):
 
-1. `shard_tools.demo.generate`: render the captioned shape clips and images with ffmpeg and pack them with
+1. `pipeline.demo.render.generate`: render the captioned shape clips and images with ffmpeg and pack them with
    make-shards' CSV path (reused when already there with the same seed and sizes);
 2. `launch/train.py` under torchrun (2 ranks, DeepSpeed ZeRO on CPU) with configs/demo_1f.json: images + clips
    at T=1, a model whose `num_frames` is 1;
 3. `launch/train.py` with configs/demo_4f.json, starting from stage 1's weights: the model has num_frames 4,
    so loading inflates `temporal_embed` from [1, 1, D] to [1, 4, D] (`checkpoint.load_temporal_fix`);
 4. `launch/evaluate.py` on the held-out clips for both stages (the 1-frame model sees 1 frame, the
-   4-frame model 4), then the demo's query sets (`pipeline.demo_metrics`) on embeddings computed in this
+   4-frame model 4), then the demo's query sets (`pipeline.demo.metrics`) on embeddings computed in this
    process with the same loader and weights; the overall numbers must agree with evaluate.py's;
 5. a table on stdout and in `{out}/results.md`, all numbers in `{out}/results.json`.
 
@@ -29,11 +29,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.fsutil import atomic_write_json, atomic_write_text
+from foundation.fsutil import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 STAGES = ("1f", "4f")
 MARGIN = 20.0     # the learning check: 4-frame motion-only R@1 >= 1-frame's + MARGIN points
 
@@ -64,17 +63,20 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+# the demo's text tower: a tiny BERT (models/tiny.py) trained from scratch with the rest
+DEMO_TEXT_MODEL = {"arch": "bert", "hidden": 128, "layers": 2, "heads": 4, "max_positions": 32}
+
+
 @dataclass
 class DemoOptions:
+    checkout: Path                                    # the repository whose launch/ the children run
     out: Path = Path("demo_run")
     seed: int = 0
-    data: object = None                               # shard_tools.demo.DemoSpec (default sizes when None)
-    configs: dict = field(default_factory=lambda: {"1f": REPO / "configs" / "demo_1f.json",
-                                                   "4f": REPO / "configs" / "demo_4f.json"})
+    data: object = None                               # pipeline.demo.render.DemoSpec (default sizes when None)
+    configs: dict | None = None                       # {stage: config}; default checkout/configs/demo_{stage}.json
     nproc: int = 2                                    # training ranks (torchrun, one per core)
     overrides: dict = field(default_factory=lambda: {"1f": [], "4f": []})   # extra --set per stage
-    text_model: dict = field(default_factory=lambda: {"arch": "bert", "hidden": 128, "layers": 2, "heads": 4,
-                                                      "max_positions": 32})
+    text_model: dict = field(default_factory=lambda: dict(DEMO_TEXT_MODEL))
     shard_workers: int = 2
     progress: bool = True
 
@@ -83,8 +85,8 @@ def stage_dir(out: Path, stage: str) -> Path:
     return Path(out) / f"demo_{stage}"
 
 
-def _run(cmd: list[str], log_path: Path, what: str) -> None:
-    """Run a child process in the repository root (with `child_env`), its output copied into `log_path` and its
+def _run(cmd: list[str], log_path: Path, what: str, checkout: Path) -> None:
+    """Run a child process in the repository root `checkout` (with `child_env`), its output copied into `log_path` and its
     progress lines into our log; raise naming the log when it fails.
 
     Children run the entry points as modules (`python -m launch.train`) from the repository root, so they
@@ -94,7 +96,7 @@ def _run(cmd: list[str], log_path: Path, what: str) -> None:
     log.info("%s: %s (log: %s)", what, " ".join(cmd), log_path)
     started = time.time()
     with open(log_path, "ab") as sink:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=checkout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 env=child_env(os.environ))
         try:
             for line in proc.stdout:
@@ -114,12 +116,12 @@ def _run(cmd: list[str], log_path: Path, what: str) -> None:
     log.info("%s done in %.0f s", what, time.time() - started)
 
 
-PROGRESS_LOGGERS = ("pipeline.trainer", "pipeline.evaluation")
+PROGRESS_LOGGERS = ("pipeline.train.trainer", "pipeline.train.evaluation")
 
 
 def train_command(config: Path, overrides: list[str], nproc: int) -> list[str]:
     """torchrun with `nproc` ranks on this machine (docs/TRAINING.md), or a plain process for one rank."""
-    from pipeline.distributed import free_port
+    from pipeline.train.distributed import free_port
     script = ["-m", "launch.train", "--config", str(config)]
     for item in overrides:
         script += ["--set", item]
@@ -136,7 +138,7 @@ def environment() -> dict:
 
     import torch
 
-    from shard_tools.demo import ffmpeg_exe
+    from pipeline.demo.render import ffmpeg_exe
     versions = {}
     for package in ("torch", "numpy", "deepspeed", "transformers", "av", "simplejpeg"):
         try:
@@ -168,9 +170,9 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
-def train_stage(config: Path, sets: list[str], nproc: int, log_path: Path, stage: str) -> None:
+def train_stage(config: Path, sets: list[str], nproc: int, log_path: Path, stage: str, checkout: Path) -> None:
     """One stage's launch/train.py run, as `make demo` runs it."""
-    _run(train_command(config, sets, nproc), log_path, f"stage {stage} training")
+    _run(train_command(config, sets, nproc), log_path, f"stage {stage} training", checkout)
 
 
 def common_overrides(out: Path, folders: dict, text_model: Path, seed: int) -> list[str]:
@@ -182,9 +184,11 @@ def common_overrides(out: Path, folders: dict, text_model: Path, seed: int) -> l
 def run_demo(opts: DemoOptions) -> dict:
     """Run the whole demo; returns the results document (also written to {out}/results.json)."""
     from models.tiny import write_tiny_text_model
-    from shard_tools.demo import DemoSpec, generate
+    from pipeline.demo.render import DemoSpec, generate
 
     out = Path(opts.out).resolve()
+    checkout = Path(opts.checkout).resolve()
+    configs = opts.configs or {stage: checkout / "configs" / f"demo_{stage}.json" for stage in STAGES}
     started = time.time()
     spec = opts.data or DemoSpec(seed=opts.seed)
     spec = dataclasses.replace(spec, seed=opts.seed)
@@ -206,7 +210,7 @@ def run_demo(opts: DemoOptions) -> dict:
             start = stage_dir(out, "1f") / "weights" / "final"
             sets.append(f"checkpoint.load_checkpoint={start}")
         sets += list(opts.overrides.get(stage, []))
-        if not trained_earlier and stage_is_current(run_dir, load_config_raw(opts.configs[stage], sets), data_stamp):
+        if not trained_earlier and stage_is_current(run_dir, load_config_raw(configs[stage], sets), data_stamp):
             log.info("stage %s already trained in %s on this data with this config; reusing it (delete the folder "
                      "to retrain)", stage, run_dir)
         else:
@@ -214,7 +218,7 @@ def run_demo(opts: DemoOptions) -> dict:
                 # its TensorBoard events and checkpoints belong to other data or another config
                 log.info("stage %s: removing the earlier run in %s before retraining", stage, run_dir)
                 shutil.rmtree(run_dir)
-            train_stage(opts.configs[stage], sets, opts.nproc, out / "logs" / f"train_{stage}.log", stage)
+            train_stage(configs[stage], sets, opts.nproc, out / "logs" / f"train_{stage}.log", stage, checkout)
             atomic_write_json(run_dir / DATA_STAMP, data_stamp)
             trained_earlier = True      # a later stage starts from these weights: it must be retrained too
         timings[f"train_{stage}"] = time.time() - t
@@ -227,7 +231,7 @@ def run_demo(opts: DemoOptions) -> dict:
         metrics_file = out / "eval" / f"evaluate_{stage}.json"
         _run([sys.executable, "-m", "launch.evaluate", "--checkpoint", str(weights),
               "--config", str(run_dir / "config.json"), "--out", str(metrics_file)],
-             out / "logs" / f"evaluate_{stage}.log", f"stage {stage} evaluation")
+             out / "logs" / f"evaluate_{stage}.log", f"stage {stage} evaluation", checkout)
         evaluated = json.loads(metrics_file.read_text())["metrics"]
         queries = query_metrics(weights, run_dir / "config.json", out / "data" / "test.csv")
         _check_agreement(evaluated, queries, stage)
@@ -248,7 +252,7 @@ DATA_STAMP = "demo_data.json"     # in a stage folder: the data/demo.json its we
 
 
 def load_config_raw(config: Path, sets: list[str]) -> dict:
-    from pipeline.config import load_config
+    from pipeline.train.config import load_config
     return load_config(config, sets).raw
 
 
@@ -267,8 +271,8 @@ def stage_is_current(run_dir: Path, wanted_config: dict, data_stamp: dict) -> bo
 
 def query_metrics(weights: Path, config: Path, test_table: Path) -> dict:
     """Embed the held-out clips and their captions with the evaluation loader; score the demo query sets."""
-    from pipeline.demo_metrics import demo_query_metrics
-    from shard_tools.demo import read_table
+    from pipeline.demo.metrics import demo_query_metrics
+    from pipeline.demo.render import read_table
 
     rows = {r["key"]: r for r in read_table(test_table)}
     keys, text_emb, video_emb = embed_eval_set(weights, config)
@@ -284,10 +288,10 @@ def embed_eval_set(weights: Path, config: Path):
     import numpy as np
     import torch
 
-    from pipeline.config import load_config
-    from pipeline.data import build_eval_loader
-    from pipeline.transforms import normalize_video
-    from pipeline.weights import load_model
+    from pipeline.train.config import load_config
+    from pipeline.data.loader import build_eval_loader
+    from pipeline.data.transforms import normalize_video
+    from pipeline.train.weights import load_model
 
     cfg = load_config(config)
     spec = cfg.eval_datasets[0]

@@ -11,7 +11,7 @@ colour and motion:
 - appearance: caption i against all N clips; the hit is the best-ranked clip of the right shape AND colour,
   whatever its motion (does the model see shape and colour at all?).
 
-Ranks are 0-based, ties broken optimistically (as `pipeline.metrics.t2v_ranks`); R@K = 100 * mean(rank < K),
+Ranks are 0-based, ties broken optimistically (as `pipeline.train.metrics.t2v_ranks`); R@K = 100 * mean(rank < K),
 MedR = median(rank) + 1. Chance levels are exact expectations for a random ordering.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from math import comb
 
 import numpy as np
 
-from pipeline.metrics import cosine_similarity, t2v_ranks
+from pipeline.train.metrics import cosine_similarity, t2v_ranks
 
 RECALLS = (1, 5)
 

@@ -10,7 +10,7 @@ Layout under `{output_dir}/checkpoints/`:
 
 A checkpoint without COMPLETE is half-written (the job died while saving) and is never resumed from.
 
-Every file is read without running code from it (pipeline/safeload.py): the .pt files with torch's
+Every file is read without running code from it (foundation/safeload.py): the .pt files with torch's
 weights_only unpickler and exactly the DeepSpeed classes its files hold (`deepspeed_globals`), also when
 DeepSpeed itself reads them (`deepspeed_loads_restricted`); the JSON files as JSON of the expected shape.
 `verify_checkpoint` checks a whole folder before anything is loaded from it, so a damaged file is reported
@@ -30,8 +30,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from pipeline.fsutil import atomic_write_bytes, atomic_write_json
-from pipeline.safeload import DamagedFileError, load_torch_file, read_json, restricted_torch_load
+from foundation.fsutil import atomic_write_bytes, atomic_write_json
+from foundation.safeload import DamagedFileError, load_torch_file, read_json, restricted_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def read_run_info(path: Path) -> dict:
         path = path.with_name(path.name[:-len(UNIVERSAL_SUFFIX)])     # the checkpoint it was converted from
     file = path / "trainer.json"
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: missing; {path} was not written by pipeline.trainer")
+        raise FileNotFoundError(f"{file}: missing; {path} was not written by pipeline.train.trainer")
     info = read_json(file, damaged_advice(path), RUN_INFO_FIELDS)
     if info["world_size"] < 1 or info["zero_stage"] not in (0, 1, 2, 3) or not isinstance(
             info["config"].get("model"), dict):

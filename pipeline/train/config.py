@@ -1,7 +1,7 @@
 """Run config: one JSON file per run, validated section by section when loaded (docs/TRAINING.md).
 
 Sections: name, seed, output_dir, model (models.ModelConfig), data (train / eval dataset lists and shared
-loader options, pipeline.data), optim, loss, deepspeed, log, eval, checkpoint. Every error names the key
+loader options, pipeline.data.loader), optim, loss, deepspeed, log, eval, checkpoint. Every error names the key
 path (`optim.lr`, `data.train[1].batch_size`). `--set a.b=value` overrides are applied to the JSON before
 validation, so they are checked like the file.
 """
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.fsutil import atomic_write_json
-from pipeline.metrics import METRIC_NAMES
-from pipeline.schema import ConfigError, check_keys, get_typed
+from foundation.fsutil import atomic_write_json
+from pipeline.train.metrics import METRIC_NAMES
+from foundation.schema import ConfigError, check_keys, get_typed
 
 NUMBER = (int, float)
 EVAL_METRICS = tuple(f"{d}_{m}" for d in ("t2v", "v2t") for m in METRIC_NAMES) + ("val_loss",)
@@ -75,9 +75,9 @@ class RunConfig:
     seed: int
     output_dir: str
     model: Any                       # models.ModelConfig
-    train_datasets: list             # pipeline.data.DatasetSpec
+    train_datasets: list             # pipeline.data.loader.DatasetSpec
     eval_datasets: list
-    loader: Any                      # pipeline.data.LoaderOptions
+    loader: Any                      # pipeline.data.loader.LoaderOptions
     optim: OptimConfig
     loss_weights: dict               # dataset name -> weight of its loss in the summed step loss (default 1)
     deepspeed: DeepSpeedSection
@@ -170,7 +170,7 @@ def _checkpoint(section: dict, where: str) -> CheckpointConfig:
 
 
 def _data(section: dict, where: str):
-    from pipeline.data import DatasetSpec, LoaderOptions   # the loader owns these sections' schemas
+    from pipeline.data.loader import DatasetSpec, LoaderOptions   # the loader owns these sections' schemas
     check_keys(section, where, required=("train",), optional=("eval", "options"))
     train = get_typed(section, "train", list, where)
     evals = get_typed(section, "eval", list, where, default=[])
@@ -285,7 +285,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
 
 # ---- checks before a job is submitted, and what a stage does with the temporal embedding -----------------------
 
-TINY_ASSETS_HINT = "runs/tiny_assets"     # where configs/tiny_*.json look (pipeline.tiny_assets.DEFAULT_ROOT)
+TINY_ASSETS_HINT = "runs/tiny_assets"     # where configs/tiny_*.json look (pipeline.demo.tiny_assets.DEFAULT_ROOT)
 
 
 def _must_be_local_folder(value: str) -> bool:
@@ -303,7 +303,7 @@ def check_inputs(cfg: RunConfig, world_size: int = 1) -> list[str]:
     as in the job. `checkpoint.load_checkpoint` is not required to exist: in a curriculum the previous stage
     writes it.
     """
-    from pipeline import shardlists
+    from pipeline.data import shardlists
     problems = []
     for spec in list(cfg.train_datasets) + list(cfg.eval_datasets):
         try:

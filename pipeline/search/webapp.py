@@ -195,7 +195,7 @@ def json_response(status: HTTPStatus, obj) -> Response:
 
 
 class SearchApp:
-    """The search site as a WSGI application: a Searcher (pipeline.index) and a function embedding a list
+    """The search site as a WSGI application: a Searcher (pipeline.search.index) and a function embedding a list
     of queries (`Embedder.embed_texts`)."""
 
     def __init__(self, searcher, embed_texts: Callable[[list[str]], np.ndarray], title: str = "Video search",

@@ -1,4 +1,4 @@
-"""make-shards demo: captioned clips of coloured shapes that move, rendered with ffmpeg and packed into shards.
+"""Demo data: captioned clips of coloured shapes that move, rendered with ffmpeg and packed into shards.
 
 The built-in data of `make demo` (docs/DEMO.md). Each clip shows one shape (square, triangle, cross, bar) of
 one colour on a textured background, doing one of eight motions (left, right, up, down, grow, shrink,
@@ -30,7 +30,6 @@ encodes all of its clips from a rawvideo pipe and cuts them into one H.264 mp4 p
 muxer (a keyframe at every clip start), which costs ~6 ms per clip instead of ~60-130 ms for one ffmpeg
 start per clip. The mp4s then go through the normal CSV path of make-shards (decode -> frames -> tar).
 """
-import argparse
 import csv
 import json
 import logging
@@ -43,10 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.fsutil import atomic_path, atomic_write_json
+from foundation.fsutil import atomic_path, atomic_write_json
 from shard_tools.sampling import segment_midpoints
 
-log = logging.getLogger("shard_tools.demo")
+log = logging.getLogger("pipeline.demo.render")
 
 SHAPES = ("square", "triangle", "cross", "bar")
 COLOURS = {"red": (222, 38, 38), "green": (40, 186, 64), "blue": (48, 92, 232),
@@ -442,7 +441,7 @@ def count_rows(table: Path) -> int:
 
 
 def shards_path(out: str | Path, split: str) -> Path:
-    """Where `make-shards demo --out OUT` puts a split's shards (each with its manifest.json)."""
+    """Where `python3 -m launch.demo_data --out OUT` puts a split's shards (each with its manifest.json)."""
     return Path(out) / "shards" / split
 
 
@@ -464,7 +463,7 @@ def generate(out: str | Path, spec: DemoSpec, workers: int = 2, progress: bool =
         log.info("demo data in %s is up to date (seed %d); reusing it", out, spec.seed)
         return folders
     if previous is None and out.is_dir() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty and holds no demo.json: give make-shards demo an empty "
+        raise FileExistsError(f"{out} is not empty and holds no demo.json: give the demo an empty "
                               f"or new --out folder (it replaces media/ and shards/ inside it)")
     for old in [out / "media", out / "shards"]:     # another spec or an interrupted run: start over
         if old.exists():
@@ -478,48 +477,3 @@ def generate(out: str | Path, spec: DemoSpec, workers: int = 2, progress: bool =
     log.info("demo data (seed %d) ready in %.1f s: %s", spec.seed, time.time() - started,
              ", ".join(f"{s} -> {p}" for s, p in folders.items()))
     return folders
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = DemoSpec()
-    parser.add_argument("--out", required=True, help="output folder: media/, {split}.csv, shards/{split}/")
-    parser.add_argument("--seed", type=int, default=d.seed, help="every pixel and caption follows from it")
-    parser.add_argument("--train-clips", type=int, default=d.train_clips,
-                        help="training clips (the held-out test split always has one clip per "
-                             f"(shape, colour, motion): {len(all_triples())})")
-    parser.add_argument("--images", type=int, default=d.images, help="images (captions: shape and colour)")
-    parser.add_argument("--size", type=int, default=d.size, help="frame width and height in pixels")
-    parser.add_argument("--clip-frames", type=int, default=d.num_frames, help="rendered frames per clip")
-    parser.add_argument("--fps", type=int, default=d.fps)
-    parser.add_argument("--frames", type=int, default=d.stored_frames, help="K: frames stored per clip")
-    parser.add_argument("--workers", type=int, default=2, help="make-shards decode workers")
-
-
-def spec_from_args(args: argparse.Namespace) -> DemoSpec:
-    spec = DemoSpec(seed=args.seed, train_clips=args.train_clips, images=args.images, size=args.size,
-                    num_frames=args.clip_frames, fps=args.fps, stored_frames=args.frames)
-    for name in ("train_clips", "images", "size", "num_frames", "fps", "stored_frames"):
-        if getattr(spec, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(spec, name)}")
-    if spec.num_frames < spec.stored_frames:
-        raise ValueError(f"--clip-frames {spec.num_frames} is below --frames {spec.stored_frames}: "
-                         "every stored frame must be a distinct rendered frame")
-    return spec
-
-
-def run(args: argparse.Namespace) -> int:
-    """`make-shards demo`: render the clips and images, then shard them through the CSV path."""
-    try:
-        spec = spec_from_args(args)
-    except ValueError as err:
-        log.error("%s", err)
-        return 2
-    try:
-        folders = generate(args.out, spec, workers=args.workers)
-    except FileExistsError as err:
-        log.error("%s", err)
-        return 2
-    for split, folder in folders.items():
-        manifest = json.loads((folder / "manifest.json").read_text())
-        print(f"{split}: {manifest['total_samples']} samples in {folder}")
-    return 0
