@@ -36,7 +36,8 @@ setup(
         "waitress==3.0.2",          # the search page's server (pure Python; docs/SEARCH.md)
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.2", "selenium>=4.20"],
+        "test": ["pytest>=8", "pytest-timeout>=2.2", "selenium>=4.20",
+                 "import-linter==2.17", "ruff==0.17.6"],     # .ci/run: the layer contract, lint + format
         # decord is the original's reader; it is used only by the loader benchmark (see docs/DECODERS.md)
         "bench": ["decord==0.6.0"],
     },
