@@ -21,7 +21,7 @@ import torch
 
 from models.video_transformer import SpaceTimeTransformer
 from pipeline.data.transforms import normalize_video
-from shard_tools import demo
+from pipeline.demo import render as demo
 
 RES = 64
 OLD_HALF_SIZE = (0.10, 0.135)       # fit-demo/2

@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from shard_tools import demo
+from pipeline.demo import render as demo
 from shard_tools.sampling import segment_midpoints
 
 SIZE = 64
