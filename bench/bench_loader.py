@@ -3,7 +3,8 @@
 1. loader:  pipeline.data.loader's train loader reading fit-shards/1 shards (num_workers=0: the main process does
             everything: tar reading, shuffling, JPEG decoding, augmentation, tokenization, batching);
 2. decord:  the original's path: open the source mp4 with decord on every sample, random-access the T frames
-            ('rand' segment sampling over all decoded frames, spec 3.2), same augmentation and tokenization;
+            ('rand' segment sampling over all decoded frames, docs/ORIGINAL.md, 'Frame sampling'), same
+            augmentation and tokenization;
 3. floor:   simplejpeg-decode the same T stored JPEGs (already in memory) + the same augmentation, no loader.
 
 All three give the same output: uint8 [B, T, 3, 224, 224] + tokenized captions (the floor: video only).

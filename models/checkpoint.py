@@ -3,13 +3,13 @@
 - Our format: a folder with `weights.safetensors`, `model_config.json` (ModelConfig) and
   `text_config.json` (the text model's Hugging Face config, so loading needs no hub), optionally
   `tokenizer/`. `save_pretrained` / `load_pretrained`.
-- The original's format (spec 1.9): a torch.save dict whose 'state_dict' keys may carry `module.`
+- The original's format (docs/ORIGINAL.md, 'Released checkpoint'): a torch.save dict whose 'state_dict' keys may carry `module.`
   and whose 'config' is a pickled `parse_config.ConfigParser`. It is read with torch's weights_only
   unpickler, which only builds tensors and plain containers; the ConfigParser (and the pathlib
   paths inside it) map to inert stand-ins, so no code from the file ever runs. Any other global is
   refused by name; an empty, cut-short or foreign file is reported as such (foundation/safeload.py).
 - `load_weights_into` takes either, fixes prefixes and the DistilBERT `position_ids` difference,
-  adapts temporal (spec 1.8) and spatial position embeddings, and reports missing/unexpected keys.
+  adapts temporal (docs/ORIGINAL.md, 'Released checkpoint') and spatial position embeddings, and reports missing/unexpected keys.
 """
 import dataclasses
 import logging
@@ -40,7 +40,7 @@ TEMPORAL_NOISE_STD = 0.02      # the default: the scale pos_embed and cls_token 
 
 def adapt_temporal_embed(temporal_embed: torch.Tensor, num_frames: int, mode: str = "zeros",
                          seed: int = 0, noise_std: float = TEMPORAL_NOISE_STD) -> torch.Tensor:
-    """[1, L, D] -> [1, num_frames, D] as the original's `_inflate_positional_embeds` (spec 1.8).
+    """[1, L, D] -> [1, num_frames, D] as the original's `_inflate_positional_embeds` (docs/ORIGINAL.md, 'Released checkpoint').
 
     L > num_frames: keep the first rows (any mode). L < num_frames: "zeros" copies the L rows into
     zeros; "nearest" (alias "interp") and "bilinear" resize the [L, D] matrix as a 1-channel image
@@ -101,7 +101,7 @@ def adapt_state_dict(state_dict: dict, model: torch.nn.Module, temporal_fix: str
     if any(k.startswith("module.") for k in state_dict):
         state_dict, notes = strip_prefix(state_dict), ["stripped 'module.' prefix"]
     own = model.state_dict()
-    # transformers versions differ on a persistent `position_ids` buffer (spec 9.13): it is an
+    # transformers versions differ on a persistent `position_ids` buffer (docs/ORIGINAL.md, 'Bugs' 13): it is an
     # arange, never trained, so take ours or drop theirs.
     for key in [k for k in own if k.endswith("embeddings.position_ids") and k not in state_dict]:
         state_dict[key] = own[key]

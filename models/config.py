@@ -19,7 +19,7 @@ from foundation.schema import ConfigError, check_keys, get_typed
 # kept here (not imported from the model) so reading a config needs no torch
 TIME_INITS = ("zeros", "spatial")
 
-# The original's ImageNet-21k -> 1k ViT-B/16 (timm 0.4.5's `vit_base_patch16_224`; spec 1.5).
+# The original's ImageNet-21k -> 1k ViT-B/16 (timm 0.4.5's `vit_base_patch16_224`; docs/ORIGINAL.md, 'Initialisation').
 VIT_B16_IMAGENET = "vit_base_patch16_224.orig_in21k_ft_in1k"
 POOLINGS = ("auto", "cls", "pooler", "mean")
 PROJECTIONS = ("minimal", "")
@@ -40,7 +40,7 @@ class VideoConfig:
     init: str | None = VIT_B16_IMAGENET   # timm name, local ViT weights file, or none/random
     grad_checkpointing: bool = False
     time_init: str = "zeros"       # "zeros": the original; "spatial": learns from step one (docs/MODELS.md)
-    time_residual: bool = False    # False: the original wiring (spec 9.1); True: time attention in the residual
+    time_residual: bool = False    # False: the original wiring (docs/ORIGINAL.md, 'Bugs' 1); True: time attention in the residual
 
     @property
     def random_init(self) -> bool:

@@ -1,4 +1,4 @@
-"""FrozenInTime: the joint video/image-text dual encoder (spec 1.1).
+"""FrozenInTime: the joint video/image-text dual encoder (docs/ORIGINAL.md, 'Architecture').
 
 Parameter names match the released checkpoint: text_model.*, video_model.*, txt_proj.1.*, vid_proj.0.*.
 """

@@ -1,4 +1,4 @@
-"""Similarity and the NormSoftmax contrastive loss (spec 2), single-process and across ranks.
+"""Similarity and the NormSoftmax contrastive loss (docs/ORIGINAL.md, 'Loss'), single-process and across ranks.
 
 The distributed form gathers the (normalised) embeddings of every rank with autograd and has each
 rank score only its own rows against all columns, which is the memory-lean form: [n, N] logits per

@@ -1,4 +1,4 @@
-"""Text encoder: any Hugging Face encoder, pooled as the original (spec 1.6) or by mean."""
+"""Text encoder: any Hugging Face encoder, pooled as the original (docs/ORIGINAL.md, 'Architecture') or by mean."""
 import torch
 from torch import nn
 

@@ -1,4 +1,4 @@
-"""The Frozen-in-Time space-time ViT (spec 1.2-1.4), with grouped attention on SDPA kernels.
+"""The Frozen-in-Time space-time ViT (docs/ORIGINAL.md, 'Architecture'), with grouped attention on SDPA kernels.
 
 Tokens are [CLS, frame 0 patches, frame 1 patches, ...] (frame-major, row-major inside a frame).
 Each block runs time attention, then space attention, then the MLP, with the original's residual
@@ -9,7 +9,7 @@ wiring (the time output reaches the stream only through the space attention's in
     x   = x + mlp(norm2(x))
 
 In both attentions the CLS query attends to every token. Parameter names match the released
-checkpoint's `video_model.*` keys (spec 1.9).
+checkpoint's `video_model.*` keys (docs/ORIGINAL.md, 'Released checkpoint').
 """
 import math
 from typing import Callable
@@ -34,7 +34,7 @@ ATTENTION_KERNELS: dict[str, Callable] = {"sdpa": F.scaled_dot_product_attention
 
 
 def grouped_attention(qkv: torch.Tensor, group: str, num_frames: int, attend: Callable) -> torch.Tensor:
-    """The original's VarAttention on split heads (spec 1.3).
+    """The original's VarAttention on split heads (docs/ORIGINAL.md, 'Architecture').
 
     qkv: [B, N, 3, H, d] with N = 1 + F*n. Returns [B, N, H*d].
     group "time": patch queries attend to CLS + the same patch location in every frame (groups of F);
@@ -132,7 +132,7 @@ class Mlp(nn.Module):
 
 
 class SpaceTimeBlock(nn.Module):
-    """Divided space-time block. `time_residual` False is the original's wiring (spec 9.1): the time
+    """Divided space-time block. `time_residual` False is the original's wiring (docs/ORIGINAL.md, 'Bugs' 1): the time
     attention output reaches the residual stream only through the spatial attention's input, so a
     frame-order feature needs two hops (time attention -> space attention values) to survive. True adds
     it to the residual as well (x_s = x_t + spatial(norm1(x_t))), which the released weights never saw."""
@@ -152,7 +152,7 @@ class SpaceTimeBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         x_t = x + self.timeattn(self.norm3(x), "time", num_frames)
-        base = x_t if self.time_residual else x                     # the original: from x, not x_t (spec 9.1)
+        base = x_t if self.time_residual else x                     # the original: from x, not x_t (docs/ORIGINAL.md, 'Bugs' 1)
         x = base + self.attn(self.norm1(x_t), "space", num_frames)
         return x + self.mlp(self.norm2(x))
 
@@ -198,7 +198,7 @@ class SpaceTimeTransformer(nn.Module):
         n = self.grid[0] * self.grid[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n, embed_dim))          # CLS + spatial positions
-        self.temporal_embed = nn.Parameter(torch.zeros(1, num_frames, embed_dim))  # zeros (spec 1.2)
+        self.temporal_embed = nn.Parameter(torch.zeros(1, num_frames, embed_dim))  # zeros (docs/ORIGINAL.md, 'Initialisation')
         self.patch_embed = VideoPatchEmbed(patch_size, in_chans, embed_dim)
         self.blocks = nn.ModuleList(
             SpaceTimeBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_impl, time_residual)
@@ -254,7 +254,7 @@ def init_random_(model: SpaceTimeTransformer) -> None:
     positions; temporal embeddings zero; time attention gets its zero init in every block.
 
     The original applied this only for num_frames == 1 and then also wiped the time-attention zero
-    init (spec 9.3); here the zero init always holds, so a block starts as a ViT block whatever T is.
+    init (docs/ORIGINAL.md, 'Bugs' 3); here the zero init always holds, so a block starts as a ViT block whatever T is.
     """
     nn.init.trunc_normal_(model.pos_embed, std=0.02)
     nn.init.trunc_normal_(model.cls_token, std=0.02)

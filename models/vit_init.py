@@ -1,4 +1,4 @@
-"""ImageNet ViT initialisation of the SpaceTimeTransformer (spec 1.5), through timm or a local file.
+"""ImageNet ViT initialisation of the SpaceTimeTransformer (docs/ORIGINAL.md, 'Initialisation'), through timm or a local file.
 
 The ViT's own tensors are copied by identical name; the classifier head is dropped; the temporal
 part (temporal_embed, timeattn, norm3) keeps its own initialisation. Spatial attention is not

@@ -366,7 +366,7 @@ def test_spatial_time_init_starts_as_vit_and_gets_a_real_gradient():
 
 
 def test_time_residual_adds_the_time_attention_to_the_residual_stream():
-    """time_residual False is the original's block (spec 9.1: x_s = x + space(norm1(x_t))); True uses
+    """time_residual False is the original's block (docs/ORIGINAL.md, 'Bugs' 1: x_s = x + space(norm1(x_t))); True uses
     x_s = x_t + space(norm1(x_t)). Both start equal (the time attention outputs 0 at init)."""
     from models.video_transformer import SpaceTimeBlock
     torch.manual_seed(0)

@@ -1,17 +1,17 @@
 """Which of a sample's K stored frames to use, and decoding only those.
 
 The shards store K frames per clip, the middle frame of each of K equal segments (docs/DESIGN.md). The
-model wants T. Like the original's `sample_frames` (spec 3.2), the K stored frames are cut into T equal
+model wants T. Like the original's `sample_frames` (docs/ORIGINAL.md, 'Frame sampling'), the K stored frames are cut into T equal
 groups (boundaries `linspace(0, K, T + 1)` cast to int) and one frame is taken from each group:
 
 - train ("rand"): a frame drawn uniformly from the whole group. The original drew from
   `range(start, end)` with an inclusive `end`, which never picks a group's last frame and fails on
-  one-frame groups (spec 9.7); we fix both on purpose.
+  one-frame groups (docs/ORIGINAL.md, 'Bugs' 7); we fix both on purpose.
 - eval ("uniform"): the middle of the group, `(start + end) // 2` with inclusive end, as the original.
 
 Fewer stored frames than T (K < T, e.g. a T=8 run on K=4 shards): the clip still yields T frames in
 temporal order, each stored frame repeated `T / K` times (index `floor(i * K / T)`), so every batch keeps
-the shape [B, T, ...]. The original zero-padded instead (black frames with no mask, spec 9.8); repeating
+the shape [B, T, ...]. The original zero-padded instead (black frames with no mask, docs/ORIGINAL.md, 'Bugs' 8); repeating
 matches what make-shards does for clips with fewer decodable frames than K. The loader counts such
 samples (`short` in its counters) so a misconfigured T shows up in the logs.
 """

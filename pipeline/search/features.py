@@ -6,7 +6,7 @@ Output folder (a "collection", docs/SEARCH.md):
   [n, D] (L2-normalised, float16 or float32) and `rows` (the JSON list of the n metadata rows, plus the
   samples that were skipped, with their reason). A re-run skips every shard whose part exists, so a killed
   job loses at most one shard per rank. (The original flushed unnumbered parts every 1e4 samples and its
-  part numbering crashed on resume, spec 4.6.)
+  part numbering crashed on resume, docs/ORIGINAL.md, 'Bugs' 11.)
 - after the last part, `features.npy` [N, D], `items.jsonl` (row i describes vector i: `id`, `key`,
   `kind`, `caption`, `captions`, `source`, and where its stored frames are: `shard` + byte ranges
   `frames` inside the tar, so the web page serves thumbnails without unpacking anything),

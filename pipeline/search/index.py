@@ -3,7 +3,7 @@
 Small collections get an exact index (`flat`). Large ones get an inverted file (`ivf`: IVF + flat
 storage, or `ivfpq`: IVF + product quantisation when memory matters) whose coarse quantiser is trained
 on the collection's own features. The original's `create_faiss_index.py` trained its quantiser on
-`np.random.rand(50000, 256)` (spec section 6): uniform noise in the positive orthant has nothing to do
+`np.random.rand(50000, 256)` (docs/ORIGINAL.md, 'Search index'): uniform noise in the positive orthant has nothing to do
 with where real embeddings live, so most lists stayed empty and recall collapsed. We fix that on purpose.
 
 On disk an index is two files in one folder: `index.faiss` and `index.json` (kind, sizes, search
