@@ -3,13 +3,14 @@
 - Our format: a folder with `weights.safetensors`, `model_config.json` (ModelConfig) and
   `text_config.json` (the text model's Hugging Face config, so loading needs no hub), optionally
   `tokenizer/`. `save_pretrained` / `load_pretrained`.
-- The original's format (docs/ORIGINAL.md, 'Released checkpoint'): a torch.save dict whose 'state_dict' keys may carry `module.`
-  and whose 'config' is a pickled `parse_config.ConfigParser`. It is read with torch's weights_only
-  unpickler, which only builds tensors and plain containers; the ConfigParser (and the pathlib
+- The original's format (docs/ORIGINAL.md, 'Released checkpoint'): a torch.save dict whose 'state_dict'
+  keys may carry `module.` and whose 'config' is a pickled `parse_config.ConfigParser`. It is read with
+  torch's weights_only unpickler, which only builds tensors and plain containers; the ConfigParser (and the pathlib
   paths inside it) map to inert stand-ins, so no code from the file ever runs. Any other global is
   refused by name; an empty, cut-short or foreign file is reported as such (foundation/safeload.py).
 - `load_weights_into` takes either, fixes prefixes and the DistilBERT `position_ids` difference,
-  adapts temporal (docs/ORIGINAL.md, 'Released checkpoint') and spatial position embeddings, and reports missing/unexpected keys.
+  adapts temporal (docs/ORIGINAL.md, 'Released checkpoint') and spatial position embeddings, and reports
+  missing/unexpected keys.
 """
 import dataclasses
 import logging
@@ -40,7 +41,8 @@ TEMPORAL_NOISE_STD = 0.02      # the default: the scale pos_embed and cls_token 
 
 def adapt_temporal_embed(temporal_embed: torch.Tensor, num_frames: int, mode: str = "zeros",
                          seed: int = 0, noise_std: float = TEMPORAL_NOISE_STD) -> torch.Tensor:
-    """[1, L, D] -> [1, num_frames, D] as the original's `_inflate_positional_embeds` (docs/ORIGINAL.md, 'Released checkpoint').
+    """[1, L, D] -> [1, num_frames, D] as the original's `_inflate_positional_embeds`
+    (docs/ORIGINAL.md, 'Released checkpoint').
 
     L > num_frames: keep the first rows (any mode). L < num_frames: "zeros" copies the L rows into
     zeros; "nearest" (alias "interp") and "bilinear" resize the [L, D] matrix as a 1-channel image

@@ -40,7 +40,8 @@ class VideoConfig:
     init: str | None = VIT_B16_IMAGENET   # timm name, local ViT weights file, or none/random
     grad_checkpointing: bool = False
     time_init: str = "zeros"       # "zeros": the original; "spatial": learns from step one (docs/MODELS.md)
-    time_residual: bool = False    # False: the original wiring (docs/ORIGINAL.md, 'Bugs' 1); True: time attention in the residual
+    # time_residual False: the original wiring (docs/ORIGINAL.md, 'Bugs' 1); True: time attention in the residual
+    time_residual: bool = False
 
     @property
     def random_init(self) -> bool:

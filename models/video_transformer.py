@@ -152,7 +152,8 @@ class SpaceTimeBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         x_t = x + self.timeattn(self.norm3(x), "time", num_frames)
-        base = x_t if self.time_residual else x                     # the original: from x, not x_t (docs/ORIGINAL.md, 'Bugs' 1)
+        # the original adds the space attention to x, not x_t (docs/ORIGINAL.md, 'Bugs' 1)
+        base = x_t if self.time_residual else x
         x = base + self.attn(self.norm1(x_t), "space", num_frames)
         return x + self.mlp(self.norm2(x))
 
@@ -198,7 +199,8 @@ class SpaceTimeTransformer(nn.Module):
         n = self.grid[0] * self.grid[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n, embed_dim))          # CLS + spatial positions
-        self.temporal_embed = nn.Parameter(torch.zeros(1, num_frames, embed_dim))  # zeros (docs/ORIGINAL.md, 'Initialisation')
+        # starts at zeros as the original's (docs/ORIGINAL.md, 'Initialisation')
+        self.temporal_embed = nn.Parameter(torch.zeros(1, num_frames, embed_dim))
         self.patch_embed = VideoPatchEmbed(patch_size, in_chans, embed_dim)
         self.blocks = nn.ModuleList(
             SpaceTimeBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_impl, time_residual)

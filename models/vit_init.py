@@ -1,5 +1,6 @@
-"""ImageNet ViT initialisation of the SpaceTimeTransformer (docs/ORIGINAL.md, 'Initialisation'), through timm or a local file.
+"""ImageNet ViT initialisation of the SpaceTimeTransformer, through timm or a local file.
 
+Which ViT and what the original copied: docs/ORIGINAL.md, 'Initialisation'.
 The ViT's own tensors are copied by identical name; the classifier head is dropped; the temporal
 part (temporal_embed, timeattn, norm3) keeps its own initialisation. Spatial attention is not
 copied into time attention.

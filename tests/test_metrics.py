@@ -1,5 +1,6 @@
-"""Retrieval metrics against hand-computed values (docs/ORIGINAL.md, 'Metrics': optimistic t2v ties, averaged v2t ties, min over
-a video's captions) and against a literal re-statement of the original's sort-and-search algorithm."""
+"""Retrieval metrics against hand-computed values (docs/ORIGINAL.md, 'Metrics': optimistic t2v ties,
+averaged v2t ties, min over a video's captions) and against a literal re-statement of the original's
+sort-and-search algorithm."""
 import numpy as np
 import pytest
 

@@ -1,8 +1,9 @@
 """Which of a sample's K stored frames to use, and decoding only those.
 
 The shards store K frames per clip, the middle frame of each of K equal segments (docs/DESIGN.md). The
-model wants T. Like the original's `sample_frames` (docs/ORIGINAL.md, 'Frame sampling'), the K stored frames are cut into T equal
-groups (boundaries `linspace(0, K, T + 1)` cast to int) and one frame is taken from each group:
+model wants T. Like the original's `sample_frames` (docs/ORIGINAL.md, 'Frame sampling'), the K stored
+frames are cut into T equal groups (boundaries `linspace(0, K, T + 1)` cast to int) and one frame is taken
+from each group:
 
 - train ("rand"): a frame drawn uniformly from the whole group. The original drew from
   `range(start, end)` with an inclusive `end`, which never picks a group's last frame and fails on
@@ -11,8 +12,8 @@ groups (boundaries `linspace(0, K, T + 1)` cast to int) and one frame is taken f
 
 Fewer stored frames than T (K < T, e.g. a T=8 run on K=4 shards): the clip still yields T frames in
 temporal order, each stored frame repeated `T / K` times (index `floor(i * K / T)`), so every batch keeps
-the shape [B, T, ...]. The original zero-padded instead (black frames with no mask, docs/ORIGINAL.md, 'Bugs' 8); repeating
-matches what make-shards does for clips with fewer decodable frames than K. The loader counts such
+the shape [B, T, ...]. The original zero-padded instead (black frames with no mask, docs/ORIGINAL.md,
+'Bugs' 8); repeating matches what make-shards does for clips with fewer decodable frames than K. The loader counts such
 samples (`short` in its counters) so a misconfigured T shows up in the logs.
 """
 import numpy as np

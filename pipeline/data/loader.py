@@ -1,8 +1,9 @@
 """The loader's public face: dataset specs, options, and the train / eval loaders the trainer iterates.
 
 Train: `build_train_loader(specs, options, rank, world_size)` yields steps `{dataset_name: batch}` forever
-(lock-step mixing as the original, docs/ORIGINAL.md, 'Dataset mixing': one batch of every dataset per step). Every rank's stream is
-endless (epoch-wrapped), so all ranks get the same number of steps and none waits on another that ran out.
+(lock-step mixing as the original, docs/ORIGINAL.md, 'Dataset mixing': one batch of every dataset per
+step). Every rank's stream is endless (epoch-wrapped), so all ranks get the same number of steps and none
+waits on another that ran out.
 `state_dict()` / `load_state_dict()` resume exactly (docs/LOADER.md explains how).
 
 Eval: `build_eval_loader(spec, options, rank, world_size)` yields every sample exactly once across all ranks,

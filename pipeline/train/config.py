@@ -55,7 +55,8 @@ class EvalConfig:
     at_start: bool = False            # the original's init_val
     best_metric: str | None = None    # "<eval dataset>/<metric>"; None: the first eval dataset's val_loss
     best_mode: str | None = None      # max | min; None: min for val_loss / MedR / MeanR, else max
-    sliding_window_stride: int = 0    # >0: test-time sliding window over the loaded frames (docs/ORIGINAL.md, 'Test-time evaluation')
+    # >0: test-time sliding window over the loaded frames (docs/ORIGINAL.md, 'Test-time evaluation')
+    sliding_window_stride: int = 0
     window_frames: int = 0            # frames per window (the model's T) when sliding
 
 

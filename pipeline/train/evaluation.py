@@ -1,8 +1,8 @@
 """Retrieval evaluation of a model on evaluation shards (during training and in launch/evaluate.py).
 
 For each evaluation dataset: embed every video (optionally averaging a test-time sliding window of clips,
-docs/ORIGINAL.md, 'Test-time evaluation') and its captions on every rank, gather the embeddings, drop duplicate keys (a loader may repeat
-samples to give every rank equal batches), then on every rank compute
+docs/ORIGINAL.md, 'Test-time evaluation') and its captions on every rank, gather the embeddings, drop
+duplicate keys (a loader may repeat samples to give every rank equal batches), then on every rank compute
 
 - the retrieval metrics of `pipeline.train.metrics` on the cosine similarity of all captions x all videos, and
 - `val_loss`: the mean NormSoftmax loss over consecutive batches of `batch_size` videos (primary captions,
