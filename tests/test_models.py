@@ -105,8 +105,9 @@ def test_time_attention_zero_init_and_temporal_embed_zero():
 # ---- the spec's attention written out with explicit masks ----------------------------------------
 
 def _reference_attention(attn, x, group, T, n):
-    """Spec 1.3 as full attention with a mask: CLS query sees everything; a patch query sees CLS plus
-    the patches of its group (same frame for space, same location for time)."""
+    """The original's VarAttention (docs/ORIGINAL.md, 'Architecture') as full attention with a mask: CLS query
+    sees everything; a patch query sees CLS plus the patches of its group (same frame for space, same location
+    for time)."""
     B, N, C = x.shape
     H, d = attn.num_heads, C // attn.num_heads
     q, k, v = F.linear(x, attn.qkv.weight, attn.qkv.bias).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)
@@ -121,7 +122,8 @@ def _reference_attention(attn, x, group, T, n):
 
 
 def _reference_forward(model, video):
-    """Spec 1.2 + 1.4 written out: embeddings, then time -> space -> MLP with the original residuals."""
+    """The original's forward (docs/ORIGINAL.md, 'Architecture') written out: embeddings, then time -> space
+    -> MLP with the original residuals."""
     B, T, C, Hh, Ww = video.shape
     ln = lambda m, x: F.layer_norm(x, m.normalized_shape, m.weight, m.bias, 1e-6)   # noqa: E731
     conv = model.patch_embed.proj

@@ -236,8 +236,9 @@ def test_mismatched_weights_are_reported(tmp_path, distilbert_dir):
 
 
 def test_vit_b16_model_has_the_released_state_dict_layout():
-    """Spec 1.9: 327 tensors, text 66,362,880 + video 114,168,576 + projections 393,728 parameters, no
-    buffers, in the released order (built on the meta device: no memory, no download)."""
+    """The released layout (docs/ORIGINAL.md, 'Released checkpoint'): 327 tensors, text 66,362,880 + video
+    114,168,576 + projections 393,728 parameters, no buffers, in the released order (built on the meta device:
+    no memory, no download)."""
     from transformers import DistilBertConfig
     with torch.device("meta"):
         model = FrozenInTime(ModelConfig.from_dict({}), init_weights=False, text_config=DistilBertConfig())

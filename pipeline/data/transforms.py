@@ -1,8 +1,9 @@
 """Clip augmentation on uint8 frames (one crop and flip for every frame of a clip) and device-side normalisation.
 
-Spec 3.4: train = RandomResizedCrop(224, scale (0.5, 1), ratio (3/4, 4/3), bilinear) + horizontal flip
-p=0.5; eval = Resize(256) short side, CenterCrop(256), Resize(224). The original applied torchvision's
-tensor transforms to the whole [T, C, H, W] clip, so one crop and one flip served all frames; we keep that.
+As the original (docs/ORIGINAL.md, 'Transforms'): train = RandomResizedCrop(224, scale (0.5, 1), ratio
+(3/4, 4/3), bilinear) + horizontal flip p=0.5; eval = Resize(256) short side, CenterCrop(256), Resize(224).
+The original applied torchvision's tensor transforms to the whole [T, C, H, W] clip, so one crop and one flip
+served all frames; we keep that.
 
 Differences, on purpose:
 - Frames stay uint8 until the device: the loader ships [B, T, 3, H, W] uint8 (4x less than float32 through
