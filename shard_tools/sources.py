@@ -1,6 +1,6 @@
 """The datasets make-shards knows: each function turns a dataset's own metadata layout into Rows.
 
-Layouts (see frozen_in_time_spec.md 3.5-3.7 and docs/SHARDS.md):
+Layouts (see docs/ORIGINAL.md, 'Datasets', and docs/SHARDS.md):
 - WebVid: CSV `videoid,contentUrl,duration,page_dir,name`; media at `{videos_root}/{page_dir}/{videoid}.mp4`.
 - CC-3M: headerless TSV `caption<TAB>url`, or a CSV with `thumbnailUrl,caption`; images named by the
   unsigned CRC32 of the URL in `{images_root}` (optionally with an extension).

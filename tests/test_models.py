@@ -1,4 +1,4 @@
-"""The space-time video encoder against timm's ViT and against the spec's attention written out here,
+"""The space-time video encoder against timm's ViT and against the original's attention written out here,
 plus the joint model's config, text pooling and projections."""
 import math
 
@@ -102,7 +102,7 @@ def test_time_attention_zero_init_and_temporal_embed_zero():
     assert torch.count_nonzero(model.temporal_embed) == 0
 
 
-# ---- the spec's attention written out with explicit masks ----------------------------------------
+# ---- the original's attention written out with explicit masks ------------------------------------
 
 def _reference_attention(attn, x, group, T, n):
     """The original's VarAttention (docs/ORIGINAL.md, 'Architecture') as full attention with a mask: CLS query

@@ -1,4 +1,4 @@
-"""Retrieval metrics with the original's conventions (frozen_in_time_spec.md section 4.4).
+"""Retrieval metrics with the original's conventions (docs/ORIGINAL.md, 'Metrics').
 
 The similarity matrix is text x video (rows are captions, columns are videos); `caption_video[i]` says which
 video caption i describes, so a video may have several captions (or one), in any order.
