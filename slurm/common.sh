@@ -203,6 +203,21 @@ fit_train() {  # fit_train STAGE CONFIG OUTPUT_DIR [launch/train.py args ...]
     exit "$rc"
 }
 
+# The body of every training stage script (pretrain_1f.sh, pretrain_4f.sh, finetune_msrvtt.sh): config and output
+# folder from CONFIG / OUTPUT_DIR (else DEFAULT_CONFIG and its output_dir); a stage given INIT_WHAT starts from
+# $INIT_FROM (else the config's checkpoint.load_checkpoint), logged with INIT_NOTE after it.
+fit_train_stage() {  # fit_train_stage STAGE DEFAULT_CONFIG INIT_WHAT INIT_NOTE [launch/train.py args ...]
+    local stage=$1 default_config=$2 init_what=$3 init_note=$4 init_from
+    shift 4
+    fit_resolve_run "$default_config"
+    if [ -n "$init_what" ]; then
+        init_from=$(fit_init_from "$FIT_CONFIG" "$init_what")
+        fit_log "initial weights: $init_from$init_note"
+        set -- --set "checkpoint.load_checkpoint=$init_from" "$@"
+    fi
+    fit_train "$stage" "$FIT_CONFIG" "$FIT_OUTPUT_DIR" "$@"
+}
+
 # ---- checks at submission (slurm/submit.sh, slurm/curriculum.sh) ---------------------------------------------
 #
 # A job that asks more than its partition has pends forever (Reason=PartitionConfig), and a bad config value

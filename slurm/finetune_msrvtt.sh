@@ -26,7 +26,5 @@ if [ -z "${FIT_ROOT:-}" ]; then
 fi
 source "$FIT_ROOT/slurm/common.sh"
 
-fit_resolve_run configs/finetune_msrvtt_4f.json
-init_from=$(fit_init_from "$FIT_CONFIG" "the pretrained weights (e.g. the 4-frame stage's weights/final)")
-fit_log "initial weights: $init_from"
-fit_train "MSR-VTT fine-tuning" "$FIT_CONFIG" "$FIT_OUTPUT_DIR" --set "checkpoint.load_checkpoint=$init_from" "$@"
+fit_train_stage "MSR-VTT fine-tuning" configs/finetune_msrvtt_4f.json \
+    "the pretrained weights (e.g. the 4-frame stage's weights/final)" "" "$@"

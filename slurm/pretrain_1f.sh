@@ -28,5 +28,4 @@ if [ -z "${FIT_ROOT:-}" ]; then
 fi
 source "$FIT_ROOT/slurm/common.sh"
 
-fit_resolve_run configs/pretrain_1f.json
-fit_train "1-frame pretraining" "$FIT_CONFIG" "$FIT_OUTPUT_DIR" "$@"
+fit_train_stage "1-frame pretraining" configs/pretrain_1f.json "" "" "$@"

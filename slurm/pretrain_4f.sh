@@ -28,7 +28,5 @@ if [ -z "${FIT_ROOT:-}" ]; then
 fi
 source "$FIT_ROOT/slurm/common.sh"
 
-fit_resolve_run configs/pretrain_4f.json
-init_from=$(fit_init_from "$FIT_CONFIG" "the 1-frame stage's weights/final folder")
-fit_log "initial weights: $init_from (its temporal rows: the 'train: temporal embedding' line below)"
-fit_train "4-frame pretraining" "$FIT_CONFIG" "$FIT_OUTPUT_DIR" --set "checkpoint.load_checkpoint=$init_from" "$@"
+fit_train_stage "4-frame pretraining" configs/pretrain_4f.json "the 1-frame stage's weights/final folder" \
+    " (its temporal rows: the 'train: temporal embedding' line below)" "$@"

@@ -1,6 +1,7 @@
 """What slurm/ checks before it submits, without a cluster (docs/SLURM.md): resource fitting against a partition
-(pipeline/train/slurm_fit.py), `launch/train.py --check` on the tiny configs and their assets, and the temporal rows
-a stage trains (pipeline.train.config.describe_temporal_rows) against the gradient the model really gets."""
+(pipeline/train/slurm_fit.py), the training stage scripts' commands, log lines and exit codes (with stand-ins for
+srun and scontrol), `launch/train.py --check` on the tiny configs and their assets, and the temporal rows a stage
+trains (pipeline.train.config.describe_temporal_rows) against the gradient the model really gets."""
 from __future__ import annotations
 
 import itertools
@@ -30,7 +31,8 @@ SCONTROL = ("PartitionName=cpu AllowGroups=ALL Default=YES MaxNodes=UNLIMITED Ma
 def test_parsers_read_what_slurm_prints():
     parts = slurm_fit.parse_partitions(SCONTROL)
     assert slurm_fit.default_partition(parts) == "cpu"
-    gpu = slurm_fit.build_partition(parts["gpu"], "g1 64 gpu:a100:8(S:0-1)\ng2 64 gpu:8\ng2 64 gpu:8\ng3 32 gpu:4,shard:2\n")
+    gpu = slurm_fit.build_partition(parts["gpu"],
+                                    "g1 64 gpu:a100:8(S:0-1)\ng2 64 gpu:8\ng2 64 gpu:8\ng3 32 gpu:4,shard:2\n")
     assert [(n.name, n.cpus, n.gpus) for n in gpu.nodes] == [("g1", 64, 8), ("g2", 64, 8), ("g3", 32, 4)]
     assert (gpu.max_nodes, gpu.max_time_min) == (4, 2880)
     assert [slurm_fit.parse_time_min(t) for t in ("30", "2:00:00", "1-12", "1-00:30:00", "5:30", "UNLIMITED")] == [
@@ -108,6 +110,74 @@ def test_defaults_are_lowered_and_given_values_are_refused_on_a_small_node():
     assert sorted(fit.options) == ["--gpus-per-node=4", "--ntasks-per-node=4"] and fit.ranks == 8
 
 
+# ---- the training stage scripts without a cluster: srun, scontrol and the interpreter are stand-ins ----------------
+
+STAGES = {  # script: (stage name in its log lines, what its initial weights are, the note after them)
+    "pretrain_1f.sh": ("1-frame pretraining", None, None),
+    "pretrain_4f.sh": ("4-frame pretraining", "the 1-frame stage's weights/final folder",
+                       " (its temporal rows: the 'train: temporal embedding' line below)"),
+    "finetune_msrvtt.sh": ("MSR-VTT fine-tuning", "the pretrained weights (e.g. the 4-frame stage's weights/final)",
+                           ""),
+}
+STAND_INS = {  # each prints how it was called; the "ranks" exit with $RANKS_EXIT
+    "srun": 'echo "srun $*"; exit "${RANKS_EXIT:-0}"',
+    "scontrol": 'case "$1" in show) echo "JobId=$SLURM_JOB_ID StdOut=/logs/job.out" ;; *) echo "scontrol $*" ;; esac',
+    "python-stand-in": 'echo "python $*"',
+}
+
+
+def _run_stage(tmp_path: Path, script: str, **env: str) -> subprocess.CompletedProcess:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in STAND_INS.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "init").mkdir(exist_ok=True)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FIT_ROOT": str(REPO), "PYTHON": "python-stand-in",
+           "SLURM_JOB_ID": "42", "CONFIG": "configs/tiny_1f.json", "OUTPUT_DIR": "out", "INIT_FROM": "init", **env}
+    return subprocess.run(["bash", str(REPO / "slurm" / script), "--set", "optim.lr=1e-4"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("script", sorted(STAGES))
+def test_stage_scripts_launch_check_and_requeue_with_their_own_names(tmp_path, script):
+    """Each stage script runs the shared stage body (slurm/common.sh fit_train_stage) with its own stage name,
+    initial weights and log lines: in check mode, a finished run, a preempted one (exit 75: requeue, exit 0),
+    a failed one (its exit code), and missing initial weights (exit 2 before anything starts)."""
+    stage, init_what, init_note = STAGES[script]
+    config, out, init = REPO / "configs" / "tiny_1f.json", tmp_path / "out", tmp_path / "init"
+    load = f" --set checkpoint.load_checkpoint={init}" if init_what else ""
+
+    check = _run_stage(tmp_path, script, FIT_CHECK="1", FIT_CHECK_RANKS="4")
+    assert check.returncode == 0, check.stderr
+    assert check.stdout == (f"python {REPO}/launch/train.py --check --ranks 4 --config {config} "
+                            f"--set output_dir={out}{load} --set optim.lr=1e-4\n")
+    assert (f"initial weights: {init}{init_note}\n" in check.stderr) == bool(init_what), check.stderr
+
+    done = _run_stage(tmp_path, script)
+    assert done.returncode == 0, done.stderr
+    assert (f"srun --wait=120 --label python-stand-in -u {REPO}/launch/train.py --config {config} "
+            f"--set output_dir={out} --resume auto{load} --set optim.lr=1e-4\n") in done.stdout
+    assert f"{stage}: job 42 " in done.stderr and "  job log:      /logs/job.out\n" in done.stderr
+    assert done.stderr.endswith(f"] {stage} finished: weights in {out}/weights/final, metrics in {out}/metrics\n")
+
+    preempted = _run_stage(tmp_path, script, RANKS_EXIT="75")
+    assert preempted.returncode == 0 and preempted.stdout.endswith("scontrol requeue 42\n"), preempted
+    assert f"] {stage} preempted: checkpoint saved; requeueing job 42 " in preempted.stderr
+
+    failed = _run_stage(tmp_path, script, RANKS_EXIT="3")
+    assert failed.returncode == 3 and "scontrol requeue" not in failed.stdout, failed
+    assert failed.stderr.endswith(f"] {stage} failed with exit code 3; see the ranks' lines above\n")
+
+    missing = _run_stage(tmp_path, script, INIT_FROM="nowhere")
+    if init_what:
+        assert missing.returncode == 2 and missing.stdout == "", missing
+        assert missing.stderr.endswith(f"error: initial weights nowhere do not exist ({init_what}; "
+                                       "did that stage finish?)\n"), missing.stderr
+    else:
+        assert missing.returncode == 0, missing.stderr
+
+
 # ---- launch/train.py --check: the tiny configs after `make tiny-assets`, with no overrides ---------------------
 
 def _check(cwd: Path, config: str, *args: str) -> subprocess.CompletedProcess:
@@ -119,8 +189,8 @@ def _check(cwd: Path, config: str, *args: str) -> subprocess.CompletedProcess:
 def test_tiny_configs_check_after_tiny_assets_and_name_the_step_before(tmp_path, monkeypatch):
     """The tiny configs read runs/tiny_assets/ relative to the working directory: before `make tiny-assets`
     the check names every missing input and the command; after it every tiny config passes, unchanged."""
-    from pipeline.train.config import check_inputs
     from pipeline.demo.tiny_assets import DEFAULT_ROOT, write_tiny_assets
+    from pipeline.train.config import check_inputs
     monkeypatch.chdir(tmp_path)
     tiny_configs = sorted((REPO / "configs").glob("tiny_*.json"))
     assert {p.name for p in tiny_configs} >= {"tiny_1f.json", "tiny_4f.json", "tiny_finetune.json"}
