@@ -8,12 +8,12 @@ written last: the same command on a finished folder reuses it). Exit codes: 0 do
 --out folder that holds something else.
 """
 import argparse
-import json
 import logging
 import sys
 
 from foundation.logs import setup_logging
 from pipeline.demo.render import DemoSpec, all_triples, generate
+from shard_tools.format import MANIFEST, read_manifest
 
 log = logging.getLogger("demo_data")
 
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         log.error("%s", err)
         return 2
     for split, folder in folders.items():
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = read_manifest(folder / MANIFEST)
         print(f"{split}: {manifest['total_samples']} samples in {folder}")
     return 0
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from shard_tools import records
 from shard_tools.decode import FrameSpec, SampleError, decode_sample
 from shard_tools.download import DownloadSpec, fetch
+from shard_tools.format import FORMAT, MANIFEST
 from shard_tools.records import LocalWriteError
 from shard_tools.rows import Row, finish_rows, input_fingerprint, row_from_record
 from shard_tools.workers import DecodePool
@@ -126,12 +127,12 @@ def make_shards(rows, out_dir, options: ShardOptions, run: RunOptions | None = N
     plan = _plan(out_dir, options, fingerprint, mine, run, report)
     with _writing(out_dir):
         if plan:
-            (out_dir / records.MANIFEST).unlink(missing_ok=True)   # the folder is about to change
+            (out_dir / MANIFEST).unlink(missing_ok=True)   # the folder is about to change
         _remove_stale_temps(out_dir, options.name, [c for c, _, _ in plan])
         _remove_stale_downloads(out_dir, run.task_index)
     _execute(plan, out_dir, options, run, report, fingerprint, inputs)
 
-    with _writing(out_dir / records.MANIFEST):
+    with _writing(out_dir / MANIFEST):
         report.manifest, report.missing_chunks = records.finalize(out_dir, options.name)
     report.seconds = time.monotonic() - started
     return report
@@ -404,7 +405,7 @@ def _finish_chunk(writer: ChunkWriter, out_dir, options, fingerprint, inputs: _I
     failures = writer.failures
     start = writer.chunk * options.samples_per_shard
     stats = {
-        "format": records.FORMAT,
+        "format": FORMAT,
         "name": options.name,
         "chunk": writer.chunk,
         "num_chunks": inputs.num_chunks,

@@ -17,6 +17,7 @@ from foundation.logs import setup_logging
 from shard_tools import __version__, records, sources
 from shard_tools.api import RunOptions, ShardOptions, make_shards
 from shard_tools.download import DownloadSpec
+from shard_tools.format import MANIFEST
 from shard_tools.records import LocalWriteError, OptionsMismatch
 from shard_tools.verify import verify
 
@@ -139,7 +140,7 @@ def _run_source(args) -> int:
         m = report.manifest
         print(f"dataset {m['name']}: "
               f"{records.summary_line(m['input_rows'], m['total_samples'], m['failed'])}; "
-              f"{len(m['shards'])} shard(s); manifest {os.path.join(args.out, records.MANIFEST)}")
+              f"{len(m['shards'])} shard(s); manifest {os.path.join(args.out, MANIFEST)}")
         for reason, count in m["failed"].items():
             print(f"  failed {reason}: {count} (rows listed in *.stats.json)")
     else:
@@ -159,7 +160,7 @@ def _run_manifest(args) -> int:
         print(f"{args.dir}: cannot write the manifest, chunks not finished: {_ranges(missing) or 'all'}; "
               f"re-run the tasks that own them (same command)", file=sys.stderr)
         return 1
-    print(f"{os.path.join(args.dir, records.MANIFEST)}: "
+    print(f"{os.path.join(args.dir, MANIFEST)}: "
           f"{records.summary_line(manifest['input_rows'], manifest['total_samples'], manifest['failed'])}")
     return 0
 

@@ -11,9 +11,9 @@ from collections import Counter
 from pathlib import Path
 
 from foundation.fsutil import atomic_write_json
-from shard_tools import FORMAT, __version__
+from shard_tools import __version__
+from shard_tools.format import FORMAT, write_manifest
 
-MANIFEST = "manifest.json"
 STATS_SUFFIX = ".stats.json"
 
 
@@ -214,7 +214,7 @@ def finalize(out_dir: Path, name: str | None = None) -> tuple[dict | None, list[
     if not records or missing:
         return None, missing
     manifest = build_manifest(records)
-    atomic_write_json(out_dir / MANIFEST, manifest)
+    write_manifest(out_dir, manifest)
     return manifest, []
 
 

@@ -11,15 +11,26 @@ decoded and their json checked, and the report counts them in `unchecked_shards`
 """
 import json
 import tarfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import simplejpeg
 from tqdm import tqdm
 
-from shard_tools import FORMAT
-from shard_tools.records import MANIFEST, SHARD_FIELDS, json_is, shape_problems
+from shard_tools.format import (
+    CAPTION_SUFFIX,
+    MANIFEST,
+    META_SUFFIX,
+    ManifestError,
+    frame_index,
+    frame_member,
+    frame_suffix,
+    member_crc32,
+    meta_member,
+    read_manifest,
+    split_member_name,
+)
+from shard_tools.records import SHARD_FIELDS, json_is, shape_problems
 
 # json fields every sample holds, with the types they must have
 _NUMBER = (int, float)
@@ -75,21 +86,12 @@ def _plain_name(name, out_dir: Path) -> bool:
 def verify(out_dir, progress: bool = False) -> VerifyReport:
     out_dir = Path(out_dir)
     report = VerifyReport()
-    manifest_path = out_dir / MANIFEST
-    if not manifest_path.is_file():
-        report.problems.append(f"{manifest_path} is missing: the run is unfinished (or run "
-                               f"`make-shards manifest {out_dir}` after all array tasks ended)")
+    try:
+        manifest = read_manifest(out_dir / MANIFEST)
+    except ManifestError as err:            # missing (an unfinished run), not JSON, not an object, another format
+        report.problems.append(str(err))
         return report
-    manifest = _read_json(manifest_path, report)
-    if manifest is _UNREADABLE:
-        return report
-    if isinstance(manifest, dict) and manifest.get("format") != FORMAT:
-        report.problems.append(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-        return report
-    shape = shape_problems(manifest, MANIFEST_FIELDS, MANIFEST)
-    report.problems.extend(shape)
-    if not isinstance(manifest, dict):
-        return report
+    report.problems.extend(shape_problems(manifest, MANIFEST_FIELDS, MANIFEST))
     frames = manifest.get("frames_per_sample")
     if not json_is(frames, int) or frames < 1:
         if json_is(frames, int):                # a missing or non-integer value is already reported above
@@ -181,7 +183,7 @@ def _verify_shard(path: Path, shard: dict, frames, crc32: dict | None, keys: set
                     report.problems.append(f"{name}: member {info.name} appears more than once")
                 seen_members.add(info.name)
                 _check_crc(name, info.name, data, crc32, report)
-                key, _, suffix = info.name.partition(".")
+                key, suffix = split_member_name(info.name)
                 samples.setdefault(key, {})[suffix] = data
     except (tarfile.TarError, OSError, EOFError) as e:
         report.problems.append(f"{name}: unreadable tar ({type(e).__name__}: {e})")
@@ -210,7 +212,7 @@ def _check_crc(shard: str, member: str, data: bytes, crc32: dict | None, report:
     if recorded is None:
         report.problems.append(f"{shard}: member {member} has no recorded checksum (not written by this run)")
         return
-    found = f"{zlib.crc32(data):08x}"
+    found = member_crc32(data)
     if found != recorded:
         report.problems.append(f"{shard}: member {member} is damaged (CRC-32 {found}, written as {recorded})")
     else:
@@ -218,28 +220,28 @@ def _check_crc(shard: str, member: str, data: bytes, crc32: dict | None, report:
 
 
 def _verify_sample(where: str, key: str, members: dict, frames, report: VerifyReport) -> None:
-    stored = frames if frames is not None else sum(1 for m in members if m.endswith(".jpg"))
-    expected = {f"{i:03d}.jpg" for i in range(stored)} | {"json", "txt"}
+    stored = frames if frames is not None else sum(1 for m in members if frame_index(m) is not None)
+    expected = {frame_suffix(i) for i in range(stored)} | {META_SUFFIX, CAPTION_SUFFIX}
     if set(members) != expected:
         report.problems.append(f"{where}: members {sorted(members)}, expected {sorted(expected)}")
     for i in range(stored):
-        data = members.get(f"{i:03d}.jpg")
+        data = members.get(frame_suffix(i))
         if data is None:
             continue
         try:
             simplejpeg.decode_jpeg(data, strict=True)
             report.frames += 1
         except ValueError as e:
-            report.problems.append(f"{where}: frame {i} does not decode ({key}.{i:03d}.jpg: {e})")
-    if "json" not in members or "txt" not in members:
+            report.problems.append(f"{where}: frame {i} does not decode ({frame_member(key, i)}: {e})")
+    if META_SUFFIX not in members or CAPTION_SUFFIX not in members:
         return
     try:
-        info = json.loads(members["json"].decode("utf-8"))
-        text = members["txt"].decode("utf-8")
+        info = json.loads(members[META_SUFFIX].decode("utf-8"))
+        text = members[CAPTION_SUFFIX].decode("utf-8")
     except (ValueError, RecursionError) as e:          # RecursionError: absurdly deep nesting
         report.problems.append(f"{where}: bad json/txt ({type(e).__name__}: {e})")
         return
-    shape = shape_problems(info, SAMPLE_FIELDS, f"{where}: {key}.json", OPTIONAL_SAMPLE_FIELDS)
+    shape = shape_problems(info, SAMPLE_FIELDS, f"{where}: {meta_member(key)}", OPTIONAL_SAMPLE_FIELDS)
     if shape:
         report.problems.extend(shape)
         return

@@ -12,14 +12,11 @@ damaged member: a JPEG with flipped bits usually still decodes.
 import io
 import json
 import math
-import os
 import tarfile
-import zlib
 from pathlib import Path
 
 from foundation.fsutil import atomic_path
-
-FRAME_MEMBER = "{i:03d}.jpg"
+from shard_tools.format import caption_member, frame_member, member_crc32, meta_member, split_member_name
 
 
 def shard_name(name: str, chunk: int, part: int = 0) -> str:
@@ -60,14 +57,10 @@ def sample_members(row, row_index: int, decoded) -> list[tuple[str, bytes]]:
         "row": row_index,
         "extra": _clean_text(row.extra),
     }
-    members = [(f"{row.key}.{FRAME_MEMBER.format(i=i)}", jpeg) for i, jpeg in enumerate(decoded.jpegs)]
-    members.append((f"{row.key}.json", json.dumps(info, ensure_ascii=False, allow_nan=False).encode("utf-8")))
-    members.append((f"{row.key}.txt", row.captions[0].encode("utf-8")))
+    members = [(frame_member(row.key, i), jpeg) for i, jpeg in enumerate(decoded.jpegs)]
+    members.append((meta_member(row.key), json.dumps(info, ensure_ascii=False, allow_nan=False).encode("utf-8")))
+    members.append((caption_member(row.key), row.captions[0].encode("utf-8")))
     return members
-
-
-def member_crc32(data: bytes) -> str:
-    return f"{zlib.crc32(data):08x}"
 
 
 def _member_bytes(members) -> int:
@@ -181,6 +174,6 @@ def read_samples(tar_path: Path) -> dict[str, list[tuple[str, bytes]]]:
         for info in tar:
             if not info.isfile():
                 raise ValueError(f"{tar_path}: member {info.name!r} is not a regular file")
-            key = info.name.split(".", 1)[0]
+            key, _ = split_member_name(info.name)
             samples.setdefault(key, []).append((info.name, tar.extractfile(info).read()))
     return samples

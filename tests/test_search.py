@@ -108,7 +108,7 @@ def test_two_ranks_with_worker_processes_equal_one_rank(tmp_path, embedder, sear
 
 
 def test_missing_manifest_and_broken_shard_give_clear_errors(tmp_path, embedder, search_shards):
-    with pytest.raises(FileNotFoundError, match="manifest.json not found"):
+    with pytest.raises(FileNotFoundError, match="manifest.json is missing: .* is not a finished make-shards folder"):
         feats.extract_features(embedder, tmp_path, tmp_path / "out", progress=False)
     broken = tmp_path / "broken"
     shutil.copytree(search_shards, broken)

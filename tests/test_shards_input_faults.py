@@ -408,22 +408,23 @@ class _FullDisk:
 def _write_points():
     import foundation.fsutil
     import shard_tools.api
+    import shard_tools.format
     return {   # where the shard folder is written: tar members, the rename into place, stats, manifest
         "tar member": (tarfile.TarFile, "addfile"),
         "tar rename": (foundation.fsutil.os, "replace"),
         "stats record": (records, "write_stats"),
-        "json file": (records, "atomic_write_json"),
+        "manifest": (shard_tools.format, "atomic_write_json"),
         "scratch folder": (shard_tools.api.tempfile, "mkdtemp"),
     }
 
 
 @pytest.mark.parametrize("point, fail_at", [("tar member", 1), ("tar member", 25), ("tar rename", 1),
                                             ("tar rename", 3), ("stats record", 1), ("stats record", 3),
-                                            ("json file", 4), ("scratch folder", 1)])
+                                            ("manifest", 1), ("scratch folder", 1)])
 def test_disk_full_at_any_write_stops_cleanly_and_a_rerun_matches_a_clean_run(tmp_path, capsys, monkeypatch,
                                                                              point, fail_at):
-    """ENOSPC at the n-th call of each step that writes the folder (json file 4 = the manifest, after
-    3 stats records): exit 1 with one message naming the folder, no temp left, a re-run completes."""
+    """ENOSPC at the n-th call of each step that writes the folder: exit 1 with one message naming the
+    folder, no temp left, a re-run completes."""
     table = _make_clips(tmp_path, 5)
     argv = ["webvid", "--csv", str(table), "--videos-root", str(tmp_path / "videos"), "--samples-per-shard", "2",
             "--workers", "0", "--no-progress"]

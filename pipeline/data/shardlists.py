@@ -4,7 +4,6 @@ A dataset is given as a make-shards output folder, its manifest.json, a brace-ex
 URLs (anything `webdataset.gopen` opens: local paths, `pipe:` commands, http(s) via curl). Sample counts
 come from the manifest; a pattern picks up the manifest in the shards' folder when there is one.
 """
-import json
 import os
 import zlib
 from dataclasses import dataclass
@@ -14,9 +13,7 @@ import braceexpand
 import numpy as np
 
 from foundation.schema import ConfigError
-
-MANIFEST = "manifest.json"
-FORMAT = "fit-shards/1"
+from shard_tools.format import MANIFEST, ManifestError, read_manifest
 
 
 @dataclass(frozen=True)
@@ -36,15 +33,13 @@ def _is_local(url: str) -> bool:
     return not url.startswith("pipe:") and "://" not in url
 
 
-def read_manifest(path: Path, where: str) -> ShardSet:
-    """Read a make-shards manifest; shard paths are relative to its folder."""
+def manifest_shards(path: Path, where: str) -> ShardSet:
+    """The shards a make-shards manifest lists, with their sample counts; shard paths are relative to its
+    folder. ConfigError names the config key `where` and the file."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{where}: cannot read manifest {path}: {err}") from err
-    if doc.get("format") != FORMAT:
-        raise ConfigError(f"{where}: {path} has format {doc.get('format')!r}, expected {FORMAT!r} "
-                          f"(write it with make-shards)")
+        doc = read_manifest(path)
+    except ManifestError as err:
+        raise ConfigError(f"{where}: {err}") from err
     try:
         entries = [(str(s["path"]), s["samples"]) for s in doc["shards"]]
     except (KeyError, TypeError) as err:
@@ -73,9 +68,9 @@ def resolve_shards(shards: str | list[str], where: str) -> ShardSet:
             raise ConfigError(f"{where}: {shards} holds no {MANIFEST}; make-shards writes it last, once every "
                               f"shard is complete: finish (or rerun) make-shards, or give a shard pattern "
                               f"and num_samples")
-        return read_manifest(manifest, where)
+        return manifest_shards(manifest, where)
     if isinstance(shards, str) and shards.endswith(MANIFEST) and _is_local(shards):
-        return read_manifest(Path(shards), where)
+        return manifest_shards(Path(shards), where)
     urls = expand_urls(shards)
     if not urls:
         raise ConfigError(f"{where}: the shard pattern expands to no URL")
@@ -86,7 +81,7 @@ def resolve_shards(shards: str | list[str], where: str) -> ShardSet:
     if _is_local(urls[0]):  # a manifest beside the shards gives their sample counts
         manifest = Path(urls[0]).parent / MANIFEST
         if manifest.is_file():
-            listed = read_manifest(manifest, where)
+            listed = manifest_shards(manifest, where)
             by_path = {os.path.realpath(u): n for u, n in zip(listed.urls, listed.counts)}
             found = [by_path.get(os.path.realpath(u)) for u in urls]
             if all(n is not None for n in found):

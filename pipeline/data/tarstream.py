@@ -11,13 +11,13 @@ Damage is sorted by how much it costs:
   than `MAX_MEMBER_BYTES`, its name is unsafe or appears twice in a sample): the reader skips its bytes and
   marks the sample it belongs to with a `(reason, detail)` problem, and reading goes on.
 """
-import posixpath
 import re
 from dataclasses import dataclass
 from typing import Iterator
 
 from webdataset import gopen
 
+from shard_tools.format import split_member_name
 
 BLOCK = 512
 EMPTY = bytes(BLOCK)
@@ -58,13 +58,6 @@ class Sample:
 
     def flag(self, problem: tuple[str, str]) -> None:
         self.problem = self.problem or problem  # the first problem names the reason
-
-
-def split_member_name(name: str) -> tuple[str, str]:
-    """'dir/abc.003.jpg' -> ('dir/abc', '003.jpg'): the key is everything up to the basename's first dot."""
-    folder, base = posixpath.split(name)
-    stem, _, suffix = base.partition(".")
-    return posixpath.join(folder, stem) if folder else stem, suffix
 
 
 def key_problem(key: str) -> str | None:

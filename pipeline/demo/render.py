@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from foundation.fsutil import atomic_path, atomic_write_json
+from shard_tools.format import MANIFEST
 from shard_tools.sampling import segment_midpoints
 
 log = logging.getLogger("pipeline.demo.render")
@@ -459,7 +460,7 @@ def generate(out: str | Path, spec: DemoSpec, workers: int = 2, progress: bool =
     wanted = {"format": "fit-demo/3", "spec": asdict(spec), "complete": True,
               "sharding": {"min_shards": MIN_SHARDS, "max_samples_per_shard": MAX_SAMPLES_PER_SHARD}}
     previous = json.loads(stamp.read_text()) if stamp.is_file() else None
-    if previous == wanted and all((f / "manifest.json").is_file() for f in folders.values()):
+    if previous == wanted and all((f / MANIFEST).is_file() for f in folders.values()):
         log.info("demo data in %s is up to date (seed %d); reusing it", out, spec.seed)
         return folders
     if previous is None and out.is_dir() and any(out.iterdir()):

@@ -57,10 +57,11 @@ def write_noise_shards(folder: Path, name: str, kind: str, shard_sizes, captions
                        num_frames: int = STORED_FRAMES, size: int = FRAME_SIZE) -> Path:
     """fit-shards/1 shards of noise samples, keys `{name}_{shard}_{index}`, captions `caption {j} of {key}`;
     manifest.json last. A folder that already has its manifest is left as it is."""
-    from shard_tools import FORMAT, records
+    from shard_tools import records
+    from shard_tools.format import FORMAT, MANIFEST
     from shard_tools.writer import ChunkWriter, sample_members
     folder = Path(folder)
-    if (folder / records.MANIFEST).is_file():
+    if (folder / MANIFEST).is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     frames = 1 if kind == "image" else num_frames

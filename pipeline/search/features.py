@@ -31,7 +31,7 @@ import numpy as np
 
 from foundation.fsutil import atomic_path, atomic_write_json, atomic_write_text
 from foundation.safeload import DamagedFileError
-from pipeline.data.tarstream import split_member_name
+from shard_tools.format import CAPTION_SUFFIX, MANIFEST, META_SUFFIX, frame_index, read_manifest, split_member_name
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +56,6 @@ class SampleRef:
     meta: dict = field(default_factory=dict)
     caption: str | None = None
     frames: list[tuple[int, int]] = field(default_factory=list)   # (offset, size) of {key}.{i:03d}.jpg
-
-
-def read_manifest(shards_dir: str | Path) -> dict:
-    path = Path(shards_dir) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {shards_dir} is not a finished make-shards folder "
-                                f"(the manifest is written last; re-run make-shards to complete it)")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != "fit-shards/1":
-        raise ValueError(f"{path}: format {manifest.get('format')!r} is not 'fit-shards/1'")
-    return manifest
 
 
 def scan_shard(path: str | Path) -> tuple[list[SampleRef], list[dict]]:
@@ -99,17 +88,17 @@ def _scan_members(path, samples: dict, frames: dict, problems: list) -> None:
                 continue
             key, suffix = split_member_name(member.name)
             ref = samples.setdefault(key, SampleRef(key))
-            if suffix == "json" or suffix == "txt":
+            if suffix in (META_SUFFIX, CAPTION_SUFFIX):
                 data = tar.extractfile(member).read().decode("utf-8", errors="replace")
-                if suffix == "json":
+                if suffix == META_SUFFIX:
                     try:
                         ref.meta = json.loads(data)
                     except json.JSONDecodeError as e:
                         problems.append({"key": key, "shard": str(path), "reason": "bad_json", "detail": str(e)})
                 else:
                     ref.caption = data
-            elif suffix.endswith(".jpg") and suffix[:-4].isdigit():
-                frames.setdefault(key, {})[int(suffix[:-4])] = (member.offset_data, member.size)
+            elif (index := frame_index(suffix)) is not None:
+                frames.setdefault(key, {})[index] = (member.offset_data, member.size)
 
 
 def read_frame(shard: str | Path, byte_range: tuple[int, int]) -> bytes:
@@ -173,7 +162,7 @@ def extract_features(embedder, shards_dir: str | Path, out_dir: str | Path, *, r
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
     shards_dir, out_dir = Path(shards_dir), Path(out_dir)
-    manifest = read_manifest(shards_dir)
+    manifest = read_manifest(shards_dir / MANIFEST)
     mine = [s for i, s in enumerate(manifest["shards"]) if i % world_size == rank]
     todo = [s for s in mine if not part_path(out_dir, s["path"]).exists()]
     log.info("rank %d/%d: %d of my %d shards to embed (%d already done)", rank, world_size, len(todo),
@@ -252,7 +241,7 @@ def _read_part(path: Path) -> tuple[np.ndarray, list[dict], list[dict]]:
 
 def pending_parts(shards_dir: str | Path, out_dir: str | Path) -> list[str]:
     """Shards of the manifest whose part file does not exist yet."""
-    return [s["path"] for s in read_manifest(shards_dir)["shards"]
+    return [s["path"] for s in read_manifest(Path(shards_dir) / MANIFEST)["shards"]
             if not part_path(out_dir, s["path"]).exists()]
 
 
@@ -269,7 +258,7 @@ def wait_for_parts(shards_dir, out_dir, timeout_s: float = 24 * 3600, poll_s: fl
 def merge_parts(shards_dir: str | Path, out_dir: str | Path, model_info: dict) -> dict:
     """Concatenate the parts in manifest order into the collection files; return the info written."""
     shards_dir, out_dir = Path(shards_dir), Path(out_dir)
-    manifest = read_manifest(shards_dir)
+    manifest = read_manifest(shards_dir / MANIFEST)
     missing = pending_parts(shards_dir, out_dir)
     if missing:
         raise FileNotFoundError(f"{len(missing)} shards have no part in {out_dir / PARTS_DIR} "
