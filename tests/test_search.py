@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.search import collection as coll_files
 from pipeline.search import features as feats
 from pipeline.search import index as idx
 from test_search_helpers import (CORRUPT_KEY, EVIL_CAPTION, EVIL_KEY, SHARD_SIZES, collection,  # noqa: F401
@@ -29,14 +30,14 @@ def one_faiss_thread():
 # ------------------------------------------------------------------------------------------ extraction
 
 def test_collection_table_frames_and_skipped_samples(collection, search_shards):
-    coll = feats.Collection(collection)
+    coll = coll_files.Collection(collection)
     vectors = np.asarray(coll.vectors())
     assert len(coll) == sum(SHARD_SIZES) - 1 == len(vectors) == coll.info["count"]
     assert vectors.dtype == np.float32 and vectors.shape[1] == coll.info["dim"] == 32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     # the sample with a corrupt frame is not silently dropped: counted and recorded with its reason
     assert coll.info["skipped"] == {"bad_frames": 1}
-    skipped = [json.loads(line) for line in (collection / feats.SKIPPED_FILE).read_text().splitlines()]
+    skipped = [json.loads(line) for line in (collection / coll_files.SKIPPED_FILE).read_text().splitlines()]
     assert [(s["key"], s["reason"], s["shard"]) for s in skipped] == [(CORRUPT_KEY, "bad_frames", "search-000001.tar")]
     keys = [item["key"] for item in coll.items]
     assert CORRUPT_KEY not in keys and keys[0] == "clip_0_0" and [it["id"] for it in coll.items] == list(range(len(keys)))
@@ -86,9 +87,9 @@ def test_extraction_resumes_after_a_crash_and_matches_an_uninterrupted_run(tmp_p
     assert counts == {"shards": 2, "embedded": 5, "skipped": 1} and resumed.clips == 5   # shard 0 not redone
     feats.merge_parts(search_shards, out, {})
     # equal up to float rounding (a different torch thread count changes summation order)
-    np.testing.assert_allclose(np.load(out / feats.FEATURES_FILE), np.load(collection / feats.FEATURES_FILE),
+    np.testing.assert_allclose(np.load(out / coll_files.FEATURES_FILE), np.load(collection / coll_files.FEATURES_FILE),
                                atol=1e-6)
-    assert (out / feats.ITEMS_FILE).read_text() == (collection / feats.ITEMS_FILE).read_text()
+    assert (out / coll_files.ITEMS_FILE).read_text() == (collection / coll_files.ITEMS_FILE).read_text()
     # a third run has nothing left to do
     again = FailingEmbedder(embedder)
     assert feats.extract_features(again, search_shards, out, num_workers=0, progress=False)["shards"] == 0
@@ -103,8 +104,8 @@ def test_two_ranks_with_worker_processes_equal_one_rank(tmp_path, embedder, sear
     feats.wait_for_parts(search_shards, out, timeout_s=1)
     info = feats.merge_parts(search_shards, out, {})
     assert info["dtype"] == "float16" and info["count"] == sum(SHARD_SIZES) - 1
-    ranked = np.load(out / feats.FEATURES_FILE)
-    np.testing.assert_allclose(ranked.astype(np.float32), np.load(collection / feats.FEATURES_FILE), atol=2e-3)
+    ranked = np.load(out / coll_files.FEATURES_FILE)
+    np.testing.assert_allclose(ranked.astype(np.float32), np.load(collection / coll_files.FEATURES_FILE), atol=2e-3)
 
 
 def test_missing_manifest_and_broken_shard_give_clear_errors(tmp_path, embedder, search_shards):
@@ -135,7 +136,7 @@ def test_video_file_embeds_like_its_shard_and_ranking_is_consistent(tmp_path, ti
     out = tmp_path / "coll"
     assert cli.main(["extract", "--model", str(tiny_weights), "--media", str(media), "--out", str(out),
                      "--dtype", "float32", "--workers", "0", "--no-progress"]) == 0
-    coll = feats.Collection(out)
+    coll = coll_files.Collection(out)
     assert [it["caption"] for it in coll.items] == ["colour bars", "rgb test", "test pattern"]
     by_path = {it["source"]["path"]: i for i, it in enumerate(coll.items)}
     vectors = np.asarray(coll.vectors())

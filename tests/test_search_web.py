@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.search.features import INFO_FILE, ITEMS_FILE
+from pipeline.search.collection import INFO_FILE, ITEMS_FILE
 from pipeline.search.index import Searcher
 from pipeline.search.webapp import QueryEncoder, SearchApp, make_server
 from test_search_helpers import (EVIL_CAPTION, EVIL_KEY, collection, embedder, search_shards,  # noqa: F401

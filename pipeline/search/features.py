@@ -31,20 +31,13 @@ import numpy as np
 
 from foundation.fsutil import atomic_path, atomic_write_json, atomic_write_text
 from foundation.safeload import DamagedFileError
+from pipeline.search.collection import FEATURES_FILE, INFO_FILE, ITEMS_FILE, SKIPPED_FILE
 from shard_tools.format import CAPTION_SUFFIX, MANIFEST, META_SUFFIX, frame_index, read_manifest, split_member_name
 
 log = logging.getLogger(__name__)
 
-FEATURES_FILE = "features.npy"
-ITEMS_FILE = "items.jsonl"
-SKIPPED_FILE = "skipped.jsonl"
-INFO_FILE = "features.json"
 PARTS_DIR = "parts"
 DTYPES = ("float16", "float32")
-
-
-class FeaturesMissingError(FileNotFoundError):
-    """The collection folder has no merged features yet."""
 
 
 # ----------------------------------------------------------------------------------------------- shards
@@ -99,18 +92,6 @@ def _scan_members(path, samples: dict, frames: dict, problems: list) -> None:
                     ref.caption = data
             elif (index := frame_index(suffix)) is not None:
                 frames.setdefault(key, {})[index] = (member.offset_data, member.size)
-
-
-def read_frame(shard: str | Path, byte_range: tuple[int, int]) -> bytes:
-    """The bytes of one stored frame; OSError naming the shard when it no longer holds them all."""
-    offset, size = byte_range
-    with open(shard, "rb") as f:
-        f.seek(offset)
-        data = f.read(size)
-    if len(data) != size:   # a short read is not a frame: the shard was truncated or replaced after extraction
-        raise OSError(f"{shard}: the frame at byte {offset} should be {size} bytes but the file holds {len(data)} "
-                      f"there (shard truncated or replaced after extraction? re-run extract)")
-    return data
 
 
 class _ShardClips:
@@ -287,39 +268,3 @@ def merge_parts(shards_dir: str | Path, out_dir: str | Path, model_info: dict) -
     log.info("merged %d parts: %d vectors of %d dims (%s), %d samples skipped %s", len(manifest["shards"]),
              len(rows), info["dim"], info["dtype"], len(skipped), reasons or "")
     return info
-
-
-# ----------------------------------------------------------------------------------------------- read
-
-class Collection:
-    """A merged collection folder: vectors, the id -> metadata table and the stored frames."""
-
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
-        info_path = self.folder / INFO_FILE
-        if not info_path.is_file():
-            raise FeaturesMissingError(f"no extracted features in {self.folder} ({INFO_FILE} is missing); "
-                                       f"run `python launch/search.py extract --out {self.folder} ...` first")
-        self.info = json.loads(info_path.read_text())
-        self.shards_dir = Path(self.info["shards_dir"])
-        with open(self.folder / ITEMS_FILE, encoding="utf-8") as f:
-            self.items = [json.loads(line) for line in f]
-
-    def vectors(self) -> np.ndarray:
-        path = self.folder / FEATURES_FILE
-        try:
-            return np.load(path, mmap_mode="r", allow_pickle=False)   # never a pickle: an object array is refused
-        except (ValueError, OSError, EOFError) as err:
-            raise DamagedFileError(path, f"is not a features array ({type(err).__name__}: {err})",
-                                   "run extract again into a new folder") from err
-
-    def __len__(self):
-        return len(self.items)
-
-    def frame(self, item_id: int, index: int) -> bytes:
-        """JPEG bytes of stored frame `index` of item `item_id` (IndexError when out of range)."""
-        item = self.items[item_id]
-        if not 0 <= index < len(item["frames"]):
-            raise IndexError(f"item {item_id} has {len(item['frames'])} stored frames, not {index + 1}")
-        return read_frame(self.shards_dir / item["shard"], item["frames"][index])
-

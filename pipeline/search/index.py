@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from foundation.fsutil import atomic_path, atomic_write_json
+from pipeline.search.collection import Collection
 
 log = logging.getLogger(__name__)
 # faiss logs every failed attempt to load its AVX512/AVX2 builds at INFO; keep our logs readable
@@ -184,7 +185,6 @@ def recall_at_k(exact_ids: np.ndarray, approx_ids: np.ndarray, k: int) -> float:
 
 def build_collection_index(folder: str | Path, kind: str = "auto", **options) -> IndexInfo:
     """Index the merged features of a collection folder (pipeline.search.features) and save beside them."""
-    from pipeline.search.features import Collection
 
     collection = Collection(folder)
     index, info = build_index(np.asarray(collection.vectors(), dtype=np.float32), kind, **options)
@@ -204,7 +204,6 @@ class Searcher:
     """A collection folder opened for queries: its index plus the id -> metadata table."""
 
     def __init__(self, folder: str | Path, nprobe: int | None = None):
-        from pipeline.search.features import Collection
 
         self.folder = Path(folder)
         self.collection = Collection(folder)
