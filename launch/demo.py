@@ -12,11 +12,14 @@ import logging
 import sys
 from pathlib import Path
 
+from foundation.logs import setup_logging
+from pipeline.demo.render import DemoSpec
+from pipeline.demo.run import DemoOptions, results_table, run_demo, stage_dir
+
 log = logging.getLogger("demo")
 
 
 def parse_args(argv=None):
-    from pipeline.demo.render import DemoSpec
     d = DemoSpec()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_run", help="folder for data, runs, logs and results")
@@ -34,9 +37,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from pipeline.demo.run import DemoOptions, results_table, run_demo, stage_dir
-    from foundation.logs import setup_logging
-    from pipeline.demo.render import DemoSpec
     setup_logging()
     if args.train_clips < 1 or args.images < 1 or args.nproc < 1:
         log.error("--train-clips, --images and --nproc must be at least 1")

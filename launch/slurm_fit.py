@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from foundation.logs import setup_logging
+from pipeline.train import slurm_fit
 
 log = logging.getLogger("slurm_fit")
 
@@ -28,8 +30,6 @@ def _run(cmd: list[str]) -> str:
 
 
 def main(argv=None) -> int:
-    from pipeline.train import slurm_fit
-    from foundation.logs import setup_logging
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--what", default=None, help="how to name the job in messages (default: the script)")

@@ -9,17 +9,19 @@ import argparse
 import logging
 import sys
 
+from foundation.logs import setup_logging
+from pipeline.demo.tiny_assets import DEFAULT_ROOT, write_tiny_assets
+
+log = logging.getLogger("tiny_assets")
+
 
 def main(argv=None) -> int:
-    from foundation.logs import setup_logging
-    from pipeline.demo.tiny_assets import DEFAULT_ROOT, write_tiny_assets
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=DEFAULT_ROOT, help=f"folder to write (default {DEFAULT_ROOT}, where "
                                                             "configs/tiny_*.json look)")
     args = parser.parse_args(argv)
     setup_logging()
     assets = write_tiny_assets(args.out)
-    log = logging.getLogger("tiny_assets")
     log.info("tiny assets in %s: text_model/, images/, videos/, val/", assets.root.resolve())
     if args.out != DEFAULT_ROOT:
         log.info("not the default folder: point the tiny configs at it with --set %s",

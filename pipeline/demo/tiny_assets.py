@@ -15,6 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+import simplejpeg
+
+from models.tiny import write_tiny_text_model
+from shard_tools import records
+from shard_tools.format import FORMAT, MANIFEST
+from shard_tools.writer import ChunkWriter, sample_members
+
 DEFAULT_ROOT = "runs/tiny_assets"
 FRAME_SIZE = 40        # pixels; the tiny configs crop 32
 STORED_FRAMES = 8      # frames stored per clip (the loader samples 1 or 4 of them)
@@ -45,8 +53,6 @@ class TinyAssets:
 
 def noise_frame(name: str, shard: int, index: int, frame: int, size: int = FRAME_SIZE) -> bytes:
     """Blocky seeded noise, shifted one block column per frame: samples differ, and clips differ in time."""
-    import numpy as np
-    import simplejpeg
     rng = np.random.default_rng([shard, index, len(name)])
     base = rng.integers(0, 256, (size // 4, size // 4, 3), dtype=np.uint8)
     image = np.roll(base, frame, axis=1).repeat(4, 0).repeat(4, 1)
@@ -57,9 +63,6 @@ def write_noise_shards(folder: Path, name: str, kind: str, shard_sizes, captions
                        num_frames: int = STORED_FRAMES, size: int = FRAME_SIZE) -> Path:
     """fit-shards/1 shards of noise samples, keys `{name}_{shard}_{index}`, captions `caption {j} of {key}`;
     manifest.json last. A folder that already has its manifest is left as it is."""
-    from shard_tools import records
-    from shard_tools.format import FORMAT, MANIFEST
-    from shard_tools.writer import ChunkWriter, sample_members
     folder = Path(folder)
     if (folder / MANIFEST).is_file():
         return folder
@@ -92,7 +95,6 @@ def write_noise_shards(folder: Path, name: str, kind: str, shard_sizes, captions
 
 def write_tiny_assets(root: str | Path = DEFAULT_ROOT) -> TinyAssets:
     """Write (or keep, when complete) the text model and shards of configs/tiny_*.json under `root`."""
-    from models.tiny import write_tiny_text_model
     assets = TinyAssets(Path(root))
     write_tiny_text_model(assets.text_model, arch="distilbert", hidden=32, layers=1, heads=2)
     for name, kind, sizes, captions in DATASETS:
