@@ -32,7 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.data import frames as frame_ops  # noqa: E402
 from pipeline.data import transforms  # noqa: E402
-from pipeline.data.loader import DatasetSpec, LoaderOptions, build_train_loader  # noqa: E402
+from pipeline.data.loader import build_train_loader  # noqa: E402
+from pipeline.data.options import DatasetSpec, LoaderOptions  # noqa: E402
 from pipeline.data.tokenize import load_tokenizer, tokenize  # noqa: E402
 
 K = 8          # stored frames per clip, as make-shards' default

@@ -93,7 +93,7 @@ def bench_extraction(name: str, embedder, shards: Path, out: Path, batch_size: i
     return emit({"bench": "extract", "config": name, "clips": counts["embedded"], "seconds": round(seconds, 2),
                  "clips_per_s": round(counts["embedded"] / seconds, 2), "batch_size": batch_size,
                  "workers": workers, "torch_threads": torch.get_num_threads(),
-                 "frames": embedder.num_frames, "res": embedder.prep.input_res})
+                 "frames": embedder.num_frames, "res": embedder.prep.options.input_res})
 
 
 # ------------------------------------------------------------------------------------------ indexes
@@ -178,7 +178,7 @@ def main() -> None:
 
     import faiss
 
-    from pipeline.search.features import Collection
+    from pipeline.search.collection import Collection
     from foundation.logs import setup_logging
 
     setup_logging()

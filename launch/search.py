@@ -18,7 +18,6 @@ from pathlib import Path
 log = logging.getLogger("search")
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def main(argv=None) -> int:
@@ -175,7 +174,7 @@ def shards_from_media(media: Path, out: Path, frames: int) -> Path:
     folder says about its files. An existing complete OUT/shards is reused (delete it to re-read).
     """
     from shard_tools.api import RunOptions, ShardOptions, make_shards
-    from shard_tools.format import MANIFEST
+    from shard_tools.decode import IMAGE_SUFFIXES
     from shard_tools.rows import safe_key
 
     if not media.is_dir():
@@ -184,7 +183,7 @@ def shards_from_media(media: Path, out: Path, frames: int) -> Path:
     if not files:
         raise FileNotFoundError(f"{media} holds no video or image files ({', '.join(VIDEO_SUFFIXES + IMAGE_SUFFIXES)})")
     shards = out / "shards"
-    if (shards / MANIFEST).is_file():
+    if (shards / "manifest.json").is_file():
         log.info("reusing the shards in %s (delete it to re-read %s)", shards, media)
         return shards
     rows = [{"key": safe_key(str(p.relative_to(media).with_suffix(""))), "path": str(p.resolve()),

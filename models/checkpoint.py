@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from foundation.fsutil import atomic_path, atomic_write_json
 from foundation.safeload import DamagedFileError, load_torch_file, read_json, read_safetensors
 
-from .config import ModelConfig
+from .config import TEMPORAL_FIXES, TEMPORAL_NOISE_STD, ModelConfig
 from .video_transformer import resize_pos_embed
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,6 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "model_config.json"
 TEXT_CONFIG_FILE = "text_config.json"
-TEMPORAL_FIXES = ("zeros", "nearest", "interp", "bilinear", "noise")   # "interp": the original's name for nearest
-# "noise": new rows drawn at the scale the other learned embeddings start with (pos_embed, cls_token)
-TEMPORAL_NOISE_STD = 0.02      # the default: the scale pos_embed and cls_token start with
 
 
 # ---- adaptation ----------------------------------------------------------------------------------

@@ -13,22 +13,30 @@ JSON shape (every key optional; `preset` picks the defaults the other keys overr
 import copy
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
-from foundation.schema import ConfigError, check_keys, get_typed
+from foundation import schema
+from foundation.schema import ConfigError
 
-# kept here (not imported from the model) so reading a config needs no torch
-TIME_INITS = ("zeros", "spatial")
+# The config's choices live here (not beside the model code) so reading a config needs no torch.
+TimeInit = Literal["zeros", "spatial"]
+TIME_INITS = get_args(TimeInit)
+# How checkpoint.load_temporal_fix inflates a temporal embedding with fewer rows than the model
+# ("interp": the original's name for nearest; "noise": new rows drawn at TEMPORAL_NOISE_STD).
+TemporalFix = Literal["zeros", "nearest", "interp", "bilinear", "noise"]
+TEMPORAL_FIXES = get_args(TemporalFix)
+TEMPORAL_NOISE_STD = 0.02      # the default: the scale pos_embed and cls_token start with
 
 # The original's ImageNet-21k -> 1k ViT-B/16 (timm 0.4.5's `vit_base_patch16_224`; docs/ORIGINAL.md, 'Initialisation').
 VIT_B16_IMAGENET = "vit_base_patch16_224.orig_in21k_ft_in1k"
-POOLINGS = ("auto", "cls", "pooler", "mean")
-PROJECTIONS = ("minimal", "")
+Pooling = Literal["auto", "cls", "pooler", "mean"]
+Projection = Literal["minimal", ""]
 # `init` values that mean "no ImageNet weights": random initialisation.
 RANDOM_INIT = (None, "", "none", "random")
 
 
 @dataclass
-class VideoConfig:
+class VideoConfig(schema.Section):
     img_size: int = 224
     patch_size: int = 16
     embed_dim: int = 768
@@ -39,7 +47,7 @@ class VideoConfig:
     qkv_bias: bool = True
     init: str | None = VIT_B16_IMAGENET   # timm name, local ViT weights file, or none/random
     grad_checkpointing: bool = False
-    time_init: str = "zeros"       # "zeros": the original; "spatial": learns from step one (docs/MODELS.md)
+    time_init: TimeInit = "zeros"  # "zeros": the original; "spatial": learns from step one (docs/MODELS.md)
     # time_residual False: the original wiring (docs/ORIGINAL.md, 'Bugs' 1); True: time attention in the residual
     time_residual: bool = False
 
@@ -47,80 +55,65 @@ class VideoConfig:
     def random_init(self) -> bool:
         return self.init in RANDOM_INIT
 
+    def check(self, where: str) -> None:
+        for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "num_frames"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{where}.{key}: must be a positive integer, got {getattr(self, key)}")
+        if self.img_size % self.patch_size:
+            raise ConfigError(f"{where}.img_size: {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"{where}.num_heads: embed_dim {self.embed_dim} is not divisible by {self.num_heads}")
+        if self.mlp_ratio <= 0:
+            raise ConfigError(f"{where}.mlp_ratio: must be > 0, got {self.mlp_ratio}")
+
 
 @dataclass
-class TextConfig:
+class TextConfig(schema.Section):
     model: str = "distilbert-base-uncased"   # Hugging Face hub name or local folder
-    pooling: str = "auto"                     # auto = the original's: CLS for DistilBERT, pooler for BERT
+    pooling: Pooling = "auto"                 # auto = the original's: CLS for DistilBERT, pooler for BERT
     pretrained: bool = True                   # false: random weights from the model's config (tests)
     freeze: bool = False                      # true: a locked text encoder (no gradient, eval mode); txt_proj trains
 
+    def check(self, where: str) -> None:
+        if not self.model:
+            raise ConfigError(f"{where}.model: empty; give a Hugging Face name or a local model folder")
+
 
 @dataclass
-class ModelConfig:
+class ModelConfig(schema.Section):
     video: VideoConfig = field(default_factory=VideoConfig)
     text: TextConfig = field(default_factory=TextConfig)
     projection_dim: int = 256
-    projection: str = "minimal"               # "minimal": text ReLU+Linear, video Linear; "": identity
+    projection: Projection = "minimal"        # "minimal": text ReLU+Linear, video Linear; "": identity
     temperature: float = 0.05
     learnable_temperature: bool = False       # a shape-(1,) parameter (DeepSpeed cannot broadcast 0-dim)
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "model") -> "ModelConfig":
-        """Validate a config section (errors name the key path) and build the config."""
-        check_keys(d, where, optional=("preset", "video", "text", "projection_dim", "projection",
-                                       "temperature", "learnable_temperature"))
-        base = preset(get_typed(d, "preset", str, where, default="vit-b16-224", choices=PRESETS))
-        merged = base.to_dict()
-        for section in ("video", "text"):
-            if section in d:
-                check_keys(d[section], f"{where}.{section}", optional=merged[section].keys())
-                merged[section].update(d[section])
-        merged.update({k: v for k, v in d.items() if k not in ("preset", "video", "text")})
-        return cls._from_merged(merged, where)
+        """Validate a config section (errors name the key path) and build the config: the keys given
+        override the preset's (`preset`, default "vit-b16-224")."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: expected an object, got {type(d).__name__} {d!r}")
+        name = d.get("preset", "vit-b16-224")
+        if not isinstance(name, str) or name not in PRESETS:
+            raise ConfigError(f"{where}.preset: {name!r} is not one of {list(PRESETS)}")
+        merged = preset(name).to_dict()
+        for key, value in d.items():
+            if key in ("video", "text") and isinstance(value, dict):
+                merged[key].update(value)
+            elif key != "preset":
+                merged[key] = value
+        return schema.from_dict(cls, merged, where)
 
-    @classmethod
-    def _from_merged(cls, m: dict, where: str) -> "ModelConfig":
-        v, t, vw, tw = m["video"], m["text"], f"{where}.video", f"{where}.text"
-        video = VideoConfig(
-            img_size=_positive(v, "img_size", vw), patch_size=_positive(v, "patch_size", vw),
-            embed_dim=_positive(v, "embed_dim", vw), depth=_positive(v, "depth", vw),
-            num_heads=_positive(v, "num_heads", vw),
-            mlp_ratio=float(get_typed(v, "mlp_ratio", (int, float), vw)),
-            num_frames=_positive(v, "num_frames", vw), qkv_bias=get_typed(v, "qkv_bias", bool, vw),
-            init=get_typed(v, "init", (str, type(None)), vw),
-            grad_checkpointing=get_typed(v, "grad_checkpointing", bool, vw),
-            time_init=get_typed(v, "time_init", str, vw, choices=TIME_INITS),
-            time_residual=get_typed(v, "time_residual", bool, vw))
-        if video.img_size % video.patch_size:
-            raise ConfigError(f"{vw}.img_size: {video.img_size} is not a multiple of patch_size {video.patch_size}")
-        if video.embed_dim % video.num_heads:
-            raise ConfigError(f"{vw}.num_heads: embed_dim {video.embed_dim} is not divisible by {video.num_heads}")
-        if video.mlp_ratio <= 0:
-            raise ConfigError(f"{vw}.mlp_ratio: must be > 0, got {video.mlp_ratio}")
-        text = TextConfig(model=get_typed(t, "model", str, tw), pretrained=get_typed(t, "pretrained", bool, tw),
-                          pooling=get_typed(t, "pooling", str, tw, choices=POOLINGS),
-                          freeze=get_typed(t, "freeze", bool, tw))
-        if not text.model:
-            raise ConfigError(f"{tw}.model: empty; give a Hugging Face name or a local model folder")
-        temperature = float(get_typed(m, "temperature", (int, float), where))
-        if temperature <= 0:
-            raise ConfigError(f"{where}.temperature: must be > 0, got {temperature}")
-        return cls(video=video, text=text, projection_dim=_positive(m, "projection_dim", where),
-                   projection=get_typed(m, "projection", str, where, choices=PROJECTIONS),
-                   temperature=temperature,
-                   learnable_temperature=get_typed(m, "learnable_temperature", bool, where))
+    def check(self, where: str) -> None:
+        if self.projection_dim <= 0:
+            raise ConfigError(f"{where}.projection_dim: must be a positive integer, got {self.projection_dim}")
+        if self.temperature <= 0:
+            raise ConfigError(f"{where}.temperature: must be > 0, got {self.temperature}")
 
     def to_dict(self) -> dict:
         """Plain JSON data; `ModelConfig.from_dict(cfg.to_dict()) == cfg`."""
         return dataclasses.asdict(self)
-
-
-def _positive(section: dict, key: str, where: str) -> int:
-    value = get_typed(section, key, int, where)
-    if value <= 0:
-        raise ConfigError(f"{where}.{key}: must be a positive integer, got {value}")
-    return value
 
 
 # ---- presets -------------------------------------------------------------------------------------

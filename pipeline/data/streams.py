@@ -15,6 +15,7 @@ T JPEGs a sample will use (not all K) plus its caption: memory per reader is abo
 """
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,13 +24,14 @@ import torch
 
 from pipeline.data import frames as frame_ops
 from pipeline.data import transforms
+from pipeline.data.options import LoaderOptions
 from pipeline.data.shardlists import epoch_order, stream_id, worker_shards
 from pipeline.data.tarstream import Sample, ShardReadError, iter_samples, printable
 from pipeline.data.tokenize import load_tokenizer, tokenize
-from shard_tools.format import frame_index
 
 log = logging.getLogger(__name__)
 
+FRAME_SUFFIX = re.compile(r"^([0-9]{3})\.jpg$")
 LOG_FIRST = 20          # log every skip up to this many per reason and reader, then every LOG_EVERY-th
 LOG_EVERY = 1000
 MAX_FRAME_PIXELS = 4096 * 4096   # make-shards stores short side 256; anything this large is damage
@@ -107,7 +109,8 @@ class Counters:
 
 @dataclass(frozen=True)
 class ReaderConfig:
-    """Everything a reader needs about one dataset and the shared options (picklable for workers)."""
+    """One dataset as a reader sees it: the spec's per-dataset settings, its resolved shards, and the shared
+    options (picklable for workers)."""
     name: str
     urls: tuple[str, ...]
     counts: tuple[int, ...] | None
@@ -116,19 +119,7 @@ class ReaderConfig:
     batch_size: int
     train: bool
     caption_mode: str
-    res: int
-    crop_scale: tuple[float, float]
-    crop_ratio: tuple[float, float]
-    hflip_p: float
-    eval_resize: int
-    eval_crop: int
-    tokenizer: str
-    max_text_length: int
-    seed: int
-    shuffle_buffer: int
-    shards_per_block: int
-    max_corrupt_fraction: float
-    corrupt_check_after: int
+    options: LoaderOptions
     frames_per_sample: int | None = None   # K from the manifest: every sample stores exactly K frames
 
 
@@ -157,10 +148,10 @@ class DatasetReader:
             log.warning("%s: skipped %s (%s) in %s: %s [%d so far]", self.cfg.name, key or "-", reason, shard,
                         detail, n)
         bad = sum(c.skipped.values())
-        if c.seen >= self.cfg.corrupt_check_after and bad > self.cfg.max_corrupt_fraction * c.seen:
+        if c.seen >= self.cfg.options.corrupt_check_after and bad > self.cfg.options.max_corrupt_fraction * c.seen:
             raise CorruptDataError(
                 f"dataset {self.cfg.name!r}: {bad} of {c.seen} samples unusable ({bad / c.seen:.1%} > "
-                f"max_corrupt_fraction {self.cfg.max_corrupt_fraction:.1%}); by reason: {c.skipped}. "
+                f"max_corrupt_fraction {self.cfg.options.max_corrupt_fraction:.1%}); by reason: {c.skipped}. "
                 f"Last: {reason} at {shard} key {key}: {detail}. Check the shards (make-shards verify) or "
                 f"raise data.options.max_corrupt_fraction if this is expected.")
 
@@ -183,7 +174,7 @@ class DatasetReader:
         except UnicodeDecodeError as err:
             self.skip("bad_text", shard, key, f".txt is not UTF-8: {err}")
             return None
-        numbered = sorted((i, s) for s in members if (i := frame_index(s)) is not None)
+        numbered = sorted((int(m.group(1)), s) for s in members if (m := FRAME_SUFFIX.match(s)))
         if not numbered or [i for i, _ in numbered] != list(range(len(numbered))):
             self.skip("missing_frames", shard, key, f"frames present: {[s for _, s in numbered]}")
             return None
@@ -221,7 +212,7 @@ class DatasetReader:
         try:
             for sample in iter_samples(url):
                 mine = keep(ordinal)
-                seed = [self.cfg.seed, self.sid, epoch, shard_index, ordinal]
+                seed = [self.cfg.options.seed, self.sid, epoch, shard_index, ordinal]
                 ordinal += 1
                 if not mine:
                     continue
@@ -263,7 +254,7 @@ class DatasetReader:
             except StopIteration:
                 readers.pop(i)
                 continue
-            if len(buffer) >= self.cfg.shuffle_buffer:
+            if len(buffer) >= self.cfg.options.shuffle_buffer:
                 yield self._pop_random(buffer, rng)
         while buffer:
             yield self._pop_random(buffer, rng)
@@ -283,8 +274,9 @@ class DatasetReader:
         epoch, block, emitted = position
         produced = block > 0 or emitted > 0  # whether this epoch yielded anything (guards against empty shards)
         while True:
-            shards = worker_shards(epoch_order(len(cfg.urls), cfg.seed, cfg.name, epoch), reader, readers)
-            blocks = [shards[i:i + cfg.shards_per_block] for i in range(0, len(shards), cfg.shards_per_block)]
+            shards = worker_shards(epoch_order(len(cfg.urls), cfg.options.seed, cfg.name, epoch), reader, readers)
+            per_block = cfg.options.shards_per_block
+            blocks = [shards[i:i + per_block] for i in range(0, len(shards), per_block)]
             if block >= len(blocks):
                 if not produced:  # unusable samples trip max_corrupt_fraction; this catches empty shards
                     raise CorruptDataError(f"dataset {cfg.name!r}: reader {reader} went through a whole epoch "
@@ -293,7 +285,7 @@ class DatasetReader:
                 epoch, block, emitted, produced = epoch + 1, 0, 0, False
                 position[:] = [epoch, block, emitted]
                 continue
-            rng = np.random.default_rng([cfg.seed, self.sid, epoch, reader, block])
+            rng = np.random.default_rng([cfg.options.seed, self.sid, epoch, reader, block])
             samples = self.block_samples(epoch, blocks[block], rng)
             if emitted:  # resume: replay the block's reading and shuffling, decode nothing
                 self.quiet = True
@@ -310,18 +302,19 @@ class DatasetReader:
     # ---- decoding and batching --------------------------------------------------------------------------
     def decode(self, sample: RawSample) -> torch.Tensor | None:
         """JPEGs -> augmented uint8 [T, 3, res, res]; None (counted) for a corrupt JPEG."""
-        cfg = self.cfg
+        options = self.cfg.options
         try:
             check_frame_sizes(sample.jpegs)
             clip = frame_ops.decode_frames(sample.jpegs)
         except ValueError as err:
             self.skip("corrupt_jpeg", sample.shard, sample.key, str(err))
             return None
-        if cfg.train:
+        if self.cfg.train:
             # its own stream (seed + tag), independent of the frame and caption draws made in `prepare`
             rng = np.random.default_rng(sample.seed + [1])
-            return transforms.train_clip(clip, rng, cfg.res, cfg.crop_scale, cfg.crop_ratio, cfg.hflip_p)
-        return transforms.eval_clip(clip, cfg.res, cfg.eval_resize, cfg.eval_crop)
+            return transforms.train_clip(clip, rng, options.input_res, options.crop_scale, options.crop_ratio,
+                                        options.hflip_p)
+        return transforms.eval_clip(clip, options.input_res, options.eval_resize, options.eval_crop)
 
     def make_batch(self, samples, limit: int | None = None) -> dict | None:
         """Decode up to batch_size samples from the iterator into a batch; None when it is exhausted."""
@@ -338,9 +331,9 @@ class DatasetReader:
             return None
         self.counters.used += len(used)
         self.counters.short += sum(s.short for s in used)
-        tokenizer = load_tokenizer(self.cfg.tokenizer)
+        tokenizer = load_tokenizer(self.cfg.options.tokenizer)
         batch = {"video": torch.stack(clips), "text": tokenize(tokenizer, [s.caption for s in used],
-                                                                self.cfg.max_text_length),
+                                                                self.cfg.options.max_text_length),
                  "keys": [s.key for s in used], "dataset": self.cfg.name}
         if not self.cfg.train:
             batch["captions"] = [s.captions if self.cfg.caption_mode == "all" else [s.caption] for s in used]

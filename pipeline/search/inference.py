@@ -13,60 +13,57 @@ so a dot product is the cosine similarity the model was trained with.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline.data.frames import decode_frames, frame_indices
+from pipeline.data.options import LoaderOptions
 from pipeline.data.tokenize import load_tokenizer, tokenize
-from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_clip, normalize_video
+from pipeline.data.transforms import eval_clip, normalize_video
+from pipeline.train.config import load_config
+from shard_tools.decode import IMAGE_SUFFIXES, FrameSpec, SampleError, decode_sample
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-# make-shards' default K (shard_tools.decode.FrameSpec.frames)
-STORED_FRAMES = 8
+STORED_FRAMES = FrameSpec().frames       # make-shards' default K
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How frames and captions become model inputs; must match the run's evaluation (data.options)."""
+    """How frames and captions become model inputs: T frames and the run's evaluation settings."""
     num_frames: int                  # T frames per clip (the run's first eval dataset, else the model's max)
-    input_res: int
-    tokenizer: str                   # hub name or folder
-    eval_resize: int = 256
-    eval_crop: int = 256
-    mean: tuple = IMAGENET_MEAN
-    std: tuple = IMAGENET_STD
-    max_text_length: int = 128
+    # the run's data.options; input_res, eval_resize, eval_crop, mean, std, tokenizer (hub name or folder) and
+    # max_text_length are used here as the evaluation loader uses them
+    options: LoaderOptions
 
     @classmethod
     def for_model(cls, config, tokenizer: str | None = None) -> "Preprocess":
         """Defaults when no run config is known: the model's T and size, the loader's default crop."""
-        return cls(num_frames=config.video.num_frames, input_res=config.video.img_size,
-                   tokenizer=tokenizer or config.text.model)
+        return cls(num_frames=config.video.num_frames,
+                   options=LoaderOptions(input_res=config.video.img_size, tokenizer=tokenizer or config.text.model))
 
     @classmethod
     def from_run_config(cls, path: str | Path, config) -> "Preprocess":
         """From a run's config.json (what `launch/train.py` wrote to its output_dir)."""
-        from pipeline.train.config import load_config
-
         path = Path(path)
         run = load_config(path)
-        options = run.loader
+        options = dataclasses.replace(run.loader, tokenizer=_run_relative(run.loader.tokenizer, path, run.output_dir))
         videos = [d for d in run.eval_datasets if d.kind != "image"]
-        return cls(num_frames=videos[0].num_frames if videos else config.video.num_frames,
-                   input_res=options.input_res, tokenizer=_run_relative(options.tokenizer, path, run.output_dir),
-                   eval_resize=options.eval_resize, eval_crop=options.eval_crop, mean=tuple(options.mean),
-                   std=tuple(options.std), max_text_length=options.max_text_length)
+        return cls(num_frames=videos[0].num_frames if videos else config.video.num_frames, options=options)
+
+    def with_tokenizer(self, tokenizer: str) -> "Preprocess":
+        return dataclasses.replace(self, options=dataclasses.replace(self.options, tokenizer=tokenizer))
 
     def clip(self, frames: np.ndarray) -> torch.Tensor:
         """K decoded frames uint8 [K, H, W, 3] -> the model's eval clip uint8 [T, 3, res, res]."""
         picked = frames[frame_indices(len(frames), self.num_frames, "uniform")]
-        return eval_clip(picked, res=self.input_res, resize=self.eval_resize, crop=self.eval_crop)
+        options = self.options
+        return eval_clip(picked, res=options.input_res, resize=options.eval_resize, crop=options.eval_crop)
 
 
 def _run_relative(value: str, config_path: Path, output_dir: str) -> str:
@@ -119,7 +116,7 @@ class Embedder:
         self.config = model.config
         self.prep = prep or Preprocess.for_model(self.config)
         self.source = source
-        self.tokenizer = load_tokenizer(self.prep.tokenizer)
+        self.tokenizer = load_tokenizer(self.prep.options.tokenizer)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None,
@@ -132,11 +129,11 @@ class Embedder:
         saved_tokenizer = path / "tokenizer"
         if run_config:
             prep = Preprocess.from_run_config(run_config, model.config)
-            log.info("preprocessing from %s: %s", run_config, asdict(prep))
+            log.info("preprocessing from %s: %s", run_config, prep)
         else:
             prep = Preprocess.for_model(model.config)
         if saved_tokenizer.is_dir():
-            prep = Preprocess(**{**asdict(prep), "tokenizer": str(saved_tokenizer)})
+            prep = prep.with_tokenizer(str(saved_tokenizer))
         return cls(model, prep, device, source=str(path.resolve()))
 
     @property
@@ -152,7 +149,8 @@ class Embedder:
     @torch.inference_mode()
     def embed_clips(self, clips: torch.Tensor) -> np.ndarray:
         """uint8 clips [B, T, 3, res, res] (Preprocess.clip) -> unit vectors [B, D] float32."""
-        video = normalize_video(clips.to(self.device, non_blocking=True), self.prep.mean, self.prep.std)
+        video = normalize_video(clips.to(self.device, non_blocking=True), self.prep.options.mean,
+                                self.prep.options.std)
         return _unit(self.model.encode_video(video))
 
     @torch.inference_mode()
@@ -162,7 +160,7 @@ class Embedder:
             raise TypeError("embed_texts takes a list of captions; wrap a single caption in a list")
         out = [np.zeros((0, self.dim), np.float32)]
         for start in range(0, len(captions), batch_size):
-            tokens = tokenize(self.tokenizer, captions[start:start + batch_size], self.prep.max_text_length)
+            tokens = tokenize(self.tokenizer, captions[start:start + batch_size], self.prep.options.max_text_length)
             tokens = {k: v.to(self.device) for k, v in tokens.items()}
             out.append(_unit(self.model.encode_text(tokens["input_ids"], tokens["attention_mask"])))
         return np.concatenate(out)
@@ -184,7 +182,7 @@ class Embedder:
     def embed_images(self, paths: list[str | Path], batch_size: int = 32) -> np.ndarray:
         """Each image as a one-frame sample (as CC-3M images are in training) -> unit vectors [N, D]."""
         out = [np.zeros((0, self.dim), np.float32)]
-        image_prep = Preprocess(**{**asdict(self.prep), "num_frames": 1})
+        image_prep = dataclasses.replace(self.prep, num_frames=1)
         for start in range(0, len(paths), batch_size):
             clips = [image_prep.clip(read_image(p)[None]) for p in paths[start:start + batch_size]]
             out.append(self.embed_clips(torch.stack(clips)))
@@ -211,8 +209,6 @@ def _unit(x: torch.Tensor) -> np.ndarray:
 
 def read_video_frames(path: str | Path, num_frames: int) -> np.ndarray:
     """uint8 [T, H, W, 3]: the middle frame of each of T equal segments, decoded as make-shards does."""
-    from shard_tools.decode import FrameSpec, SampleError, decode_sample
-
     try:
         decoded = decode_sample(str(path), "video", FrameSpec(frames=num_frames))
     except SampleError as e:
@@ -222,8 +218,6 @@ def read_video_frames(path: str | Path, num_frames: int) -> np.ndarray:
 
 def read_image(path: str | Path) -> np.ndarray:
     """uint8 [H, W, 3], short side resized as the shards store it."""
-    from shard_tools.decode import FrameSpec, SampleError, decode_sample
-
     try:
         decoded = decode_sample(str(path), "image", FrameSpec(frames=1))
     except SampleError as e:

@@ -1,7 +1,7 @@
 """Run config: one JSON file per run, validated section by section when loaded (docs/TRAINING.md).
 
 Sections: name, seed, output_dir, model (models.ModelConfig), data (train / eval dataset lists and shared
-loader options, pipeline.data.loader), optim, loss, deepspeed, log, eval, checkpoint. Every error names the key
+loader options, pipeline.data.options), optim, loss, deepspeed, log, eval, checkpoint. Every error names the key
 path (`optim.lr`, `data.train[1].batch_size`). `--set a.b=value` overrides are applied to the JSON before
 validation, so they are checked like the file.
 """
@@ -11,222 +11,196 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from foundation import schema
 from foundation.fsutil import atomic_write_json
+from foundation.schema import INTERNAL, ConfigError, Section
+from models.config import TEMPORAL_NOISE_STD, ModelConfig, TemporalFix
+from pipeline.data import shardlists
+from pipeline.data.options import DatasetSpec, LoaderOptions, check_unique_names
 from pipeline.train.metrics import METRIC_NAMES
-from foundation.schema import ConfigError, check_keys, get_typed
 
-NUMBER = (int, float)
 EVAL_METRICS = tuple(f"{d}_{m}" for d in ("t2v", "v2t") for m in METRIC_NAMES) + ("val_loss",)
+# set by the trainer from the optim / data / deepspeed sections, so not allowed in deepspeed.extra
+TRAINER_DEEPSPEED_KEYS = ("optimizer", "scheduler", "gradient_clipping", "train_batch_size", "zero_optimization",
+                          "bf16", "fp16", "gradient_accumulation_steps", "train_micro_batch_size_per_gpu")
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(Section):
     total_steps: int
     lr: float = 3e-5
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-6
-    schedule: str = "constant"        # constant | cosine
+    schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0         # cosine ends at min_lr_ratio * lr
     grad_clip: float = 0.0            # max global grad norm; 0 disables (DeepSpeed's own default is 1.0)
     grad_accum_steps: int = 1         # loader steps per optimizer step
 
+    def check(self, where: str) -> None:
+        if self.total_steps < 1:
+            raise ConfigError(f"{where}.total_steps: must be >= 1, got {self.total_steps}")
+        if self.lr <= 0:
+            raise ConfigError(f"{where}.lr: must be > 0, got {self.lr}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"{where}.betas: expected two numbers in [0, 1), got {list(self.betas)!r}")
+        for key in ("warmup_steps", "grad_clip", "weight_decay", "min_lr_ratio"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
+        if self.grad_accum_steps < 1:
+            raise ConfigError(f"{where}.grad_accum_steps: must be >= 1, got {self.grad_accum_steps}")
+
 
 @dataclass
-class DeepSpeedSection:
-    zero_stage: int = 2
-    precision: str = "auto"           # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+class DeepSpeedSection(Section):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 on GPU, fp32 on CPU
     extra: dict = field(default_factory=dict)   # raw DeepSpeed keys merged last (e.g. overlap_comm)
     comm_timeout_s: float = 600.0     # a collective waiting this long on a dead rank raises
 
+    def check(self, where: str) -> None:
+        for key in TRAINER_DEEPSPEED_KEYS:
+            if key in self.extra:
+                raise ConfigError(f"{where}.extra.{key}: set by the trainer from optim / data / deepspeed; "
+                                  "use those sections instead")
+
 
 @dataclass
-class LogConfig:
+class LogConfig(Section):
     every_steps: int = 10
     tensorboard: bool = True
 
+    def check(self, where: str) -> None:
+        if self.every_steps < 1:
+            raise ConfigError(f"{where}.every_steps: must be >= 1, got {self.every_steps}")
+
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Section):
     every_steps: int = 0              # 0: only at the end
     at_start: bool = False            # the original's init_val
     best_metric: str | None = None    # "<eval dataset>/<metric>"; None: the first eval dataset's val_loss
-    best_mode: str | None = None      # max | min; None: min for val_loss / MedR / MeanR, else max
+    best_mode: Literal["max", "min"] | None = None   # None: min for val_loss / MedR / MeanR, else max
     # >0: test-time sliding window over the loaded frames (docs/ORIGINAL.md, 'Test-time evaluation')
     sliding_window_stride: int = 0
     window_frames: int = 0            # frames per window (the model's T) when sliding
 
+    def check(self, where: str) -> None:
+        if self.every_steps < 0:
+            raise ConfigError(f"{where}.every_steps: must be >= 0, got {self.every_steps}")
+        if self.sliding_window_stride < 0 or (self.sliding_window_stride and self.window_frames < 1):
+            raise ConfigError(f"{where}.sliding_window_stride: needs {where}.window_frames >= 1 (the model's "
+                              "frames per window) and a stride >= 1")
+
 
 @dataclass
-class CheckpointConfig:
+class CheckpointConfig(Section):
     every_steps: int = 1000
     keep_last: int = 3
     load_checkpoint: str | None = None   # model-only weights to start from (fine-tune / next stage)
-    load_temporal_fix: str = "zeros"     # models.checkpoint.TEMPORAL_FIXES: inflating temporal embeddings
-    load_temporal_noise_std: float = 0.02    # std of the new rows with load_temporal_fix "noise" (= models.checkpoint
-                                             # .TEMPORAL_NOISE_STD, not imported: this module does not load torch)
+    load_temporal_fix: TemporalFix = "zeros"   # how a temporal embedding with fewer rows is inflated
+    load_temporal_noise_std: float = TEMPORAL_NOISE_STD   # std of the new rows with load_temporal_fix "noise"
+
+    def check(self, where: str) -> None:
+        if self.every_steps < 0 or self.keep_last < 1:
+            raise ConfigError(f"{where}: every_steps must be >= 0 and keep_last >= 1")
+        if self.load_temporal_noise_std < 0:
+            raise ConfigError(f"{where}.load_temporal_noise_std: must be >= 0, got {self.load_temporal_noise_std}")
+
+
+@dataclass
+class DataSection(Section):
+    train: list[DatasetSpec]
+    eval: list[DatasetSpec] = field(default_factory=list)
+    options: LoaderOptions = field(default_factory=LoaderOptions)
+
+    def check(self, where: str) -> None:
+        if not self.train:
+            raise ConfigError(f"{where}.train: needs at least one dataset")
+        check_unique_names(self.train, f"{where}.train")
+        check_unique_names(self.eval, f"{where}.eval")
+
+
+@dataclass
+class LossSection(Section):
+    weights: dict[str, float] = field(default_factory=dict)   # dataset name -> weight of its loss (default 1)
 
 
 @dataclass
 class RunConfig:
+    """The whole run config, one field per JSON section (the root's key path is "", so errors read `optim.lr`)."""
     name: str
-    seed: int
     output_dir: str
-    model: Any                       # models.ModelConfig
-    train_datasets: list             # pipeline.data.loader.DatasetSpec
-    eval_datasets: list
-    loader: Any                      # pipeline.data.loader.LoaderOptions
+    model: ModelConfig
+    data: DataSection
     optim: OptimConfig
-    loss_weights: dict               # dataset name -> weight of its loss in the summed step loss (default 1)
-    deepspeed: DeepSpeedSection
-    log: LogConfig
-    eval: EvalConfig
-    checkpoint: CheckpointConfig
-    raw: dict                        # the validated JSON (what config.json holds)
+    seed: int = 0
+    loss: LossSection = field(default_factory=LossSection)
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    raw: dict = field(default_factory=dict, metadata=INTERNAL)   # the validated JSON (what config.json holds)
+
+    # what the trainer, evaluation and search read
+    @property
+    def train_datasets(self) -> list[DatasetSpec]:
+        return self.data.train
+
+    @property
+    def eval_datasets(self) -> list[DatasetSpec]:
+        return self.data.eval
+
+    @property
+    def loader(self) -> LoaderOptions:
+        return self.data.options
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        return self.loss.weights
+
+    def check(self, where: str) -> None:
+        """Rules across sections; also fills eval.best_metric / best_mode, whose defaults depend on data.eval."""
+        train_names, eval_names = [s.name for s in self.data.train], [s.name for s in self.data.eval]
+        for key, value in self.loss.weights.items():
+            if key not in train_names:
+                raise ConfigError(f"loss.weights.{key}: not a training dataset ({', '.join(train_names)})")
+            if value < 0:
+                raise ConfigError(f"loss.weights.{key}: expected a number >= 0, got {value!r}")
+        ev = self.eval
+        if ev.best_metric is not None:
+            dataset, _, metric = ev.best_metric.partition("/")
+            if dataset not in eval_names:
+                raise ConfigError(f"eval.best_metric: {ev.best_metric!r} names dataset {dataset!r}, which is "
+                                  f"not in data.eval ({', '.join(eval_names) or 'none'})")
+            if metric not in EVAL_METRICS:
+                raise ConfigError(f"eval.best_metric: unknown metric {metric!r} (one of {', '.join(EVAL_METRICS)})")
+        elif eval_names:
+            ev.best_metric = f"{eval_names[0]}/val_loss"
+        if ev.best_mode is None and ev.best_metric:
+            metric = ev.best_metric.partition("/")[2]
+            ev.best_mode = "min" if metric in ("val_loss",) or metric.endswith(("MedR", "MeanR")) else "max"
+        if ev.sliding_window_stride:
+            if ev.window_frames > self.model.video.num_frames:
+                raise ConfigError(f"eval.window_frames: {ev.window_frames} is more than the model takes "
+                                  f"(model.video.num_frames = {self.model.video.num_frames})")
+            for i, spec in enumerate(self.data.eval):
+                if spec.num_frames % ev.window_frames:
+                    raise ConfigError(f"data.eval[{i}].num_frames: {spec.num_frames} is not a multiple of "
+                                      f"eval.window_frames = {ev.window_frames} (sliding window)")
 
     def save(self, path: str | Path) -> None:
         atomic_write_json(path, self.raw)
 
 
-def _dataclass_section(cls, section: dict, where: str, types: dict[str, Any], required=(), choices=None):
-    """Validate a flat section against a dataclass: known keys only, each of its declared JSON type."""
-    check_keys(section, where, required=required, optional=[k for k in types if k not in required])
-    values = {}
-    for key, json_type in types.items():
-        if key in section:
-            values[key] = get_typed(section, key, json_type, where, choices=(choices or {}).get(key))
-    return cls(**values)
-
-
-def _optim(section: dict, where: str) -> OptimConfig:
-    cfg = _dataclass_section(OptimConfig, section, where, {
-        "total_steps": int, "lr": NUMBER, "weight_decay": NUMBER, "betas": list, "eps": NUMBER,
-        "schedule": str, "warmup_steps": int, "min_lr_ratio": NUMBER, "grad_clip": NUMBER,
-        "grad_accum_steps": int}, required=("total_steps",), choices={"schedule": ("constant", "cosine")})
-    if cfg.total_steps < 1:
-        raise ConfigError(f"{where}.total_steps: must be >= 1, got {cfg.total_steps}")
-    if cfg.lr <= 0:
-        raise ConfigError(f"{where}.lr: must be > 0, got {cfg.lr}")
-    if len(cfg.betas) != 2 or not all(isinstance(b, NUMBER) and 0 <= b < 1 for b in cfg.betas):
-        raise ConfigError(f"{where}.betas: expected two numbers in [0, 1), got {cfg.betas!r}")
-    cfg.betas = tuple(float(b) for b in cfg.betas)
-    for key in ("warmup_steps", "grad_clip", "weight_decay", "min_lr_ratio"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"{where}.{key}: must be >= 0, got {getattr(cfg, key)}")
-    if cfg.grad_accum_steps < 1:
-        raise ConfigError(f"{where}.grad_accum_steps: must be >= 1, got {cfg.grad_accum_steps}")
-    return cfg
-
-
-def _deepspeed(section: dict, where: str) -> DeepSpeedSection:
-    cfg = _dataclass_section(DeepSpeedSection, section, where,
-                             {"zero_stage": int, "precision": str, "extra": dict, "comm_timeout_s": NUMBER},
-                             choices={"zero_stage": (0, 1, 2, 3), "precision": ("auto", "fp32", "bf16")})
-    for key in ("optimizer", "scheduler", "gradient_clipping", "train_batch_size", "zero_optimization",
-                "bf16", "fp16", "gradient_accumulation_steps", "train_micro_batch_size_per_gpu"):
-        if key in cfg.extra:
-            raise ConfigError(f"{where}.extra.{key}: set by the trainer from optim / data / deepspeed; "
-                              "use those sections instead")
-    return cfg
-
-
-def _eval(section: dict, where: str, eval_names: list[str]) -> EvalConfig:
-    cfg = _dataclass_section(EvalConfig, section, where, {
-        "every_steps": int, "at_start": bool, "best_metric": (str, type(None)), "best_mode": (str, type(None)),
-        "sliding_window_stride": int, "window_frames": int},
-        choices={"best_mode": ("max", "min", None)})
-    if cfg.every_steps < 0:
-        raise ConfigError(f"{where}.every_steps: must be >= 0, got {cfg.every_steps}")
-    if cfg.sliding_window_stride < 0 or (cfg.sliding_window_stride and cfg.window_frames < 1):
-        raise ConfigError(f"{where}.sliding_window_stride: needs {where}.window_frames >= 1 (the model's "
-                          "frames per window) and a stride >= 1")
-    if cfg.best_metric is not None:
-        dataset, _, metric = cfg.best_metric.partition("/")
-        if dataset not in eval_names:
-            raise ConfigError(f"{where}.best_metric: {cfg.best_metric!r} names dataset {dataset!r}, which is "
-                              f"not in data.eval ({', '.join(eval_names) or 'none'})")
-        if metric not in EVAL_METRICS:
-            raise ConfigError(f"{where}.best_metric: unknown metric {metric!r} (one of {', '.join(EVAL_METRICS)})")
-    elif eval_names:
-        cfg.best_metric = f"{eval_names[0]}/val_loss"
-    if cfg.best_mode is None and cfg.best_metric:
-        metric = cfg.best_metric.partition("/")[2]
-        cfg.best_mode = "min" if metric in ("val_loss",) or metric.endswith(("MedR", "MeanR")) else "max"
-    return cfg
-
-
-def _checkpoint(section: dict, where: str) -> CheckpointConfig:
-    from models.checkpoint import TEMPORAL_FIXES
-    cfg = _dataclass_section(CheckpointConfig, section, where, {
-        "every_steps": int, "keep_last": int, "load_checkpoint": (str, type(None)), "load_temporal_fix": str,
-        "load_temporal_noise_std": (int, float)}, choices={"load_temporal_fix": TEMPORAL_FIXES})
-    if cfg.every_steps < 0 or cfg.keep_last < 1:
-        raise ConfigError(f"{where}: every_steps must be >= 0 and keep_last >= 1")
-    if cfg.load_temporal_noise_std < 0:
-        raise ConfigError(f"{where}.load_temporal_noise_std: must be >= 0, got {cfg.load_temporal_noise_std}")
-    return cfg
-
-
-def _data(section: dict, where: str):
-    from pipeline.data.loader import DatasetSpec, LoaderOptions   # the loader owns these sections' schemas
-    check_keys(section, where, required=("train",), optional=("eval", "options"))
-    train = get_typed(section, "train", list, where)
-    evals = get_typed(section, "eval", list, where, default=[])
-    if not train:
-        raise ConfigError(f"{where}.train: needs at least one dataset")
-    train_specs = [DatasetSpec.from_dict(d, f"{where}.train[{i}]") for i, d in enumerate(train)]
-    eval_specs = [DatasetSpec.from_dict(d, f"{where}.eval[{i}]") for i, d in enumerate(evals)]
-    for kind, specs in (("train", train_specs), ("eval", eval_specs)):
-        names = [s.name for s in specs]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"{where}.{kind}: dataset names must be unique, got {names}")
-    options = LoaderOptions.from_dict(get_typed(section, "options", dict, where, default={}), f"{where}.options")
-    return train_specs, eval_specs, options
-
-
 def validate(raw: dict) -> RunConfig:
     """Check a whole run config; raise ConfigError naming the first bad key."""
-    from models import ModelConfig
-    check_keys(raw, "config", required=("name", "output_dir", "model", "data", "optim"),
-               optional=("seed", "loss", "deepspeed", "log", "eval", "checkpoint"))
-    name = get_typed(raw, "name", str, "config")
-    seed = get_typed(raw, "seed", int, "config", default=0)
-    output_dir = get_typed(raw, "output_dir", str, "config")
-    model = ModelConfig.from_dict(raw["model"], "model")
-    train_specs, eval_specs, options = _data(raw["data"], "data")
-    loss = get_typed(raw, "loss", dict, "config", default={})
-    check_keys(loss, "loss", optional=("weights",))
-    weights = get_typed(loss, "weights", dict, "loss", default={})
-    train_names = [s.name for s in train_specs]
-    for key, value in weights.items():
-        if key not in train_names:
-            raise ConfigError(f"loss.weights.{key}: not a training dataset ({', '.join(train_names)})")
-        if isinstance(value, bool) or not isinstance(value, NUMBER) or value < 0:
-            raise ConfigError(f"loss.weights.{key}: expected a number >= 0, got {value!r}")
-    log = _dataclass_section(LogConfig, get_typed(raw, "log", dict, "config", default={}), "log",
-                             {"every_steps": int, "tensorboard": bool})
-    if log.every_steps < 1:
-        raise ConfigError(f"log.every_steps: must be >= 1, got {log.every_steps}")
-    eval_cfg = _eval(get_typed(raw, "eval", dict, "config", default={}), "eval", [s.name for s in eval_specs])
-    if eval_cfg.sliding_window_stride:
-        if eval_cfg.window_frames > model.video.num_frames:
-            raise ConfigError(f"eval.window_frames: {eval_cfg.window_frames} is more than the model takes "
-                              f"(model.video.num_frames = {model.video.num_frames})")
-        for i, spec in enumerate(eval_specs):
-            if spec.num_frames % eval_cfg.window_frames:
-                raise ConfigError(f"data.eval[{i}].num_frames: {spec.num_frames} is not a multiple of "
-                                  f"eval.window_frames = {eval_cfg.window_frames} (sliding window)")
-    return RunConfig(
-        name=name, seed=seed, output_dir=output_dir, model=model, train_datasets=train_specs,
-        eval_datasets=eval_specs, loader=options, optim=_optim(raw["optim"], "optim"),
-        loss_weights={k: float(v) for k, v in weights.items()},
-        deepspeed=_deepspeed(get_typed(raw, "deepspeed", dict, "config", default={}), "deepspeed"), log=log,
-        eval=eval_cfg,
-        checkpoint=_checkpoint(get_typed(raw, "checkpoint", dict, "config", default={}), "checkpoint"),
-        raw=copy.deepcopy(raw))
+    cfg = schema.from_dict(RunConfig, raw, "")
+    cfg.raw = copy.deepcopy(raw)
+    return cfg
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -304,7 +278,6 @@ def check_inputs(cfg: RunConfig, world_size: int = 1) -> list[str]:
     as in the job. `checkpoint.load_checkpoint` is not required to exist: in a curriculum the previous stage
     writes it.
     """
-    from pipeline.data import shardlists
     problems = []
     for spec in list(cfg.train_datasets) + list(cfg.eval_datasets):
         try:
