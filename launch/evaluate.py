@@ -37,14 +37,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from pipeline.train.config import load_config
-    from pipeline.train.distributed import device_for, init_distributed, read_env, shutdown
-    from pipeline.train.evaluation import evaluate_run
     from foundation.fsutil import atomic_write_json
     from foundation.logs import setup_logging
     from foundation.safeload import DamagedFileError
     from foundation.schema import ConfigError
-    from pipeline.train.weights import load_model
+    from pipeline.train.checkpoints import load_model
+    from pipeline.train.config import load_config
+    from pipeline.train.distributed import device_for, init_distributed, read_env, shutdown
+    from pipeline.train.evaluation import evaluate_run
 
     env = read_env()
     setup_logging(rank=env.rank if env.world_size > 1 else None)
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     try:
         device = device_for(env)
         dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-        model = load_model(args.checkpoint, cfg.model).to(device=device, dtype=dtype).eval()
+        model = load_model(args.checkpoint, cfg.model).to(device=device, dtype=dtype)
         results = evaluate_run(model, cfg, env, device, dtype, float(model.temperature()))
         if env.is_main:
             out = Path(args.out) if args.out else (

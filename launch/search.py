@@ -160,7 +160,7 @@ def _extract(args, shards: Path, rank: int, world: int, local_rank: int) -> None
 
 def _model_info(args) -> dict:
     """Where the features came from; `query` and `serve` load this model unless told otherwise."""
-    from pipeline.search.inference import find_run_config
+    from pipeline.train.checkpoints import find_run_config
 
     model = Path(args.model).resolve()
     run_config = Path(args.run_config).resolve() if args.run_config else find_run_config(model)

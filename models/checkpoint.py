@@ -203,6 +203,17 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     raise ValueError(f"{path}: holds neither a state_dict nor a dict with a 'state_dict' entry")
 
 
+def load_same_shapes(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source, expected: str):
+    """`model.load_state_dict(state_dict, strict=False)` once every tensor the model also holds has the model's
+    shape; otherwise raises naming `source`, what the shapes should match (`expected`) and the first keys."""
+    own = model.state_dict()
+    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+           for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    if bad:
+        raise ValueError(f"{source}: shapes do not match {expected}: {bad[:8]}")
+    return model.load_state_dict(state_dict, strict=False)
+
+
 def load_weights_into(model: torch.nn.Module, path: str | os.PathLike, temporal_fix: str = "zeros",
                       strict: bool = True, noise_std: float = TEMPORAL_NOISE_STD) -> LoadReport:
     """Load our folder / .safetensors or the released .pth.tar into `model` (a FrozenInTime).
@@ -211,12 +222,7 @@ def load_weights_into(model: torch.nn.Module, path: str | os.PathLike, temporal_
     load; a learnable `logit_scale` absent from the file is allowed and keeps its init.
     """
     state_dict, notes = adapt_state_dict(read_state_dict(path), model, temporal_fix, noise_std)
-    own = model.state_dict()
-    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-           for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
-    if bad:
-        raise ValueError(f"{path}: shapes do not match the model config: {bad[:8]}")
-    result = model.load_state_dict(state_dict, strict=False)
+    result = load_same_shapes(model, state_dict, path, "the model config")
     report = LoadReport(str(path), list(result.missing_keys), list(result.unexpected_keys), notes)
     blocking = [k for k in report.missing if k != "logit_scale"] + report.unexpected
     if strict and blocking:

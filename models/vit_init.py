@@ -11,6 +11,7 @@ import re
 
 import torch
 
+from .checkpoint import load_same_shapes
 from .video_transformer import SpaceTimeTransformer, resize_pos_embed
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,7 @@ def load_vit_weights(model: SpaceTimeTransformer, vit_sd: dict[str, torch.Tensor
             raise ValueError(f"{source}: pos_embed {tuple(pos.shape)} is not CLS + a square grid")
         taken["pos_embed"] = resize_pos_embed(pos, model.grid, (old, old))
         log.info("%s: resampled pos_embed from %dx%d to %dx%d", source, old, old, *model.grid)
-    own = model.state_dict()
-    mismatched = [f"{k}: {tuple(v.shape)} vs ours {tuple(own[k].shape)}"
-                  for k, v in taken.items() if k in own and v.shape != own[k].shape]
-    if mismatched:
-        raise ValueError(f"{source}: shapes differ from the configured video model: {mismatched[:6]}")
-    result = model.load_state_dict(taken, strict=False)
+    result = load_same_shapes(model, taken, source, "the configured video model")
     missing = [k for k in result.missing_keys if not _TEMPORAL.match(k)]
     if missing or result.unexpected_keys:
         raise ValueError(f"{source}: ViT does not match the configured depth/size: missing {missing[:8]}, "

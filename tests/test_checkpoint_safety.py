@@ -18,8 +18,27 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.train import checkpointing as ckpt
 from foundation.safeload import DamagedFileError, RefusedGlobalError
+from pipeline.train.checkpoint_format import (
+    MARKER,
+    RANK_STATE_KEYS,
+    consolidated_state_dict,
+    deepspeed_loads_restricted,
+    load_rank_state,
+    mark_complete,
+    read_run_info,
+    save_rank_state,
+    tag_for_step,
+    verify_checkpoint,
+    write_run_info,
+)
+from pipeline.train.checkpoints import (
+    first_sound_checkpoint,
+    latest_complete,
+    list_checkpoints,
+    load_model,
+    resume_candidates,
+)
 from test_train_fixtures import REPO, launch_ranks, make_tiny_assets, read_log, read_weights, wait_all
 
 CONFIG = str(REPO / "configs" / "tiny_1f.json")
@@ -107,7 +126,7 @@ def damages(file, data):
     rng = random.Random(file.name)
     kinds = {"empty": b"", "truncated at half": data[:len(data) // 2],
              "random bytes": bytes(rng.getrandbits(8) for _ in range(max(64, min(len(data), 4096))))}
-    if file.suffix == ".json" or file.name == ckpt.MARKER:
+    if file.suffix == ".json" or file.name == MARKER:
         kinds["a JSON list"] = b"[1, 2]\n"
         kinds["step as a string"] = json.dumps({**json.loads(data), "step": "2"}).encode()
     return kinds
@@ -119,10 +138,9 @@ def damages(file, data):
 @pytest.mark.parametrize("zero_stage", STAGES)
 def test_sound_checkpoints_load_as_the_exported_weights(runs, zero_stage):
     """The restricted loading changes nothing for real files: step 2's checkpoint is the final weights."""
-    from pipeline.train.weights import load_model
     run = runs["root"] / f"zero{zero_stage}"
-    newest = ckpt.latest_complete(run / "checkpoints")
-    assert newest.name == "step_00000002" and ckpt.verify_checkpoint(newest)["zero_stage"] == zero_stage
+    newest = latest_complete(run / "checkpoints")
+    assert newest.name == "step_00000002" and verify_checkpoint(newest)["zero_stage"] == zero_stage
     loaded, exported = load_model(newest).state_dict(), read_weights(run / "weights" / "final")
     for key, value in exported.items():
         assert torch.equal(loaded[key], value), key
@@ -142,9 +160,8 @@ def test_the_payload_runs_when_loaded_without_restriction(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("zero_stage", STAGES)
 def test_crafted_pickles_in_a_checkpoint_folder_are_refused_everywhere(runs, zero_stage, tmp_path, capsys):
-    from pipeline.train.weights import consolidated_state_dict
     root = _copy_run(runs, zero_stage, tmp_path / "run") / "checkpoints"
-    previous, newest = ckpt.list_checkpoints(root)
+    previous, newest = list_checkpoints(root)
     marker = tmp_path / "ran"
     files = sorted(newest.glob("*.pt"))
     assert len(files) == (2 if zero_stage == 0 else 3)
@@ -155,16 +172,16 @@ def test_crafted_pickles_in_a_checkpoint_folder_are_refused_everywhere(runs, zer
             for code, err in (_evaluate(newest, runs, capsys), _extract(newest, tmp_path, capsys)):
                 assert code == 2 and str(file) in err and SYSTEM in err and "Traceback" not in err, err
             with pytest.raises(RefusedGlobalError, match=re.escape(str(file))) as refused:
-                ckpt.first_sound_checkpoint(str(newest), ckpt.resume_candidates(str(newest), root))
+                first_sound_checkpoint(str(newest), resume_candidates(str(newest), root))
             assert refused.value.global_name == SYSTEM
-            with Messages("pipeline.train.checkpointing") as log:
-                assert ckpt.first_sound_checkpoint("auto", ckpt.resume_candidates("auto", root)) == previous
+            with Messages("pipeline.train.checkpoints") as log:
+                assert first_sound_checkpoint("auto", resume_candidates("auto", root)) == previous
             assert any(str(file) in line and "falling back" in line for line in log.lines), log.lines
             # past the folder check too: DeepSpeed's own loading (zero_to_fp32 at ZeRO 2/3) and the trainer's
-            info = ckpt.read_run_info(newest)
+            info = read_run_info(newest)
             with pytest.raises(RefusedGlobalError, match=re.escape(SYSTEM)):
                 if file.name.startswith("trainer_rank_"):
-                    ckpt.load_rank_state(newest, 0)
+                    load_rank_state(newest, 0)
                 else:
                     consolidated_state_dict(newest, info)
         finally:
@@ -185,7 +202,7 @@ def test_deepspeeds_own_loaders_are_restricted(tmp_path):
     scaler = LossScaler(1.0)
     scaler.hidden = Payload(marker)
     torch.save({"optimizer_state_dict": {"loss_scaler": scaler}}, nested)
-    with ckpt.deepspeed_loads_restricted(tmp_path):
+    with deepspeed_loads_restricted(tmp_path):
         for file in (plain, nested):
             with pytest.raises(RefusedGlobalError, match=re.escape(SYSTEM)):
                 TorchCheckpointEngine().load(str(file), map_location="cpu")
@@ -199,16 +216,17 @@ def test_deepspeeds_own_loaders_are_restricted(tmp_path):
 
 def test_features_and_parts_never_unpickle(tmp_path):
     """Search's own files are numpy arrays read with allow_pickle=False: an object array is refused by name."""
+    from pipeline.search import collection
     from pipeline.search import features as feats
     marker = tmp_path / "ran"
     evil = np.array([Payload(marker)], dtype=object)
     folder = tmp_path / "collection"
     folder.mkdir()
-    (folder / feats.INFO_FILE).write_text(json.dumps({"shards_dir": str(tmp_path)}))
-    (folder / feats.ITEMS_FILE).write_text("")
-    np.save(folder / feats.FEATURES_FILE, evil, allow_pickle=True)
-    with pytest.raises(DamagedFileError, match=re.escape(str(folder / feats.FEATURES_FILE))):
-        feats.Collection(folder).vectors()
+    (folder / collection.INFO_FILE).write_text(json.dumps({"shards_dir": str(tmp_path)}))
+    (folder / collection.ITEMS_FILE).write_text("")
+    np.save(folder / collection.FEATURES_FILE, evil, allow_pickle=True)
+    with pytest.raises(DamagedFileError, match=re.escape(str(folder / collection.FEATURES_FILE))):
+        collection.Collection(folder).vectors()
     part = tmp_path / "part.npz"
     np.savez(part, embeddings=evil, rows=np.array("[]"), skipped=np.array("[]"))
     with pytest.raises(DamagedFileError, match=re.escape(str(part))):
@@ -222,7 +240,7 @@ def test_features_and_parts_never_unpickle(tmp_path):
 @pytest.mark.parametrize("zero_stage", STAGES)
 def test_every_damaged_checkpoint_file_is_named_by_every_entry_point(runs, zero_stage, tmp_path, capsys):
     root = _copy_run(runs, zero_stage, tmp_path / "run") / "checkpoints"
-    previous, newest = ckpt.list_checkpoints(root)
+    previous, newest = list_checkpoints(root)
     files = sorted(p for p in newest.iterdir() if p.is_file())
     assert {"COMPLETE", "trainer.json", "trainer_rank_00000.pt"} < {f.name for f in files} and len(files) >= 4
     cases = 0
@@ -236,15 +254,15 @@ def test_every_damaged_checkpoint_file_is_named_by_every_entry_point(runs, zero_
                     assert code == 2 and str(file) in err and "Traceback" not in err, (where, err)
                     assert kind != "empty" or "empty (0 bytes)" in err, (where, err)
                 with pytest.raises((DamagedFileError, FileNotFoundError), match=re.escape(str(file))):
-                    ckpt.first_sound_checkpoint(str(newest), ckpt.resume_candidates(str(newest), root))
-                with Messages("pipeline.train.checkpointing") as log:
-                    assert ckpt.first_sound_checkpoint("auto", ckpt.resume_candidates("auto", root)) == previous, where
+                    first_sound_checkpoint(str(newest), resume_candidates(str(newest), root))
+                with Messages("pipeline.train.checkpoints") as log:
+                    assert first_sound_checkpoint("auto", resume_candidates("auto", root)) == previous, where
                 assert any(str(file) in line and "falling back" in line for line in log.lines), (where, log.lines)
             finally:
                 file.write_bytes(data)
             cases += 1
     assert cases >= 3 * len(files) + 4
-    assert ckpt.first_sound_checkpoint("auto", ckpt.resume_candidates("auto", root)) == newest   # restored
+    assert first_sound_checkpoint("auto", resume_candidates("auto", root)) == newest   # restored
 
 
 @pytest.mark.slow
@@ -288,9 +306,9 @@ def _stage0_checkpoint(folder, step):
     """The files of a finished one-rank ZeRO-0 checkpoint, as the trainer and DeepSpeed lay them out."""
     folder.mkdir(parents=True)
     torch.save({"module": {"w": torch.zeros(2)}}, folder / "mp_rank_00_model_states.pt")
-    ckpt.save_rank_state(folder, 0, {k: None for k in ckpt.RANK_STATE_KEYS})
-    ckpt.write_run_info(folder, {"step": step, "world_size": 1, "zero_stage": 0, "config": {"model": {}}})
-    ckpt.mark_complete(folder, step)
+    save_rank_state(folder, 0, {k: None for k in RANK_STATE_KEYS})
+    write_run_info(folder, {"step": step, "world_size": 1, "zero_stage": 0, "config": {"model": {}}})
+    mark_complete(folder, step)
     return folder
 
 
@@ -298,27 +316,27 @@ def test_ranks_agree_before_resume_falls_back(tmp_path):
     """A checkpoint another rank found damaged is skipped by every rank (auto), or stops an explicit resume;
     with none left auto stops listing each problem and sets nothing aside; a marker copied from another step
     is damage too."""
-    older, newer = (_stage0_checkpoint(tmp_path / ckpt.tag_for_step(s), s) for s in (1, 2))
-    candidates = ckpt.resume_candidates("auto", tmp_path)
-    assert candidates == [newer, older] and ckpt.first_sound_checkpoint("auto", candidates) == newer
+    older, newer = (_stage0_checkpoint(tmp_path / tag_for_step(s), s) for s in (1, 2))
+    candidates = resume_candidates("auto", tmp_path)
+    assert candidates == [newer, older] and first_sound_checkpoint("auto", candidates) == newer
     votes = []
 
     def another_rank_fails_the_newest(local_failure):
         votes.append(local_failure)
         return local_failure or len(votes) == 1
 
-    with Messages("pipeline.train.checkpointing") as log:
-        assert ckpt.first_sound_checkpoint("auto", candidates, another_rank_fails_the_newest) == older
+    with Messages("pipeline.train.checkpoints") as log:
+        assert first_sound_checkpoint("auto", candidates, another_rank_fails_the_newest) == older
     assert votes == [False, False] and any("another rank found" in line for line in log.lines)
     with pytest.raises(DamagedFileError, match="another rank found"):
-        ckpt.first_sound_checkpoint(str(newer), [newer], lambda local_failure: True)
+        first_sound_checkpoint(str(newer), [newer], lambda local_failure: True)
     with pytest.raises(DamagedFileError, match=r"none of the 2 finished checkpoints"):
-        ckpt.first_sound_checkpoint("auto", candidates, lambda local_failure: True, set_aside=True)
-    assert ckpt.list_checkpoints(tmp_path) == [older, newer]          # nothing was moved
-    ckpt.mark_complete(newer, 1)
-    with pytest.raises(DamagedFileError, match=re.escape(f"{newer / ckpt.MARKER}: says step 1")):
-        ckpt.verify_checkpoint(newer)
-    assert ckpt.first_sound_checkpoint("auto", candidates, set_aside=True) == older
+        first_sound_checkpoint("auto", candidates, lambda local_failure: True, set_aside=True)
+    assert list_checkpoints(tmp_path) == [older, newer]          # nothing was moved
+    mark_complete(newer, 1)
+    with pytest.raises(DamagedFileError, match=re.escape(f"{newer / MARKER}: says step 1")):
+        verify_checkpoint(newer)
+    assert first_sound_checkpoint("auto", candidates, set_aside=True) == older
     assert sorted(p.name for p in tmp_path.iterdir()) == [older.name, f"{newer.name}.damaged"]   # set aside
 
 
@@ -345,7 +363,7 @@ def test_resume_falls_back_or_refuses_naming_the_file(runs, tmp_path):
     assert str(damaged) in log_auto and "falling back to the previous complete checkpoint" in log_auto
     assert f"resumed from {auto / 'checkpoints' / 'step_00000001'} at step 1" in log_auto
     assert (auto / "checkpoints" / "step_00000002.damaged" / damaged.name).is_file()
-    assert [p.name for p in ckpt.list_checkpoints(auto / "checkpoints")] == ["step_00000002", "step_00000003"]
+    assert [p.name for p in list_checkpoints(auto / "checkpoints")] == ["step_00000002", "step_00000003"]
     assert codes[1] == 2, log_explicit[-3000:]
     assert str(crafted) in log_explicit and SYSTEM in log_explicit and "Traceback" not in log_explicit
     assert not marker.exists()

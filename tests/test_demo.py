@@ -72,11 +72,11 @@ def _embed_training_clips(trained_demo, stage: str):
     from pipeline.data.loader import build_eval_loader
     from pipeline.data.options import DatasetSpec
     from pipeline.data.transforms import normalize_video
-    from pipeline.train.weights import load_model
+    from pipeline.train.checkpoints import load_model
     cfg = load_config(trained_demo.configs[stage])
     spec = DatasetSpec(name="train_clips", shards=str(trained_demo.train_shards), batch_size=64,
                        num_frames=cfg.eval_datasets[0].num_frames)
-    model = load_model(trained_demo.weights[stage]).eval()
+    model = load_model(trained_demo.weights[stage])
     texts, videos = [], []
     with torch.no_grad():
         for batch in build_eval_loader(spec, cfg.loader, 0, 1):

@@ -68,11 +68,11 @@ def evaluation_ranking(weights: Path, config: Path) -> list[tuple[str, float]]:
     from pipeline.train.metrics import cosine_similarity
     from pipeline.data.tokenize import load_tokenizer, tokenize
     from pipeline.data.transforms import normalize_video
-    from pipeline.train.weights import load_model
+    from pipeline.train.checkpoints import load_model
 
     cfg = load_config(config)
     spec = cfg.eval_datasets[0]
-    model = load_model(weights, cfg.model).eval()
+    model = load_model(weights, cfg.model)
     keys, videos = [], []
     with torch.no_grad():
         for batch in build_eval_loader(spec, cfg.loader, 0, 1):

@@ -5,12 +5,13 @@ import json
 import pytest
 import torch
 
-from pipeline.train import checkpointing as ckpt
+from foundation.schema import ConfigError
+from pipeline.train.checkpoint_format import mark_complete, tag_for_step
+from pipeline.train.checkpoints import latest_complete, prune, resolve_resume, resume_candidates
 from pipeline.train.config import apply_overrides, load_config
 from pipeline.train.distributed import first_slurm_host, read_env, slurm_master_port
 from pipeline.train.evaluation import sliding_windows
 from pipeline.train.optim import LRSchedule, param_groups
-from foundation.schema import ConfigError
 from pipeline.train.trainer import EXIT_PREEMPTED, RunPaths, deepspeed_config
 
 TINY = "configs/tiny_1f.json"
@@ -94,30 +95,30 @@ def test_no_weight_decay_on_norms_biases_embeddings():
 
 def test_checkpoint_folders_complete_latest_and_pruning(tmp_path):
     for step in (2, 4, 6, 8):
-        (tmp_path / ckpt.tag_for_step(step)).mkdir()
+        (tmp_path / tag_for_step(step)).mkdir()
         if step != 8:                                       # step 8 died while saving
-            ckpt.mark_complete(tmp_path / ckpt.tag_for_step(step), step)
-    assert ckpt.latest_complete(tmp_path).name == "step_00000006"
-    assert ckpt.resolve_resume("auto", tmp_path).name == "step_00000006"
+            mark_complete(tmp_path / tag_for_step(step), step)
+    assert latest_complete(tmp_path).name == "step_00000006"
+    assert resolve_resume("auto", tmp_path).name == "step_00000006"
     with pytest.raises(FileNotFoundError, match="COMPLETE"):
-        ckpt.resolve_resume(str(tmp_path / "step_00000008"), tmp_path)
-    ckpt.prune(tmp_path, keep_last=2)
+        resolve_resume(str(tmp_path / "step_00000008"), tmp_path)
+    prune(tmp_path, keep_last=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004", "step_00000006", "step_00000008"]
-    assert ckpt.resolve_resume("auto", tmp_path / "nothing") is None
+    assert resolve_resume("auto", tmp_path / "nothing") is None
 
 
 def test_resume_candidates_are_a_list_for_every_kind_of_resume(tmp_path):
     """auto: every complete checkpoint, newest first (the order --resume auto falls back in); a finished folder
     or a ds_to_universal folder (zero/, no COMPLETE): a list of that one; no --resume: none."""
     for step in (2, 4, 6):
-        ckpt.mark_complete(tmp_path / ckpt.tag_for_step(step), step)
+        mark_complete(tmp_path / tag_for_step(step), step)
     universal = tmp_path / "step_00000006_universal"
     (universal / "zero").mkdir(parents=True)
-    assert [p.name for p in ckpt.resume_candidates("auto", tmp_path)] == ["step_00000006", "step_00000004",
+    assert [p.name for p in resume_candidates("auto", tmp_path)] == ["step_00000006", "step_00000004",
                                                                           "step_00000002"]
-    assert ckpt.resume_candidates(str(tmp_path / "step_00000004"), tmp_path) == [tmp_path / "step_00000004"]
-    assert ckpt.resume_candidates(str(universal), tmp_path) == [universal]
-    assert ckpt.resume_candidates(None, tmp_path) == [] and ckpt.resume_candidates("auto", tmp_path / "no") == []
+    assert resume_candidates(str(tmp_path / "step_00000004"), tmp_path) == [tmp_path / "step_00000004"]
+    assert resume_candidates(str(universal), tmp_path) == [universal]
+    assert resume_candidates(None, tmp_path) == [] and resume_candidates("auto", tmp_path / "no") == []
 
 
 def test_sliding_windows_take_every_offset_of_each_segment():

@@ -291,11 +291,11 @@ def embed_eval_set(weights: Path, config: Path):
     from pipeline.train.config import load_config
     from pipeline.data.loader import build_eval_loader
     from pipeline.data.transforms import normalize_video
-    from pipeline.train.weights import load_model
+    from pipeline.train.checkpoints import load_model
 
     cfg = load_config(config)
     spec = cfg.eval_datasets[0]
-    model = load_model(weights, cfg.model).eval()
+    model = load_model(weights, cfg.model)
     keys, texts, videos = [], [], []
     with torch.no_grad(), torch_threads(THREADS):
         for batch in build_eval_loader(spec, cfg.loader, 0, 1):

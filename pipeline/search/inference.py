@@ -25,6 +25,7 @@ from pipeline.data.frames import decode_frames, frame_indices
 from pipeline.data.options import LoaderOptions
 from pipeline.data.tokenize import load_tokenizer, tokenize
 from pipeline.data.transforms import eval_clip, normalize_video
+from pipeline.train.checkpoints import find_run_config, load_model
 from pipeline.train.config import load_config
 from shard_tools.decode import IMAGE_SUFFIXES, FrameSpec, SampleError, decode_sample
 
@@ -81,29 +82,6 @@ def _run_relative(value: str, config_path: Path, output_dir: str) -> str:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def find_run_config(weights: Path) -> Path | None:
-    """RUN/config.json for a weights folder the trainer exported (RUN/weights/final, RUN/weights/best)."""
-    candidate = weights.resolve().parent.parent / "config.json"
-    return candidate if weights.is_dir() and weights.resolve().parent.name == "weights" and candidate.is_file() else None
-
-
-def load_model(path: str | Path):
-    """A FrozenInTime in eval mode on the CPU, from any form `pipeline.train.weights.load_model` reads (our weights
-    folder, a finished trainer checkpoint) or the original's released `.pth.tar` (its architecture comes
-    from the config stored inside it; its text model is the hub's distilbert-base-uncased)."""
-    from models import checkpoint
-    from pipeline.train.weights import load_model as load_weights
-
-    path = Path(path)
-    if path.is_file():
-        _, original_config = checkpoint.read_original_checkpoint(path)
-        return load_weights(path, checkpoint.model_config_from_original(original_config)).eval()
-    if not path.exists():
-        raise FileNotFoundError(f"model {path} not found: give a weights folder (weights.safetensors + "
-                                f"model_config.json, e.g. RUN/weights/final) or the original's .pth.tar file")
-    return load_weights(path).eval()
 
 
 class Embedder:

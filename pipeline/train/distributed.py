@@ -21,6 +21,8 @@ import socket
 from dataclasses import dataclass
 from typing import Mapping
 
+from pipeline.train.deepspeed_internals import skip_shm_comm_build
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 600.0   # 10 minutes: longer than any checkpoint save, short enough to free a dead job
@@ -105,15 +107,14 @@ def device_for(env: DistEnv):
 
 def init_distributed(env: DistEnv, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     """Create the process group for `env` (gloo on CPU, NCCL on GPU) through DeepSpeed's comm layer."""
-    import torch
     import deepspeed
+    import torch
     # DeepSpeed's env:// rendezvous reads these; export what srun (or a single process) did not set.
     os.environ.update(RANK=str(env.rank), LOCAL_RANK=str(env.local_rank), WORLD_SIZE=str(env.world_size),
                       MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port))
     # With async error handling a NCCL collective that outlives the timeout aborts the process.
     os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-    # The CPU accelerator otherwise JIT-builds a shared-memory op (~80 s) used only by inference all-reduce.
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    skip_shm_comm_build()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     log.info("rank %d/%d (local %d, %s launcher): %s rendezvous at %s:%d", env.rank, env.world_size,
              env.local_rank, env.launcher, backend, env.master_addr, env.master_port)

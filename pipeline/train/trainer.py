@@ -10,7 +10,6 @@ gradient-communication cost, and still gives each dataset's gradient the same we
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import resource
 import time
@@ -19,17 +18,16 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pipeline.train import checkpointing as ckpt
+from foundation.fsutil import atomic_write_json
+from foundation.preemption import EXIT_PREEMPTED, PreemptionFlag  # noqa: F401  (EXIT_PREEMPTED re-exported)
+from pipeline.train.checkpoints import CheckpointManager
 from pipeline.train.config import RunConfig
 from pipeline.train.distributed import DistEnv, device_for
 from pipeline.train.evaluation import evaluate_run, flatten
-from foundation.fsutil import atomic_write_json
 from pipeline.train.optim import LRSchedule, adamw, lambda_lr, param_groups
-from foundation.preemption import EXIT_PREEMPTED, PreemptionFlag  # noqa: F401  (EXIT_PREEMPTED re-exported)
 from pipeline.train.tb import ScalarWriter
 
 log = logging.getLogger(__name__)
-
 
 
 class RunPaths:
@@ -81,6 +79,7 @@ def memory_gb(device: torch.device) -> float:
 class Trainer:
     def __init__(self, cfg: RunConfig, env: DistEnv, train_loader=None, eval_loaders=None):
         import deepspeed
+
         from models import FrozenInTime
         from models.checkpoint import load_weights_into
         from pipeline.data.transforms import normalize_video
@@ -117,6 +116,8 @@ class Trainer:
         self._last_eval: dict | None = None
         self.best: dict = {"metric": cfg.eval.best_metric, "value": None, "step": None}
         self.writer = ScalarWriter(self.paths.tb if env.is_main and cfg.log.tensorboard else None)
+        self.checkpoints = CheckpointManager(self.engine, cfg, env, self.paths.checkpoints, self.dtype_name,
+                                             self._all_ranks_agree)
 
     # ------------------------------------------------------------------------------------------ data
 
@@ -219,7 +220,7 @@ class Trainer:
                 self._evaluate()
             if last or (cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0):
                 self.save_checkpoint()
-        self.export_weights(self.paths.final_weights)
+        self.checkpoints.export(self.paths.final_weights, self.step)
         if env.is_main:
             atomic_write_json(self.paths.metrics / "final.json",
                               {"step": self.step, "best": self.best, "eval": self._last_eval})
@@ -286,104 +287,22 @@ class Trainer:
         if better:
             self.best = {"metric": metric, "value": value, "step": self.step}
             log.info("new best %s = %.4f at step %d", metric, value, self.step)
-            self.export_weights(self.paths.best_weights, {"best": self.best})
-
-    # ------------------------------------------------------------------------------------------ weights
-
-    def export_weights(self, folder: Path, info: dict | None = None) -> None:
-        """Consolidated fp32 weights + model config (loadable without DeepSpeed); collective under ZeRO-3.
-
-        These are the weights the model ran with (under bf16: its bf16 weights, stored as fp32); the fp32
-        master weights stay in the DeepSpeed checkpoint (deepspeed.utils.zero_to_fp32).
-        """
-        import deepspeed
-        from models import FrozenInTime, save_pretrained
-        gather = (deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None)
-                  if self.cfg.deepspeed.zero_stage == 3 else contextlib.nullcontext())
-        with gather:
-            if self.env.is_main:
-                model = self.model
-                if any(p.dtype != torch.float32 for p in model.parameters()):
-                    model = FrozenInTime(self.cfg.model, init_weights=False,
-                                         text_config=self.model.text_model.config)
-                    model.load_state_dict({k: v.float().cpu() for k, v in self.model.state_dict().items()})
-                atomic_write_json(Path(folder) / "export.json",
-                                  {"run": self.cfg.name, "step": self.step, **(info or {})})
-                save_pretrained(model, self.cfg.model, folder)
-        if self.env.world_size > 1:
-            dist.barrier()
+            self.checkpoints.export(self.paths.best_weights, self.step, {"best": self.best})
 
     # ------------------------------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> Path:
-        """DeepSpeed state + each rank's loader/RNG state; COMPLETE once every rank has written."""
-        root = self.paths.checkpoints
-        tag = ckpt.tag_for_step(self.step)
-        path = root / tag
-        if (path / ckpt.MARKER).is_file():
-            return path                                     # already saved at this step (e.g. preempted at end)
-        started = time.time()
-        self.engine.save_checkpoint(str(root), tag=tag, save_latest=False)
-        ckpt.save_rank_state(path, self.env.rank, {
-            "step": self.step, "loader": self.train_loader.state_dict(), "rng": ckpt.rng_state(),
+        return self.checkpoints.save(self.step, self.train_loader, {
             "best": self.best, "evaluated_step": self.evaluated_step, "last_eval": self._last_eval})
-        if self.env.is_main:
-            ckpt.write_run_info(path, {"step": self.step, "world_size": self.env.world_size,
-                                       "zero_stage": self.cfg.deepspeed.zero_stage, "precision": self.dtype_name,
-                                       "config": self.cfg.raw})
-        if self.env.world_size > 1:
-            dist.barrier()                                  # every rank's files are on disk
-        if self.env.is_main:
-            ckpt.mark_complete(path, self.step)
-            ckpt.prune(root, self.cfg.checkpoint.keep_last)
-        log.info("checkpoint %s saved in %.1f s", path, time.time() - started)
-        return path
 
     def _resume(self, resume: str) -> None:
-        found = [[str(p) for p in ckpt.resume_candidates(resume, self.paths.checkpoints)]] if self.env.is_main \
-            else [None]
-        if self.env.world_size > 1:
-            dist.broadcast_object_list(found, src=0)       # every rank tries the checkpoints rank 0 found
-        if not found[0]:
-            log.info("--resume %s: no finished checkpoint under %s; starting from step 0", resume,
-                     self.paths.checkpoints)
+        resumed = self.checkpoints.resume(resume, self.train_loader)
+        if resumed is None:
             return
-        # every file checked before anything is loaded; auto falls back past damaged checkpoints
-        path = ckpt.first_sound_checkpoint(resume, [Path(p) for p in found[0]], self._all_ranks_agree,
-                                           set_aside=self.env.is_main)
-        universal = ckpt.is_universal(path)
-        info = ckpt.read_run_info(path)
-        if info["world_size"] != self.env.world_size and not universal:
-            raise RuntimeError(
-                f"{path} was saved by {info['world_size']} ranks but this run has {self.env.world_size}. "
-                f"ZeRO optimizer state is partitioned per rank, so convert it first:\n"
-                f"  python -m deepspeed.checkpoint.ds_to_universal --input_folder {path} "
-                f"--output_folder {path}_universal --inject_missing_state\n"
-                f"then resume with --resume {path}_universal (model, optimizer and schedule carry over; the "
-                f"loader starts a fresh pass).")
-        # DeepSpeed reads the universal layout when its config says so; it is decided here, per folder
-        self.engine._config.load_universal_checkpoint = universal
-        try:
-            with ckpt.deepspeed_loads_restricted(path):    # DeepSpeed's torch.load: weights_only, allow-listed
-                loaded, _ = self.engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True,
-                                                        load_optimizer_states=True, load_lr_scheduler_states=True)
-        finally:
-            self.engine._config.load_universal_checkpoint = False
-        if loaded is None:
-            raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
-        self.step = int(info["step"])
-        own = ckpt.rank_state_path(path, self.env.rank)
-        if info["world_size"] == self.env.world_size and own.is_file() and not universal:
-            state = ckpt.load_rank_state(path, self.env.rank)
-            self.train_loader.load_state_dict(state["loader"])
-            ckpt.set_rng_state(state["rng"])
-            self.best, self.evaluated_step = state["best"], state["evaluated_step"]
-            self._last_eval = state["last_eval"]
-        else:
-            log.warning("resumed the universal checkpoint %s (saved by %d ranks) on %d: model, optimizer and "
-                        "schedule restored; the loader starts a fresh pass and the RNG from the seed", path,
-                        info["world_size"], self.env.world_size)
-        log.info("resumed from %s at step %d", path, self.step)
+        self.step, progress = resumed
+        if progress is not None:
+            self.best, self.evaluated_step, self._last_eval = (
+                progress["best"], progress["evaluated_step"], progress["last_eval"])
 
 
 def train(cfg: RunConfig, env: DistEnv, resume: str | None = None, train_loader=None, eval_loaders=None,

@@ -1,12 +1,11 @@
-"""Training checkpoints: DeepSpeed engine state + per-rank trainer state, completion markers, retention.
+"""One checkpoint folder's files: writing them, reading them without running code, checking them.
 
-Layout under `{output_dir}/checkpoints/`:
+Layout of `{output_dir}/checkpoints/step_NNNNNNNN/` (pipeline/train/checkpoints.py saves, lists and loads them):
 
-    step_00001000/                 one DeepSpeed checkpoint (engine.save_checkpoint, tag = folder name)
-        mp_rank_00_model_states.pt, zero_pp_rank_*_optim_states.pt   (DeepSpeed's files)
-        trainer_rank_00000.pt      this rank's loader position + RNG states (every rank writes its own)
-        trainer.json               step, world size, ZeRO stage, the run config (rank 0)
-        COMPLETE                   written by rank 0 after a barrier, i.e. after every rank has saved
+    mp_rank_00_model_states.pt, zero_pp_rank_*_optim_states.pt   DeepSpeed's files (engine.save_checkpoint)
+    trainer_rank_00000.pt      this rank's loader position + RNG states (every rank writes its own)
+    trainer.json               step, world size, ZeRO stage, the run config (rank 0)
+    COMPLETE                   written by rank 0 after a barrier, i.e. after every rank has saved
 
 A checkpoint without COMPLETE is half-written (the job died while saving) and is never resumed from.
 
@@ -20,10 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import random
 import re
-import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -32,8 +29,6 @@ import torch
 
 from foundation.fsutil import atomic_write_bytes, atomic_write_json
 from foundation.safeload import DamagedFileError, load_torch_file, read_json, restricted_torch_load
-
-log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
 TAG_PATTERN = re.compile(r"^step_(\d{8,})$")
@@ -50,21 +45,6 @@ def step_of(tag: str) -> int:
     return int(match.group(1))
 
 
-def list_checkpoints(root: Path, complete_only: bool = True) -> list[Path]:
-    """Checkpoint folders under `root`, oldest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and TAG_PATTERN.match(p.name)
-             and (not complete_only or (p / MARKER).is_file())]
-    return sorted(found, key=lambda p: step_of(p.name))
-
-
-def latest_complete(root: Path) -> Path | None:
-    found = list_checkpoints(root)
-    return found[-1] if found else None
-
-
 UNIVERSAL_SUFFIX = "_universal"
 
 
@@ -73,49 +53,8 @@ def is_universal(path: Path) -> bool:
     return (Path(path) / "zero").is_dir() and not (Path(path) / MARKER).is_file()
 
 
-def resolve_resume(resume: str | None, root: Path) -> Path | None:
-    """`auto` -> the newest complete checkpoint under root (None if there is none); a path must be a complete
-    checkpoint or a `ds_to_universal` conversion of one."""
-    found = resume_candidates(resume, root)
-    return found[0] if found else None
-
-
-def resume_candidates(resume: str | None, root: Path) -> list[Path]:
-    """The checkpoints `--resume` may load, in the order to try them: `auto` -> every complete one under
-    root, newest first (a damaged one falls back to the next); a path -> just that one."""
-    if not resume:
-        return []
-    if resume == "auto":
-        return list_checkpoints(root)[::-1]
-    path = Path(resume)
-    if is_universal(path):
-        return [path]
-    if not (path / MARKER).is_file():
-        raise FileNotFoundError(f"--resume {resume}: no {MARKER} marker in that folder; it is not a finished "
-                                f"checkpoint (use --resume auto to take the newest finished one)")
-    return [path]
-
-
 def mark_complete(path: Path, step: int) -> None:
     atomic_write_json(Path(path) / MARKER, {"step": step})
-
-
-def prune(root: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` complete checkpoints, and unfinished ones older than the newest."""
-    complete = list_checkpoints(root)
-    if not complete:
-        return []
-    doomed = complete[:-keep_last] if keep_last > 0 else []
-    newest = step_of(complete[-1].name)
-    doomed += [p for p in list_checkpoints(root, complete_only=False)
-               if not (p / MARKER).is_file() and step_of(p.name) < newest]
-    for path in doomed:
-        # the marker goes first, so a deletion cut short leaves a folder that is no longer "complete"
-        (path / MARKER).unlink(missing_ok=True)
-        shutil.rmtree(path, ignore_errors=True)
-    if doomed:
-        log.info("removed old checkpoints: %s", ", ".join(p.name for p in doomed))
-    return doomed
 
 
 def rank_state_path(path: Path, rank: int) -> Path:
@@ -148,7 +87,9 @@ def save_rank_state(path: Path, rank: int, state: dict) -> None:
     atomic_write_bytes(rank_state_path(path, rank), buffer.getvalue())
 
 
-RANK_STATE_KEYS = ("step", "loader", "rng", "best", "evaluated_step", "last_eval")
+# the trainer's evaluation bookkeeping, saved with each rank's state and given back on resume
+PROGRESS_KEYS = ("best", "evaluated_step", "last_eval")
+RANK_STATE_KEYS = ("step", "loader", "rng") + PROGRESS_KEYS
 
 
 def load_rank_state(path: Path, rank: int, mmap: bool = False) -> dict:
@@ -202,9 +143,9 @@ def deepspeed_globals() -> tuple:
     """The non-tensor classes DeepSpeed 0.19's checkpoint files hold (found by listing the GLOBAL opcodes of
     ZeRO 0/1/2/3 checkpoints in fp32 and bf16, and of a ds_to_universal conversion: docs/TRAINING.md). All
     three are plain records: building one sets attributes and runs nothing else."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler          # optimizer state: the (static) scale
-    from deepspeed.runtime.zero.config import ZeroStageEnum           # optimizer state: the ZeRO stage
-    from deepspeed.utils.tensor_fragment import fragment_address      # ZeRO 1/2 param_slice_mappings
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler  # optimizer state: the (static) scale
+    from deepspeed.runtime.zero.config import ZeroStageEnum  # optimizer state: the ZeRO stage
+    from deepspeed.utils.tensor_fragment import fragment_address  # ZeRO 1/2 param_slice_mappings
     return LossScaler, ZeroStageEnum, fragment_address
 
 
@@ -264,48 +205,20 @@ def verify_checkpoint(path: Path) -> dict:
     return info
 
 
-def first_sound_checkpoint(resume: str, candidates: list[Path], any_rank_failed=lambda failed: failed,
-                           set_aside: bool = False) -> Path:
-    """The first of `candidates` (resume_candidates' order) whose files check out (verify_checkpoint) on every
-    rank, found before anything is loaded, so a damaged file never fails a load half-way or on one rank only.
+def consolidated_state_dict(checkpoint_dir: Path, info: dict | None = None) -> dict[str, torch.Tensor]:
+    """fp32 state dict of a finished trainer checkpoint, whatever its ZeRO stage or rank count.
 
-    `--resume auto` falls back past damaged checkpoints, logging each one and why; an explicit path that is
-    damaged raises its error, and so does auto when none is left. any_rank_failed(local_failure) -> whether any
-    rank failed (the trainer passes its all-reduce; one process: the local answer). set_aside (rank 0 of a
-    resume): rename the damaged checkpoints newer than the one taken to `step_N.damaged`, so the run can write
-    its new checkpoint at that step (a folder with COMPLETE is never written over) and a later `--resume auto`
-    does not meet them again."""
-    problems: list[Exception] = []
-    for path in candidates:
-        try:
-            verify_checkpoint(path)
-            problem = None
-        except (FileNotFoundError, DamagedFileError) as err:
-            problem = err
-        if not any_rank_failed(problem is not None):
-            if set_aside:
-                for damaged in candidates[:len(problems)]:
-                    _set_aside(Path(damaged))
-            return path
-        problem = problem or DamagedFileError(path, "another rank found a damaged file in it (see that rank's log)",
-                                              damaged_advice(path))
-        if resume != "auto":
-            raise problem
-        problems.append(problem)
-        log.warning("--resume auto: %s\n-> %s", problem, "falling back to the previous complete checkpoint"
-                    if path != candidates[-1] else "no earlier complete checkpoint is left")
-    raise DamagedFileError(Path(candidates[0]).parent,
-                           f"none of the {len(candidates)} finished checkpoints can be loaded:\n  "
-                           + "\n  ".join(str(p) for p in problems),
-                           "move the damaged folders away (or delete them) to start from step 0")
-
-
-def _set_aside(path: Path) -> Path:
-    target = path.with_name(f"{path.name}.damaged")
-    n = 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{path.name}.damaged{n}")
-    path.rename(target)
-    log.warning("moved the damaged checkpoint %s aside to %s (look at it, then delete it)", path, target.name)
-    return target
+    info: the folder's run info from `verify_checkpoint` (which runs here when not given)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    info = info or verify_checkpoint(checkpoint_dir)
+    if info["zero_stage"] == 0:
+        # no partitioning: the module weights are whole in the model-states file
+        file = checkpoint_dir / "mp_rank_00_model_states.pt"
+        states = load_deepspeed_file(file)
+        module = states.get("module") if isinstance(states, dict) else None
+        if not isinstance(module, dict) or not all(isinstance(v, torch.Tensor) for v in module.values()):
+            raise DamagedFileError(file, "holds no 'module' state dict", damaged_advice(checkpoint_dir))
+        return {k: v.float() for k, v in module.items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    with deepspeed_loads_restricted(checkpoint_dir):
+        return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir.parent), tag=checkpoint_dir.name)
