@@ -175,6 +175,7 @@ def shards_from_media(media: Path, out: Path, frames: int) -> Path:
     """
     from shard_tools.api import RunOptions, ShardOptions, make_shards
     from shard_tools.decode import IMAGE_SUFFIXES
+    from shard_tools.format import MANIFEST
     from shard_tools.rows import safe_key
 
     if not media.is_dir():
@@ -183,7 +184,7 @@ def shards_from_media(media: Path, out: Path, frames: int) -> Path:
     if not files:
         raise FileNotFoundError(f"{media} holds no video or image files ({', '.join(VIDEO_SUFFIXES + IMAGE_SUFFIXES)})")
     shards = out / "shards"
-    if (shards / "manifest.json").is_file():
+    if (shards / MANIFEST).is_file():
         log.info("reusing the shards in %s (delete it to re-read %s)", shards, media)
         return shards
     rows = [{"key": safe_key(str(p.relative_to(media).with_suffix(""))), "path": str(p.resolve()),

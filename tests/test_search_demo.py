@@ -107,7 +107,7 @@ def wanted_rank(expected: list[tuple[str, float]], items: list[dict]) -> int:
 
 def test_demo_query_cli_returns_a_red_square_moving_left_first(demo, capsys):
     from launch import search as cli
-    from pipeline.search.features import Collection
+    from pipeline.search.collection import Collection
 
     out, kind, expected = demo
     coll = Collection(out)

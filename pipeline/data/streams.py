@@ -15,7 +15,6 @@ T JPEGs a sample will use (not all K) plus its caption: memory per reader is abo
 """
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,10 +27,10 @@ from pipeline.data.options import LoaderOptions
 from pipeline.data.shardlists import epoch_order, stream_id, worker_shards
 from pipeline.data.tarstream import Sample, ShardReadError, iter_samples, printable
 from pipeline.data.tokenize import load_tokenizer, tokenize
+from shard_tools.format import frame_index
 
 log = logging.getLogger(__name__)
 
-FRAME_SUFFIX = re.compile(r"^([0-9]{3})\.jpg$")
 LOG_FIRST = 20          # log every skip up to this many per reason and reader, then every LOG_EVERY-th
 LOG_EVERY = 1000
 MAX_FRAME_PIXELS = 4096 * 4096   # make-shards stores short side 256; anything this large is damage
@@ -174,7 +173,7 @@ class DatasetReader:
         except UnicodeDecodeError as err:
             self.skip("bad_text", shard, key, f".txt is not UTF-8: {err}")
             return None
-        numbered = sorted((int(m.group(1)), s) for s in members if (m := FRAME_SUFFIX.match(s)))
+        numbered = sorted((i, s) for s in members if (i := frame_index(s)) is not None)
         if not numbered or [i for i, _ in numbered] != list(range(len(numbered))):
             self.skip("missing_frames", shard, key, f"frames present: {[s for _, s in numbered]}")
             return None
