@@ -15,14 +15,23 @@ import logging
 import sys
 from pathlib import Path
 
-log = logging.getLogger("search")
+import torch
+import torch.multiprocessing as mp
 
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
+from foundation.logs import setup_logging
+from pipeline.search import webapp
+from pipeline.search.features import extract_features, merge_parts, wait_for_parts
+from pipeline.search.index import EXACT_MAX_DEFAULT, Searcher, build_collection_index
+from pipeline.search.inference import Embedder
+from pipeline.search.media import shards_from_media
+from pipeline.train import distributed
+from pipeline.train.checkpoints import find_run_config
+
+log = logging.getLogger("search")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from foundation.logs import setup_logging
 
     setup_logging()
     try:
@@ -74,7 +83,6 @@ def parse_args(argv):
     p.add_argument("--json", action="store_true", help="one JSON object per result")
     p.set_defaults(run=cmd_query)
 
-    from pipeline.search import webapp
 
     p = sub.add_parser("serve", help="serve the search page")
     p.add_argument("collection")
@@ -103,8 +111,6 @@ def add_searcher_args(p) -> None:
 # ---------------------------------------------------------------------------------------------- extract
 
 def cmd_extract(args) -> int:
-    from pipeline.train import distributed
-    from pipeline.search.features import merge_parts, wait_for_parts
 
     out = Path(args.out)
     env = distributed.read_env()
@@ -115,7 +121,6 @@ def cmd_extract(args) -> int:
                          "local ranks), or make the shards with make-shards and pass --shards under torchrun/srun")
     shards = Path(args.shards) if args.shards else shards_from_media(Path(args.media), out, args.frames)
     if args.procs > 1:
-        import torch.multiprocessing as mp
 
         mp.start_processes(_extract_rank, args=(args, shards, args.procs), nprocs=args.procs,
                            start_method="spawn", join=True)
@@ -132,17 +137,13 @@ def cmd_extract(args) -> int:
 
 
 def _extract_rank(local_rank: int, args, shards: Path, world: int) -> None:
-    from foundation.logs import setup_logging
 
     setup_logging(rank=local_rank)
     _extract(args, shards, local_rank, world, local_rank)
 
 
 def _extract(args, shards: Path, rank: int, world: int, local_rank: int) -> None:
-    import torch
 
-    from pipeline.search.features import extract_features
-    from pipeline.search.inference import Embedder
 
     if args.device:
         device = args.device
@@ -160,47 +161,15 @@ def _extract(args, shards: Path, rank: int, world: int, local_rank: int) -> None
 
 def _model_info(args) -> dict:
     """Where the features came from; `query` and `serve` load this model unless told otherwise."""
-    from pipeline.train.checkpoints import find_run_config
 
     model = Path(args.model).resolve()
     run_config = Path(args.run_config).resolve() if args.run_config else find_run_config(model)
     return {"path": str(model), "run_config": str(run_config) if run_config else None}
 
 
-def shards_from_media(media: Path, out: Path, frames: int) -> Path:
-    """Turn a folder of videos/images into shards under OUT/shards with make-shards' library API.
-
-    The caption of each file is its name (underscores and dashes read as spaces), which is all a bare
-    folder says about its files. An existing complete OUT/shards is reused (delete it to re-read).
-    """
-    from shard_tools.api import RunOptions, ShardOptions, make_shards
-    from shard_tools.decode import IMAGE_SUFFIXES
-    from shard_tools.format import MANIFEST
-    from shard_tools.rows import safe_key
-
-    if not media.is_dir():
-        raise FileNotFoundError(f"--media {media} is not a folder")
-    files = sorted(p for p in media.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES + IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"{media} holds no video or image files ({', '.join(VIDEO_SUFFIXES + IMAGE_SUFFIXES)})")
-    shards = out / "shards"
-    if (shards / MANIFEST).is_file():
-        log.info("reusing the shards in %s (delete it to re-read %s)", shards, media)
-        return shards
-    rows = [{"key": safe_key(str(p.relative_to(media).with_suffix(""))), "path": str(p.resolve()),
-             "caption": p.stem.replace("_", " ").replace("-", " "),
-             "kind": "image" if p.suffix.lower() in IMAGE_SUFFIXES else "video"} for p in files]
-    report = make_shards(rows, shards, ShardOptions(name="media", frames=frames), RunOptions(progress=False))
-    log.info("made shards of %s: %s", media, report.summary())
-    if report.manifest is None:
-        raise ValueError(f"make-shards could not finish {shards} (missing chunks {report.missing_chunks})")
-    return shards
-
-
 # ---------------------------------------------------------------------------------------------- index
 
 def cmd_build_index(args) -> int:
-    from pipeline.search.index import EXACT_MAX_DEFAULT, build_collection_index
 
     info = build_collection_index(args.collection, args.kind, nlist=args.nlist, nprobe=args.nprobe,
                                   pq_m=args.pq_m, exact_max=args.exact_max or EXACT_MAX_DEFAULT, seed=args.seed)
@@ -210,8 +179,6 @@ def cmd_build_index(args) -> int:
 
 def open_search(args):
     """(Searcher, Embedder) for a collection: the index first, so a missing one fails before model loading."""
-    from pipeline.search.index import Searcher
-    from pipeline.search.inference import Embedder
 
     searcher = Searcher(args.collection, nprobe=args.nprobe)
     made_with = searcher.collection.info["model"]
@@ -240,17 +207,16 @@ def cmd_query(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from pipeline.search.webapp import SearchApp, make_server, search_url
 
     for name in ("threads", "idle_timeout", "max_connections"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     searcher, embedder = open_search(args)
-    server = make_server(SearchApp(searcher, embedder.embed_texts), args.host, args.port, threads=args.threads,
+    server = webapp.make_server(webapp.SearchApp(searcher, embedder.embed_texts), args.host, args.port, threads=args.threads,
                          idle_timeout=args.idle_timeout, max_connections=args.max_connections)
     host, port = server.server_address[:2]
     log.info("serving %d items on http://%s:%d/ (e.g. %s) with %d worker threads; Ctrl-C stops",
-             len(searcher.collection), host, port, search_url(host, port, "a red square moves to the left"),
+             len(searcher.collection), host, port, webapp.search_url(host, port, "a red square moves to the left"),
              args.threads)
     try:
         server.serve_forever()

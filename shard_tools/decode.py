@@ -42,6 +42,7 @@ class SampleError(Exception):
 
 # File suffixes taken as images (one frame each) when a folder of media is read, e.g. by search
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
 
 
 @dataclass(frozen=True)
