@@ -43,8 +43,10 @@ from pathlib import Path
 import numpy as np
 
 from foundation.fsutil import atomic_path, atomic_write_json
+from shard_tools.api import RunOptions, ShardOptions, make_shards
 from shard_tools.format import MANIFEST
 from shard_tools.sampling import segment_midpoints
+from shard_tools.sources import table_rows
 
 log = logging.getLogger("pipeline.demo.render")
 
@@ -412,9 +414,6 @@ def shard_split(table: Path, shards_dir: Path, split: str, spec: DemoSpec, worke
                 progress: bool = True) -> dict:
     """The normal make-shards CSV path (the rows `make-shards csv --path-col path --key-col key` reads);
     returns the manifest. Any failed row is an error here: the demo's own media must all decode."""
-    from shard_tools.api import RunOptions, ShardOptions, make_shards
-    from shard_tools.sources import table_rows
-
     kind = SPLIT_KINDS[split]
     rows = table_rows(table, path_col="path", caption_col="caption", key_col="key", kind=kind)
     options = ShardOptions(name=f"demo_{split}", kind=kind, frames=spec.stored_frames, short_side=spec.size,

@@ -22,14 +22,27 @@ import dataclasses
 import json
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from foundation.fsutil import atomic_write_json, atomic_write_text
+from models.tiny import write_tiny_text_model
+from pipeline.data.loader import build_eval_loader
+from pipeline.data.transforms import normalize_video
+from pipeline.demo.metrics import demo_query_metrics
+from pipeline.demo.render import DemoSpec, ffmpeg_exe, generate, read_table
+from pipeline.train.checkpoints import load_model
+from pipeline.train.config import load_config
+from pipeline.train.distributed import free_port
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +67,6 @@ def child_env(environ) -> dict:
 @contextlib.contextmanager
 def torch_threads(n: int):
     """Run the block with `n` torch intra-op threads; the caller's count is restored afterwards."""
-    import torch
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -121,7 +133,6 @@ PROGRESS_LOGGERS = ("pipeline.train.trainer", "pipeline.train.evaluation")
 
 def train_command(config: Path, overrides: list[str], nproc: int) -> list[str]:
     """torchrun with `nproc` ranks on this machine (docs/TRAINING.md), or a plain process for one rank."""
-    from pipeline.train.distributed import free_port
     script = ["-m", "launch.train", "--config", str(config)]
     for item in overrides:
         script += ["--set", item]
@@ -134,11 +145,8 @@ def train_command(config: Path, overrides: list[str], nproc: int) -> list[str]:
 def environment() -> dict:
     """What besides the seed decides the numbers: versions of what renders, packs and trains, the CPU and the
     kernels torch picked for it (docs/DEMO.md, "Reproducibility"). Two runs can only match when these do."""
-    from importlib import metadata
 
-    import torch
 
-    from pipeline.demo.render import ffmpeg_exe
     versions = {}
     for package in ("torch", "numpy", "deepspeed", "transformers", "av", "simplejpeg"):
         try:
@@ -156,7 +164,6 @@ def environment() -> dict:
 
 def cpu_model() -> str:
     """'AMD EPYC (family 25, model 17, stepping 1)': a VM often shows only the brand, the numbers tell hosts apart."""
-    import platform
     try:
         fields = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -183,8 +190,6 @@ def common_overrides(out: Path, folders: dict, text_model: Path, seed: int) -> l
 
 def run_demo(opts: DemoOptions) -> dict:
     """Run the whole demo; returns the results document (also written to {out}/results.json)."""
-    from models.tiny import write_tiny_text_model
-    from pipeline.demo.render import DemoSpec, generate
 
     out = Path(opts.out).resolve()
     checkout = Path(opts.checkout).resolve()
@@ -252,7 +257,6 @@ DATA_STAMP = "demo_data.json"     # in a stage folder: the data/demo.json its we
 
 
 def load_config_raw(config: Path, sets: list[str]) -> dict:
-    from pipeline.train.config import load_config
     return load_config(config, sets).raw
 
 
@@ -271,8 +275,6 @@ def stage_is_current(run_dir: Path, wanted_config: dict, data_stamp: dict) -> bo
 
 def query_metrics(weights: Path, config: Path, test_table: Path) -> dict:
     """Embed the held-out clips and their captions with the evaluation loader; score the demo query sets."""
-    from pipeline.demo.metrics import demo_query_metrics
-    from pipeline.demo.render import read_table
 
     rows = {r["key"]: r for r in read_table(test_table)}
     keys, text_emb, video_emb = embed_eval_set(weights, config)
@@ -285,13 +287,7 @@ def query_metrics(weights: Path, config: Path, test_table: Path) -> dict:
 def embed_eval_set(weights: Path, config: Path):
     """(keys, text embeddings, video embeddings) of the run's first eval dataset, sorted by key, computed with
     THREADS torch threads whatever the caller's count (as launch/evaluate.py under `child_env`)."""
-    import numpy as np
-    import torch
 
-    from pipeline.train.config import load_config
-    from pipeline.data.loader import build_eval_loader
-    from pipeline.data.transforms import normalize_video
-    from pipeline.train.checkpoints import load_model
 
     cfg = load_config(config)
     spec = cfg.eval_datasets[0]
