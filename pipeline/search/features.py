@@ -28,9 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from foundation.fsutil import atomic_path, atomic_write_json, atomic_write_text
 from foundation.safeload import DamagedFileError
+from pipeline.data.frames import decode_frames, frame_indices
 from pipeline.search.collection import FEATURES_FILE, INFO_FILE, ITEMS_FILE, SKIPPED_FILE
 from shard_tools.format import CAPTION_SUFFIX, MANIFEST, META_SUFFIX, frame_index, read_manifest, split_member_name
 
@@ -104,8 +107,6 @@ class _ShardClips:
         return len(self.samples)
 
     def __getitem__(self, i):
-        from pipeline.data.frames import decode_frames, frame_indices
-
         ref = self.samples[i]
         try:
             # decode only the T frames the model sees, picked as the evaluation loader picks them
@@ -137,9 +138,6 @@ def extract_features(embedder, shards_dir: str | Path, out_dir: str | Path, *, r
 
     `embedder` is a `pipeline.search.inference.Embedder` (its `prep` decides T frames, crop and input size).
     """
-    import torch
-    from tqdm import tqdm
-
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
     shards_dir, out_dir = Path(shards_dir), Path(out_dir)
