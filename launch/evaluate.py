@@ -19,6 +19,17 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
+
+from foundation.fsutil import atomic_write_json
+from foundation.logs import setup_logging
+from foundation.safeload import DamagedFileError
+from foundation.schema import ConfigError
+from pipeline.train.checkpoints import load_model
+from pipeline.train.config import load_config
+from pipeline.train.distributed import device_for, init_distributed, read_env, shutdown
+from pipeline.train.evaluation import evaluate_run
+
 log = logging.getLogger("evaluate")
 
 
@@ -35,17 +46,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import torch
-
-    from foundation.fsutil import atomic_write_json
-    from foundation.logs import setup_logging
-    from foundation.safeload import DamagedFileError
-    from foundation.schema import ConfigError
-    from pipeline.train.checkpoints import load_model
-    from pipeline.train.config import load_config
-    from pipeline.train.distributed import device_for, init_distributed, read_env, shutdown
-    from pipeline.train.evaluation import evaluate_run
-
     env = read_env()
     setup_logging(rank=env.rank if env.world_size > 1 else None)
     try:

@@ -6,7 +6,7 @@
     python launch/train.py --config configs/tiny_1f.json --set optim.lr=1e-4 --set output_dir=runs/x
     python launch/train.py --config configs/tiny_1f.json --check --ranks 16     (validate only, start nothing)
 
-Exit codes: 0 done, 75 (pipeline.train.trainer.EXIT_PREEMPTED) stopped by SIGUSR1/SIGTERM after saving a
+Exit codes: 0 done, 75 (foundation.preemption.EXIT_PREEMPTED) stopped by SIGUSR1/SIGTERM after saving a
 checkpoint (requeue with --resume auto), 2 bad config or arguments, or a checkpoint to resume from that is
 missing or damaged (named in the log; not worth a requeue), 1 anything else (e.g. a data-path error).
 --check (what slurm/ runs before it submits a stage): load and validate the config with its overrides and
@@ -16,6 +16,12 @@ import argparse
 import logging
 import sys
 import warnings
+
+from foundation.logs import setup_logging
+from foundation.preemption import PreemptionFlag
+from foundation.schema import ConfigError
+from pipeline.train.config import check_inputs, describe_temporal_rows, load_config
+from pipeline.train.distributed import init_distributed, read_env, shutdown
 
 log = logging.getLogger("train")
 
@@ -39,14 +45,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from foundation.preemption import PreemptionFlag
     preempt = PreemptionFlag().install()      # first: SLURM may signal while torch is still importing
     args = parse_args(argv)
-    from pipeline.train.config import describe_temporal_rows, load_config
-    from pipeline.train.distributed import init_distributed, read_env, shutdown
-    from foundation.logs import setup_logging
-    from foundation.schema import ConfigError
-
     env = read_env()
     setup_logging(rank=env.rank if env.world_size > 1 else None)
     if env.rank != 0:
@@ -66,9 +66,12 @@ def main(argv=None) -> int:
     # once-per-location registry), a third of a tiny job's log: drop exactly these two messages.
     warnings.filterwarnings("ignore", category=FutureWarning,
                             message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated")
-    from pipeline.train.trainer import train
-    init_distributed(env, timeout_s=cfg.deepspeed.comm_timeout_s)
+    # torch and DeepSpeed load here, after the preemption flag is installed and the config checked: a signal
+    # during these seconds of imports is kept, and --check and config errors answer without them
     from foundation.safeload import DamagedFileError
+    from pipeline.train.trainer import train
+
+    init_distributed(env, timeout_s=cfg.deepspeed.comm_timeout_s)
     try:
         return train(cfg, env, resume=args.resume, preempt=preempt)
     except (FileNotFoundError, DamagedFileError) as err:   # a missing or damaged checkpoint: the message names it
@@ -80,7 +83,6 @@ def main(argv=None) -> int:
 
 def check(cfg, config_path: str, ranks: int) -> int:
     """--check: report every problem with the inputs for `ranks` ranks; 0 when there is none."""
-    from pipeline.train.config import check_inputs, describe_temporal_rows
     problems = check_inputs(cfg, world_size=ranks)
     for problem in problems:
         log.error("%s: %s", config_path, problem)

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from foundation.preemption import EXIT_PREEMPTED
 from foundation.schema import ConfigError
 from pipeline.train.checkpoint_format import mark_complete, tag_for_step
 from pipeline.train.checkpoints import latest_complete, prune, resolve_resume, resume_candidates
@@ -12,7 +13,7 @@ from pipeline.train.config import apply_overrides, load_config
 from pipeline.train.distributed import first_slurm_host, read_env, slurm_master_port
 from pipeline.train.evaluation import sliding_windows
 from pipeline.train.optim import LRSchedule, param_groups
-from pipeline.train.trainer import EXIT_PREEMPTED, RunPaths, deepspeed_config
+from pipeline.train.trainer import RunPaths, deepspeed_config
 
 TINY = "configs/tiny_1f.json"
 

@@ -22,6 +22,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from models.loss import norm_softmax_loss
+from pipeline.data.loader import build_eval_loader
+from pipeline.data.tokenize import load_tokenizer, tokenize
+from pipeline.data.transforms import normalize_video
 from pipeline.train.metrics import cosine_similarity, retrieval_metrics
 
 log = logging.getLogger(__name__)
@@ -181,10 +185,6 @@ def evaluate_run(model: Callable, cfg, env, device, dtype: torch.dtype, temperat
 
     `loaders`: {dataset: (batches, batch_size)} to use instead of the config's evaluation shards.
     """
-    from models.loss import norm_softmax_loss
-    from pipeline.data.loader import build_eval_loader
-    from pipeline.data.tokenize import load_tokenizer, tokenize
-    from pipeline.data.transforms import normalize_video
     if loaders is None:
         loaders = {spec.name: (build_eval_loader(spec, cfg.loader, env.rank, env.world_size), spec.batch_size)
                    for spec in cfg.eval_datasets}

@@ -15,11 +15,17 @@ import resource
 import time
 from pathlib import Path
 
+import deepspeed
 import torch
 import torch.distributed as dist
 
 from foundation.fsutil import atomic_write_json
-from foundation.preemption import EXIT_PREEMPTED, PreemptionFlag  # noqa: F401  (EXIT_PREEMPTED re-exported)
+from foundation.preemption import EXIT_PREEMPTED, PreemptionFlag
+from models.checkpoint import load_weights_into
+from models.frozen import FrozenInTime
+from models.loss import distributed_norm_softmax_terms
+from pipeline.data.loader import build_train_loader
+from pipeline.data.transforms import normalize_video
 from pipeline.train.checkpoints import CheckpointManager
 from pipeline.train.config import RunConfig
 from pipeline.train.distributed import DistEnv, device_for
@@ -78,11 +84,6 @@ def memory_gb(device: torch.device) -> float:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, env: DistEnv, train_loader=None, eval_loaders=None):
-        import deepspeed
-
-        from models import FrozenInTime
-        from models.checkpoint import load_weights_into
-        from pipeline.data.transforms import normalize_video
 
         self.cfg, self.env = cfg, env
         self.paths = RunPaths(cfg.output_dir)
@@ -94,7 +95,6 @@ class Trainer:
         if cfg.deepspeed.zero_stage == 3 and cfg.model.learnable_temperature:
             raise ValueError("model.learnable_temperature with deepspeed.zero_stage 3: the temperature parameter "
                              "is partitioned outside the forward pass; use ZeRO stage 0-2 or a fixed temperature")
-        self._normalize = normalize_video
 
         torch.manual_seed(cfg.seed)            # identical initial weights on every rank and every run
         model = FrozenInTime(cfg.model)
@@ -122,18 +122,16 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ data
 
     def _build_train_loader(self):
-        from pipeline.data.loader import build_train_loader
         return build_train_loader(self.cfg.train_datasets, self.cfg.loader, self.env.rank, self.env.world_size)
 
     def prepare_video(self, video_uint8: torch.Tensor) -> torch.Tensor:
-        return self._normalize(video_uint8, self.cfg.loader.mean, self.cfg.loader.std).to(self.dtype)
+        return normalize_video(video_uint8, self.cfg.loader.mean, self.cfg.loader.std).to(self.dtype)
 
     # ------------------------------------------------------------------------------------------ steps
 
     def _micro_step(self, step_batches: dict) -> dict[str, torch.Tensor]:
         """Forward, backward and (at the accumulation boundary) the optimizer step; returns this rank's detached
         losses `{(dataset, term): value}`, term "total" (L_t2v + L_v2t), "t2v" or "v2t"."""
-        from models.loss import distributed_norm_softmax_terms
         total, losses = 0.0, {}
         for name, batch in step_batches.items():
             video = self.prepare_video(batch["video"].to(self.device, non_blocking=True))
