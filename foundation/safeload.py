@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from safetensors.torch import load_file
 
 _TORCH_LOAD = torch.load        # the real one, also while restricted_torch_load() has replaced torch.load
 
@@ -143,7 +144,6 @@ def read_json(path: str | os.PathLike, advice: str = "", fields: dict | None = N
 
 def read_safetensors(path: str | os.PathLike, advice: str = "") -> dict[str, torch.Tensor]:
     """All tensors of a .safetensors file (a format with no code in it), errors naming the file."""
-    from safetensors.torch import load_file
     path = Path(path)
     _check_size(path, advice)
     try:

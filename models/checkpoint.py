@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from foundation.fsutil import atomic_path, atomic_write_json
 from foundation.safeload import DamagedFileError, load_torch_file, read_json, read_safetensors
@@ -239,7 +240,6 @@ def save_pretrained(model: torch.nn.Module, cfg: ModelConfig, out_dir: str | os.
 
     Each file is written atomically; model_config.json goes last, so a folder with it is complete.
     """
-    from safetensors.torch import save_file
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}

@@ -9,6 +9,7 @@ import warnings
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import nn
 
@@ -67,7 +68,6 @@ def gather_with_grad(xs: list[torch.Tensor], group=None) -> tuple[list[torch.Ten
     n = xs[0].shape[0]
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
         return xs, 0, n, 1
-    import torch.distributed.nn.functional as dist_nn
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     counts = [torch.zeros(1, dtype=torch.long, device=xs[0].device) for _ in range(world)]
     dist.all_gather(counts, torch.tensor([n], dtype=torch.long, device=xs[0].device), group=group)

@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -178,7 +179,6 @@ def resize_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_gri
     """Bicubic resampling of the spatial part of [1, 1 + gh*gw, D]; the CLS row is kept as is."""
     if tuple(new_grid) == tuple(old_grid):
         return pos_embed
-    from timm.layers import resample_abs_pos_embed
     return resample_abs_pos_embed(pos_embed, new_size=list(new_grid), old_size=list(old_grid),
                                   num_prefix_tokens=1)
 

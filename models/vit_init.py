@@ -9,7 +9,9 @@ import logging
 import os
 import re
 
+import timm
 import torch
+from safetensors.torch import load_file
 
 from .checkpoint import load_same_shapes
 from .video_transformer import SpaceTimeTransformer, resize_pos_embed
@@ -30,7 +32,6 @@ def vit_state_dict(init: str) -> dict[str, torch.Tensor]:
     (downloaded by timm from the Hugging Face hub)."""
     if os.path.isfile(init):
         if init.endswith(".safetensors"):
-            from safetensors.torch import load_file
             return load_file(init, device="cpu")
         sd = torch.load(init, map_location="cpu", weights_only=True)
         for wrapper in ("state_dict", "model"):
@@ -39,7 +40,6 @@ def vit_state_dict(init: str) -> dict[str, torch.Tensor]:
         return sd
     if os.sep in init or init.endswith((".pth", ".pt", ".bin", ".safetensors")):
         raise FileNotFoundError(f"video.init: ViT weights file {init!r} does not exist")
-    import timm
     if not timm.is_model(init.split(".")[0]):
         raise ValueError(f"video.init: {init!r} is neither a file nor a timm model name "
                          f"(e.g. 'vit_base_patch16_224.orig_in21k_ft_in1k')")
