@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     except ConfigError as err:
         log.error("%s", err)
         return 2
-    if not cfg.eval_datasets:
+    if not cfg.data.eval:
         log.error("%s: data.eval lists no dataset to evaluate on", args.config)
         return 2
     if env.world_size > 1:

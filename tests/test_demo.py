@@ -75,12 +75,12 @@ def _embed_training_clips(trained_demo, stage: str):
     from pipeline.train.checkpoints import load_model
     cfg = load_config(trained_demo.configs[stage])
     spec = DatasetSpec(name="train_clips", shards=str(trained_demo.train_shards), batch_size=64,
-                       num_frames=cfg.eval_datasets[0].num_frames)
+                       num_frames=cfg.data.eval[0].num_frames)
     model = load_model(trained_demo.weights[stage])
     texts, videos = [], []
     with torch.no_grad():
-        for batch in build_eval_loader(spec, cfg.loader, 0, 1):
-            video = normalize_video(batch["video"], cfg.loader.mean, cfg.loader.std)
+        for batch in build_eval_loader(spec, cfg.data.options, 0, 1):
+            video = normalize_video(batch["video"], cfg.data.options.mean, cfg.data.options.std)
             t, v = model(video, batch["text"]["input_ids"], batch["text"]["attention_mask"])
             texts.append(torch.nn.functional.normalize(t, dim=-1))
             videos.append(torch.nn.functional.normalize(v, dim=-1))

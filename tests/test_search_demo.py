@@ -71,14 +71,14 @@ def evaluation_ranking(weights: Path, config: Path) -> list[tuple[str, float]]:
     from pipeline.train.checkpoints import load_model
 
     cfg = load_config(config)
-    spec = cfg.eval_datasets[0]
+    spec = cfg.data.eval[0]
     model = load_model(weights, cfg.model)
     keys, videos = [], []
     with torch.no_grad():
-        for batch in build_eval_loader(spec, cfg.loader, 0, 1):
-            videos.append(model.encode_video(normalize_video(batch["video"], cfg.loader.mean, cfg.loader.std)).numpy())
+        for batch in build_eval_loader(spec, cfg.data.options, 0, 1):
+            videos.append(model.encode_video(normalize_video(batch["video"], cfg.data.options.mean, cfg.data.options.std)).numpy())
             keys += batch["keys"]
-        text = tokenize(load_tokenizer(cfg.loader.tokenizer), [QUERY], cfg.loader.max_text_length)
+        text = tokenize(load_tokenizer(cfg.data.options.tokenizer), [QUERY], cfg.data.options.max_text_length)
         query = model.encode_text(text["input_ids"], text["attention_mask"]).numpy()
     sims = cosine_similarity(query, np.concatenate(videos))[0]
     return [(keys[i], float(sims[i])) for i in np.argsort(-sims, kind="stable")]

@@ -229,7 +229,7 @@ def test_described_temporal_rows_are_the_rows_that_get_a_gradient(rows, frames):
     model = SpaceTimeTransformer.from_config(cfg.model.video)
     with torch.no_grad():
         model.temporal_embed.normal_()
-    for spec in cfg.train_datasets:           # one step's loss over every training set, at its frame count
+    for spec in cfg.data.train:           # one step's loss over every training set, at its frame count
         video = torch.randn(2, spec.num_frames, 3, cfg.model.video.img_size, cfg.model.video.img_size)
         model.forward_features(video).square().sum().backward()
     grad_rows = (model.temporal_embed.grad[0].abs().sum(dim=1) > 0).nonzero().flatten().tolist()

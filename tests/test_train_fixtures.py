@@ -134,9 +134,9 @@ def _synthetic_main(argv: list[str]) -> int:
     setup_logging(rank=env.rank)
     cfg = load_config(args.config, args.overrides)
     init_distributed(env, timeout_s=60)
-    loader = SyntheticSteps({s.name: s.batch_size for s in cfg.train_datasets},
-                            {s.name: s.num_frames for s in cfg.train_datasets}, env.rank, env.world_size,
-                            seed=cfg.seed, res=cfg.loader.input_res)
+    loader = SyntheticSteps({s.name: s.batch_size for s in cfg.data.train},
+                            {s.name: s.num_frames for s in cfg.data.train}, env.rank, env.world_size,
+                            seed=cfg.seed, res=cfg.data.options.input_res)
     try:
         return train(cfg, env, train_loader=loader)
     finally:

@@ -27,9 +27,9 @@ def _write(tmp_path, raw):
 def test_configs_in_the_repo_validate():
     for name in ("tiny_1f", "tiny_4f", "pretrain_1f", "pretrain_4f", "finetune_msrvtt_4f"):
         cfg = load_config(f"configs/{name}.json")
-        assert cfg.optim.total_steps > 0 and cfg.train_datasets
+        assert cfg.optim.total_steps > 0 and cfg.data.train
     cfg = load_config("configs/pretrain_4f.json")
-    assert cfg.checkpoint.load_checkpoint and {s.name: s.num_frames for s in cfg.train_datasets} == \
+    assert cfg.checkpoint.load_checkpoint and {s.name: s.num_frames for s in cfg.data.train} == \
         {"cc3m": 1, "webvid": 4}
 
 
@@ -50,7 +50,7 @@ def test_config_errors_name_the_key_path(tmp_path):
 
 def test_overrides_parse_json_values_and_defaults_fill_in(tmp_path):
     cfg = load_config(TINY, ["optim.lr=0.5", "data.train[0].batch_size=3", "name=x y", "eval.best_metric=null"])
-    assert cfg.optim.lr == 0.5 and cfg.train_datasets[0].batch_size == 3 and cfg.name == "x y"
+    assert cfg.optim.lr == 0.5 and cfg.data.train[0].batch_size == 3 and cfg.name == "x y"
     assert cfg.eval.best_metric == "val/val_loss" and cfg.eval.best_mode == "min"   # the original's monitor
     assert cfg.raw["optim"]["lr"] == 0.5                                              # what config.json gets
 

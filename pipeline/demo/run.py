@@ -290,12 +290,12 @@ def embed_eval_set(weights: Path, config: Path):
 
 
     cfg = load_config(config)
-    spec = cfg.eval_datasets[0]
+    spec = cfg.data.eval[0]
     model = load_model(weights, cfg.model)
     keys, texts, videos = [], [], []
     with torch.no_grad(), torch_threads(THREADS):
-        for batch in build_eval_loader(spec, cfg.loader, 0, 1):
-            video = normalize_video(batch["video"], cfg.loader.mean, cfg.loader.std)
+        for batch in build_eval_loader(spec, cfg.data.options, 0, 1):
+            video = normalize_video(batch["video"], cfg.data.options.mean, cfg.data.options.std)
             text_emb, video_emb = model(video, batch["text"]["input_ids"], batch["text"]["attention_mask"])
             keys += batch["keys"]
             texts.append(text_emb.numpy())

@@ -53,8 +53,8 @@ class Preprocess:
         """From a run's config.json (what `launch/train.py` wrote to its output_dir)."""
         path = Path(path)
         run = load_config(path)
-        options = dataclasses.replace(run.loader, tokenizer=_run_relative(run.loader.tokenizer, path, run.output_dir))
-        videos = [d for d in run.eval_datasets if d.kind != "image"]
+        options = dataclasses.replace(run.data.options, tokenizer=_run_relative(run.data.options.tokenizer, path, run.output_dir))
+        videos = [d for d in run.data.eval if d.kind != "image"]
         return cls(num_frames=videos[0].num_frames if videos else config.video.num_frames, options=options)
 
     def with_tokenizer(self, tokenizer: str) -> "Preprocess":

@@ -145,23 +145,6 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     raw: dict = field(default_factory=dict, metadata=INTERNAL)   # the validated JSON (what config.json holds)
 
-    # what the trainer, evaluation and search read
-    @property
-    def train_datasets(self) -> list[DatasetSpec]:
-        return self.data.train
-
-    @property
-    def eval_datasets(self) -> list[DatasetSpec]:
-        return self.data.eval
-
-    @property
-    def loader(self) -> LoaderOptions:
-        return self.data.options
-
-    @property
-    def loss_weights(self) -> dict[str, float]:
-        return self.loss.weights
-
     def check(self, where: str) -> None:
         """Rules across sections; also fills eval.best_metric / best_mode, whose defaults depend on data.eval."""
         train_names, eval_names = [s.name for s in self.data.train], [s.name for s in self.data.eval]
@@ -279,14 +262,14 @@ def check_inputs(cfg: RunConfig, world_size: int = 1) -> list[str]:
     writes it.
     """
     problems = []
-    for spec in list(cfg.train_datasets) + list(cfg.eval_datasets):
+    for spec in list(cfg.data.train) + list(cfg.data.eval):
         try:
             shard_set = spec.resolve()
-            if spec in cfg.train_datasets:
-                shardlists.check_enough_shards(len(shard_set.urls), world_size, cfg.loader.num_workers, spec.where)
+            if spec in cfg.data.train:
+                shardlists.check_enough_shards(len(shard_set.urls), world_size, cfg.data.options.num_workers, spec.where)
         except ConfigError as err:
             problems.append(str(err))
-    for key, value in (("model.text.model", cfg.model.text.model), ("data.options.tokenizer", cfg.loader.tokenizer)):
+    for key, value in (("model.text.model", cfg.model.text.model), ("data.options.tokenizer", cfg.data.options.tokenizer)):
         if isinstance(value, str) and _must_be_local_folder(value) and not Path(value).expanduser().is_dir():
             problems.append(f"{key}: {value} is not a folder (relative paths are taken from {Path.cwd()})")
     if any(TINY_ASSETS_HINT in p for p in problems):
@@ -306,7 +289,7 @@ def _checkpoint_frames(path: str) -> int | None:
 
 def trained_temporal_rows(cfg: RunConfig) -> int:
     """How many temporal-embedding rows get a gradient: rows 0..n-1, n = the most frames a training set reads."""
-    return min(max(s.num_frames for s in cfg.train_datasets), cfg.model.video.num_frames)
+    return min(max(s.num_frames for s in cfg.data.train), cfg.model.video.num_frames)
 
 
 def _rows(first: int, end: int) -> str:
@@ -322,7 +305,7 @@ def describe_temporal_rows(cfg: RunConfig) -> str:
     have FEWER rows than the model; with as many rows they are copied as they are (nothing is inflated).
     """
     rows = cfg.model.video.num_frames
-    frames = {s.name: min(s.num_frames, rows) for s in cfg.train_datasets}
+    frames = {s.name: min(s.num_frames, rows) for s in cfg.data.train}
     used = trained_temporal_rows(cfg)
     reads = ", ".join(f"{name} {n}" for name, n in frames.items())
     text = f"temporal embedding: {rows} row(s) (model.video.num_frames); training reads {reads} frame(s) -> "

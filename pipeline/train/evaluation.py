@@ -186,12 +186,12 @@ def evaluate_run(model: Callable, cfg, env, device, dtype: torch.dtype, temperat
     `loaders`: {dataset: (batches, batch_size)} to use instead of the config's evaluation shards.
     """
     if loaders is None:
-        loaders = {spec.name: (build_eval_loader(spec, cfg.loader, env.rank, env.world_size), spec.batch_size)
-                   for spec in cfg.eval_datasets}
-    tokenizer = load_tokenizer(cfg.loader.tokenizer)
+        loaders = {spec.name: (build_eval_loader(spec, cfg.data.options, env.rank, env.world_size), spec.batch_size)
+                   for spec in cfg.data.eval}
+    tokenizer = load_tokenizer(cfg.data.options.tokenizer)
     return evaluate_datasets(
-        model, loaders, prepare_video=lambda v: normalize_video(v, cfg.loader.mean, cfg.loader.std).to(dtype),
-        tokenize=lambda texts: tokenize(tokenizer, texts, cfg.loader.max_text_length),
+        model, loaders, prepare_video=lambda v: normalize_video(v, cfg.data.options.mean, cfg.data.options.std).to(dtype),
+        tokenize=lambda texts: tokenize(tokenizer, texts, cfg.data.options.max_text_length),
         world_size=env.world_size, device=device, window_frames=cfg.eval.window_frames,
         stride=cfg.eval.sliding_window_stride, lockstep=lockstep,
         loss_from_sims=lambda sims: norm_softmax_loss(sims, temperature))

@@ -59,7 +59,7 @@ def precision(cfg: RunConfig, device: torch.device) -> str:
 
 
 def deepspeed_config(cfg: RunConfig, world_size: int, dtype_name: str) -> dict:
-    micro = sum(spec.batch_size for spec in cfg.train_datasets)    # samples per rank per micro step
+    micro = sum(spec.batch_size for spec in cfg.data.train)    # samples per rank per micro step
     accum = cfg.optim.grad_accum_steps
     ds = {
         "train_micro_batch_size_per_gpu": micro,
@@ -122,10 +122,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ data
 
     def _build_train_loader(self):
-        return build_train_loader(self.cfg.train_datasets, self.cfg.loader, self.env.rank, self.env.world_size)
+        return build_train_loader(self.cfg.data.train, self.cfg.data.options, self.env.rank, self.env.world_size)
 
     def prepare_video(self, video_uint8: torch.Tensor) -> torch.Tensor:
-        return normalize_video(video_uint8, self.cfg.loader.mean, self.cfg.loader.std).to(self.dtype)
+        return normalize_video(video_uint8, self.cfg.data.options.mean, self.cfg.data.options.std).to(self.dtype)
 
     # ------------------------------------------------------------------------------------------ steps
 
@@ -141,7 +141,7 @@ class Trainer:
             t2v, v2t = distributed_norm_softmax_terms(text_emb.float(), video_emb.float(), self.model.temperature())
             loss = t2v + v2t
             losses.update({(name, "total"): loss.detach(), (name, "t2v"): t2v.detach(), (name, "v2t"): v2t.detach()})
-            total = total + self.cfg.loss_weights.get(name, 1.0) * loss
+            total = total + self.cfg.loss.weights.get(name, 1.0) * loss
         self.engine.backward(total)
         self._lr = self.engine.get_lr()[0]       # the LR this step uses (the scheduler advances in step())
         self.engine.step()
@@ -176,7 +176,7 @@ class Trainer:
             cfg.save(self.paths.config)      # the config this launch uses (a resume may extend total_steps)
         preempt = preempt or PreemptionFlag().install()
         try:
-            if cfg.eval_datasets and self.evaluated_step != self.step and (
+            if cfg.data.eval and self.evaluated_step != self.step and (
                     (cfg.eval.at_start and self.step == 0) or self._eval_due()):
                 self._evaluate()             # at start, or the evaluation a preempted step had not run yet
             return self._loop(preempt)
@@ -188,7 +188,7 @@ class Trainer:
 
     def _loop(self, preempt: PreemptionFlag) -> int:
         cfg, env = self.cfg, self.env
-        samples_per_step = (sum(s.batch_size for s in cfg.train_datasets) * cfg.optim.grad_accum_steps
+        samples_per_step = (sum(s.batch_size for s in cfg.data.train) * cfg.optim.grad_accum_steps
                             * env.world_size)
         batches = iter(self.train_loader)
         window = {"start": time.perf_counter(), "wait": 0.0, "steps": 0, "losses": {}}
@@ -214,7 +214,7 @@ class Trainer:
                 log.warning("preempted at step %d: checkpoint saved, exiting with %d", self.step, EXIT_PREEMPTED)
                 return EXIT_PREEMPTED
             last = self.step == cfg.optim.total_steps
-            if cfg.eval_datasets and self._eval_due():
+            if cfg.data.eval and self._eval_due():
                 self._evaluate()
             if last or (cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0):
                 self.save_checkpoint()
@@ -242,7 +242,7 @@ class Trainer:
         scalars.update({f"train/loss_{term}/{name}": value for (name, term), value in losses.items()
                         if term != "total"})
         scalars.update({
-            "train/loss_total": sum(self.cfg.loss_weights.get(n, 1.0) * v for n, v in per_dataset.items()),
+            "train/loss_total": sum(self.cfg.loss.weights.get(n, 1.0) * v for n, v in per_dataset.items()),
             "train/lr": lr, "perf/samples_per_s": throughput,
             "perf/samples_per_s_per_device": throughput / self.env.world_size,
             "perf/data_wait_fraction": waits["wait"], "perf/step_time_s": elapsed / steps,
