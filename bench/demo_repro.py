@@ -9,6 +9,7 @@ child environment) `--steps` steps: a baseline, a repeat, and one run per varian
 thread count or the CPU kernels torch and MKL use; it prints how many of the weight tensors differ from the
 baseline. Equal bits for the repeat, different ones for every variant, is what the docs report.
 """
+
 import argparse
 import os
 import subprocess
@@ -38,8 +39,11 @@ def shard_members(folder: Path) -> dict:
 
 def render(out: Path, seed: int) -> None:
     from pipeline.demo.render import DemoSpec, generate
-    runs = [shard_members(generate(out / name, DemoSpec(seed=seed, **SMALL), progress=False)["train"].parent)
-            for name in ("r1", "r2")]
+
+    runs = [
+        shard_members(generate(out / name, DemoSpec(seed=seed, **SMALL), progress=False)["train"].parent)
+        for name in ("r1", "r2")
+    ]
     first, second = runs
     assert first.keys() == second.keys(), "the two renders wrote different shards"
     total = order = differ = 0
@@ -54,8 +58,10 @@ def render(out: Path, seed: int) -> None:
             if data != data2:
                 differ += 1
                 kinds[name.rsplit(".", 1)[-1]] = kinds.get(name.rsplit(".", 1)[-1], 0) + 1
-    print(f"{len(first)} shards, {total} members: {order} shards in another order, {differ} members differ "
-          f"(by kind: {kinds or 'none'})")
+    print(
+        f"{len(first)} shards, {total} members: {order} shards in another order, {differ} members differ "
+        f"(by kind: {kinds or 'none'})"
+    )
 
 
 def train(out: Path, seed: int, steps: int) -> None:
@@ -63,8 +69,9 @@ def train(out: Path, seed: int, steps: int) -> None:
     from safetensors.torch import load_file
 
     from models.tiny import write_tiny_text_model
-    from pipeline.demo.run import DemoOptions, child_env, common_overrides, train_command
     from pipeline.demo.render import DemoSpec, generate
+    from pipeline.demo.run import DemoOptions, child_env, common_overrides, train_command
+
     opts = DemoOptions(checkout=REPO, out=out, seed=seed)
     folders = generate(out / "data", DemoSpec(seed=seed, **SMALL), progress=False)
     text_model = write_tiny_text_model(out / "text_model", seed=seed, **opts.text_model)
@@ -74,8 +81,7 @@ def train(out: Path, seed: int, steps: int) -> None:
         run_dir = out / "runs" / name.split(" ")[0].replace("=", "_")
         cmd = train_command(REPO / "configs" / "demo_1f.json", sets + [f"output_dir={run_dir}"], 2)
         with open(out / f"{run_dir.name}.log", "wb") as sink:
-            subprocess.run(cmd, cwd=REPO, env={**child_env(os.environ), **extra}, stdout=sink, stderr=sink,
-                           check=True)
+            subprocess.run(cmd, cwd=REPO, env={**child_env(os.environ), **extra}, stdout=sink, stderr=sink, check=True)
         return load_file(run_dir / "weights" / "final" / "weights.safetensors")
 
     base = run("baseline", {})

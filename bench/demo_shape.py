@@ -11,6 +11,7 @@ classifies the shape of demo images (pipeline.demo.render scenes rendered at 64 
 position, size, angle as the demo draws them), AdamW 3e-4, batch 64, 6000 training images, 512 held-out
 images from another seed. Prints held-out accuracy (chance 0.25) every 250 steps. Figures: docs/DEMO.md.
 """
+
 import dataclasses
 import math
 import sys
@@ -24,7 +25,7 @@ from pipeline.data.transforms import normalize_video
 from pipeline.demo import render as demo
 
 RES = 64
-OLD_HALF_SIZE = (0.10, 0.135)       # fit-demo/2
+OLD_HALF_SIZE = (0.10, 0.135)  # fit-demo/2
 
 
 def variant(scene: demo.Scene, design: str, rng: np.random.Generator) -> demo.Scene:
@@ -33,7 +34,7 @@ def variant(scene: demo.Scene, design: str, rng: np.random.Generator) -> demo.Sc
         scene = dataclasses.replace(scene, angle=float(rng.uniform(0, 2 * math.pi)), angle_offset=0.0)
     if design.endswith("small"):
         half = RES * math.exp(rng.uniform(math.log(OLD_HALF_SIZE[0]), math.log(OLD_HALF_SIZE[1])))
-        scene = dataclasses.replace(scene, half_size=half)   # smaller than the demo's: still in frame
+        scene = dataclasses.replace(scene, half_size=half)  # smaller than the demo's: still in frame
     return scene
 
 
@@ -41,8 +42,8 @@ def dataset(design: str, seed: int, count: int) -> tuple[torch.Tensor, torch.Ten
     rng = np.random.default_rng([seed, 7])
     scenes = [variant(s, design, rng) for s in demo.plan_scenes(seed, "images", count, RES)]
     times = np.zeros(1)
-    frames = np.stack([demo.render_frames(s, RES, times)[0] for s in scenes])           # [N, H, W, 3] uint8
-    video = torch.from_numpy(frames).permute(0, 3, 1, 2)[:, None]                          # [N, 1, 3, H, W]
+    frames = np.stack([demo.render_frames(s, RES, times)[0] for s in scenes])  # [N, H, W, 3] uint8
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2)[:, None]  # [N, 1, 3, H, W]
     y = torch.tensor([demo.SHAPES.index(s.shape) for s in scenes])
     return normalize_video(video), y
 
@@ -54,8 +55,9 @@ def main(design: str, seed: int, steps: int) -> None:
     torch.manual_seed(seed)
     train_x, train_y = dataset(design, seed, 6000)
     test_x, test_y = dataset(design, seed + 1000, 512)
-    model = SpaceTimeTransformer(img_size=RES, patch_size=16, embed_dim=128, depth=3, num_heads=4, mlp_ratio=2.0,
-                                 num_frames=1)
+    model = SpaceTimeTransformer(
+        img_size=RES, patch_size=16, embed_dim=128, depth=3, num_heads=4, mlp_ratio=2.0, num_frames=1
+    )
     head = torch.nn.Linear(128, len(demo.SHAPES))
     opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=3e-4, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
@@ -71,8 +73,11 @@ def main(design: str, seed: int, steps: int) -> None:
             with torch.no_grad():
                 acc = (head(model(test_x)).argmax(-1) == test_y).float().mean().item()
             model.train()
-            print(f"{design} seed {seed} step {step}: loss {loss.item():.3f} held-out accuracy {acc:.3f} "
-                  f"({time.time() - started:.0f} s)", flush=True)
+            print(
+                f"{design} seed {seed} step {step}: loss {loss.item():.3f} held-out accuracy {acc:.3f} "
+                f"({time.time() - started:.0f} s)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 A 4x4 white square on black steps 4 px left or right per frame over 4 frames (32 px); every single frame is
 as likely under either label, so only the frame order tells. Figures: docs/DEMO.md.
 """
+
 import sys
 import time
 
@@ -26,15 +27,16 @@ def batch(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]
         x0, y = rng.uniform(8, 24), int(rng.uniform(4, 24))
         for t in range(T):
             x = max(0, min(RES - 4, int(x0 + (4 if label[i] else -4) * (t - 1.5))))
-            video[i, t, :, y:y + 4, x:x + 4] = 1.0
+            video[i, t, :, y : y + 4, x : x + 4] = 1.0
     return torch.from_numpy(video), torch.from_numpy(label)
 
 
 def main(mode: str, seed: int, steps: int) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    model = SpaceTimeTransformer(img_size=RES, patch_size=PATCH, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2,
-                                 num_frames=T)
+    model = SpaceTimeTransformer(
+        img_size=RES, patch_size=PATCH, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2, num_frames=T
+    )
     if "spatial" in mode:
         init_time_attention_all_(model, "spatial")
     if "row0zero" in mode or "randtemp" in mode:
@@ -57,8 +59,11 @@ def main(mode: str, seed: int, steps: int) -> None:
                 video, label = batch(256, rng)
                 accuracy = (head(model(video)).argmax(1) == label).float().mean().item()
             norms = [round(v, 4) for v in model.temporal_embed.norm(dim=-1).squeeze().tolist()]
-            print(f"{mode} seed {seed} step {step + 1}: loss {loss.item():.3f} accuracy {accuracy:.3f} "
-                  f"temporal row norms {norms} ({time.time() - started:.0f} s)", flush=True)
+            print(
+                f"{mode} seed {seed} step {step + 1}: loss {loss.item():.3f} accuracy {accuracy:.3f} "
+                f"temporal row norms {norms} ({time.time() - started:.0f} s)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

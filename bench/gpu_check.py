@@ -15,6 +15,7 @@ that the GPU machine cannot reach.
     python bench/gpu_check.py --out gpu_check.json
     python bench/gpu_check.py --dry-run
 """
+
 import argparse
 import json
 import sys
@@ -31,8 +32,17 @@ from models.loss import norm_softmax_loss, sim_matrix  # noqa: E402
 from models.video_transformer import SpaceTimeTransformer  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), from the vendors' data sheets; first match wins.
-PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4),
-                    ("GH200", 989.4), ("A100", 312.0), ("L40S", 362.0), ("A10G", 70.0), ("L4", 121.0)]
+PEAK_BF16_TFLOPS = [
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),
+    ("H200", 989.4),
+    ("GH200", 989.4),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("A10G", 70.0),
+    ("L4", 121.0),
+]
 
 
 class VideoTower(nn.Module):
@@ -49,10 +59,10 @@ def build(name: str, device, seed: int = 0) -> tuple[VideoTower, object]:
     cfg = preset(name)
     torch.manual_seed(seed)
     tower = VideoTower(cfg.video, cfg.projection_dim)
-    with torch.no_grad():                       # time attention as after training, so it takes part
+    with torch.no_grad():  # time attention as after training, so it takes part
         for block in tower.video_model.blocks:
             block.timeattn.qkv.weight.normal_(0, 0.02)
-            block.timeattn.proj.weight.normal_(0, cfg.video.embed_dim ** -0.5)
+            block.timeattn.proj.weight.normal_(0, cfg.video.embed_dim**-0.5)
     return tower.to(device), cfg
 
 
@@ -85,10 +95,13 @@ def agreement(tower: VideoTower, cfg, device, batch: int, T: int) -> dict:
         e_explicit = tower(video).float()
     tower.video_model.set_attn_impl("sdpa")
     return {
-        "T": T, "batch": batch,
+        "T": T,
+        "batch": batch,
         "bf16_min_cosine": float(F.cosine_similarity(e16, e32, dim=1).min()),
         "bf16_max_rel_error": float(((e16 - e32).norm(dim=1) / e32.norm(dim=1)).max()),
-        "loss_fp32": l32, "loss_bf16": l16, "loss_rel_diff": abs(l16 - l32) / abs(l32),
+        "loss_fp32": l32,
+        "loss_bf16": l16,
+        "loss_rel_diff": abs(l16 - l32) / abs(l32),
         "grad_cosine": float(F.cosine_similarity(g16, g32, dim=0)),
         "sdpa_vs_explicit_max_rel_error": float(((e_explicit - e32).norm(dim=1) / e32.norm(dim=1)).max()),
     }
@@ -97,6 +110,7 @@ def agreement(tower: VideoTower, cfg, device, batch: int, T: int) -> dict:
 def step_flops(tower: VideoTower, video: torch.Tensor, bf16: bool) -> int:
     """Forward+backward FLOPs of one step, counted on the explicit formulation (every matmul visible)."""
     from torch.utils.flop_counter import FlopCounterMode
+
     tower.video_model.set_attn_impl("explicit")
     try:
         with FlopCounterMode(display=False) as counter, autocast(video.device, bf16):
@@ -107,8 +121,18 @@ def step_flops(tower: VideoTower, video: torch.Tensor, bf16: bool) -> int:
     return counter.get_total_flops()
 
 
-def throughput(tower: VideoTower, cfg, device, batch: int, T: int, steps: int, warmup: int, bf16: bool,
-               peak_tflops: float | None, attn_impl: str = "sdpa") -> dict:
+def throughput(
+    tower: VideoTower,
+    cfg,
+    device,
+    batch: int,
+    T: int,
+    steps: int,
+    warmup: int,
+    bf16: bool,
+    peak_tflops: float | None,
+    attn_impl: str = "sdpa",
+) -> dict:
     video = torch.randn(batch, T, 3, cfg.video.img_size, cfg.video.img_size, device=device)
     tower.train()
     flops = step_flops(tower, video, bf16)
@@ -132,12 +156,19 @@ def throughput(tower: VideoTower, cfg, device, batch: int, T: int, steps: int, w
     seconds = (time.perf_counter() - start) / steps
     tower.video_model.set_attn_impl("sdpa")
     achieved = flops / seconds / 1e12
-    return {"T": T, "batch": batch, "attn_impl": attn_impl, "precision": "bf16" if bf16 else "fp32",
-            "step_ms": seconds * 1e3,
-            "samples_per_s": batch / seconds, "gflops_per_sample": flops / batch / 1e9,
-            "achieved_tflops": achieved, "peak_tflops": peak_tflops,
-            "mfu": achieved / peak_tflops if peak_tflops else None,
-            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None}
+    return {
+        "T": T,
+        "batch": batch,
+        "attn_impl": attn_impl,
+        "precision": "bf16" if bf16 else "fp32",
+        "step_ms": seconds * 1e3,
+        "samples_per_s": batch / seconds,
+        "gflops_per_sample": flops / batch / 1e9,
+        "achieved_tflops": achieved,
+        "peak_tflops": peak_tflops,
+        "mfu": achieved / peak_tflops if peak_tflops else None,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
 
 
 def peak_for(device, override: float | None) -> float | None:
@@ -151,8 +182,9 @@ def peak_for(device, override: float | None) -> float | None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dry-run", action="store_true",
-                    help="tiny config on the CPU, a few steps (a test of this script)")
+    ap.add_argument(
+        "--dry-run", action="store_true", help="tiny config on the CPU, a few steps (a test of this script)"
+    )
     ap.add_argument("--device", default=None, help="default: cuda (cpu with --dry-run)")
     ap.add_argument("--batch-t1", type=int, default=64)
     ap.add_argument("--batch-t4", type=int, default=16)
@@ -164,14 +196,14 @@ def main(argv=None) -> int:
     if args.dry_run:
         name, device = "tiny", torch.device(args.device or "cpu")
         args.batch_t1, args.batch_t4, args.steps, args.warmup = 4, 2, 1, 0
-        torch.set_num_threads(1)          # a shared CI machine: one thread runs tiny ops fastest
+        torch.set_num_threads(1)  # a shared CI machine: one thread runs tiny ops fastest
     else:
         name, device = "vit-b16-224", torch.device(args.device or "cuda")
         if device.type == "cuda" and not torch.cuda.is_available():
             print("no CUDA device: run on a GPU machine, or use --dry-run", file=sys.stderr)
             return 2
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False     # fp32 means fp32 for the agreement check
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 for the agreement check
         torch.backends.cudnn.allow_tf32 = False
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = peak_for(device, args.peak_tflops)
@@ -182,8 +214,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     report["agreement"] = agreement(tower, cfg, device, batch=8 if not args.dry_run else 4, T=4)
     a = report["agreement"]
-    report["agreement_ok"] = (a["bf16_min_cosine"] >= 0.99 and a["grad_cosine"] >= 0.98
-                              and a["sdpa_vs_explicit_max_rel_error"] <= 1e-4)
+    report["agreement_ok"] = (
+        a["bf16_min_cosine"] >= 0.99 and a["grad_cosine"] >= 0.98 and a["sdpa_vs_explicit_max_rel_error"] <= 1e-4
+    )
     print(f"agreement ({time.perf_counter() - t0:.1f} s): " + json.dumps(a), flush=True)
 
     report["speed"] = []
@@ -191,9 +224,10 @@ def main(argv=None) -> int:
         by_impl = {}
         for impl in ("sdpa", "explicit"):
             try:
-                r = throughput(tower, cfg, device, batch, T, args.steps, args.warmup, bf16=True,
-                               peak_tflops=peak, attn_impl=impl)
-            except torch.cuda.OutOfMemoryError:         # record it and go on: the other figures still count
+                r = throughput(
+                    tower, cfg, device, batch, T, args.steps, args.warmup, bf16=True, peak_tflops=peak, attn_impl=impl
+                )
+            except torch.cuda.OutOfMemoryError:  # record it and go on: the other figures still count
                 tower.zero_grad(set_to_none=True)
                 tower.video_model.set_attn_impl("sdpa")
                 torch.cuda.empty_cache()
@@ -203,9 +237,12 @@ def main(argv=None) -> int:
             report["speed"].append(r)
             by_impl[impl] = r
             mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (peak unknown)"
-            print(f"T={T} batch={batch} bf16 {impl}: {r['samples_per_s']:.1f} samples/s, {r['step_ms']:.1f} ms/step, "
-                  f"{r['gflops_per_sample']:.4g} GFLOPs/sample, {r['achieved_tflops']:.4g} TFLOP/s, MFU {mfu}, "
-                  f"peak memory {r['peak_memory_gib']} GiB", flush=True)
+            print(
+                f"T={T} batch={batch} bf16 {impl}: {r['samples_per_s']:.1f} samples/s, {r['step_ms']:.1f} ms/step, "
+                f"{r['gflops_per_sample']:.4g} GFLOPs/sample, {r['achieved_tflops']:.4g} TFLOP/s, MFU {mfu}, "
+                f"peak memory {r['peak_memory_gib']} GiB",
+                flush=True,
+            )
         if len(by_impl) == 2:
             ratio = by_impl["sdpa"]["step_ms"] / by_impl["explicit"]["step_ms"]
             print(f"T={T}: SDPA / explicit step time = {ratio:.2f}x (goal <= 0.7x)", flush=True)

@@ -7,6 +7,7 @@ The layer order is the one docs/DESIGN.md draws (top first); a module's layer is
 name in LAYERS. Imports inside a layer, or down it, are fine; an import of a higher layer is "upward".
 Reads files as text (ast); imports nothing from the repository, so it measures any checkout.
 """
+
 import argparse
 import ast
 import re

@@ -1,4 +1,5 @@
 """Atomic file writes: a killed job never leaves a half-written file under the final name."""
+
 import contextlib
 import json
 import os

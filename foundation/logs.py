@@ -1,4 +1,5 @@
 """Logging set-up shared by every entry point: timestamped lines on stderr."""
+
 import logging
 import sys
 

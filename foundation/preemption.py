@@ -4,12 +4,13 @@ Kept free of torch so an entry point can install the flag before its slow import
 while the model is still being built is then honoured at the first step boundary instead of killing the
 rank with the default action.
 """
+
 import logging
 import signal
 
 log = logging.getLogger(__name__)
 
-EXIT_PREEMPTED = 75        # EX_TEMPFAIL: stopped by SIGUSR1/SIGTERM after saving; requeue and resume
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGUSR1/SIGTERM after saving; requeue and resume
 PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
@@ -27,8 +28,11 @@ class PreemptionFlag:
 
     def _handle(self, signum, frame) -> None:
         self.signum = signum
-        log.warning("received %s: finishing this step, then saving and exiting with %d",
-                    signal.Signals(signum).name, EXIT_PREEMPTED)
+        log.warning(
+            "received %s: finishing this step, then saving and exiting with %d",
+            signal.Signals(signum).name,
+            EXIT_PREEMPTED,
+        )
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():

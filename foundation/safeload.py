@@ -10,6 +10,7 @@ A file that cannot be read raises `DamagedFileError` (a ValueError) naming the f
 global outside the allowed set raises `RefusedGlobalError` naming that global. Both keep torch's own message
 as the cause.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,7 +24,7 @@ from typing import Iterator
 import torch
 from safetensors.torch import load_file
 
-_TORCH_LOAD = torch.load        # the real one, also while restricted_torch_load() has replaced torch.load
+_TORCH_LOAD = torch.load  # the real one, also while restricted_torch_load() has replaced torch.load
 
 
 class DamagedFileError(ValueError):
@@ -39,10 +40,14 @@ class RefusedGlobalError(DamagedFileError):
 
     def __init__(self, path: str | os.PathLike, global_name: str, allowed: str, advice: str = ""):
         self.global_name = global_name
-        super().__init__(path, f"refused to unpickle: the file names the global {global_name}, which is outside "
-                               f"the allowed set ({allowed}); a checkpoint never needs it, so the file may be "
-                               f"crafted to run code. Do not load it with weights_only=False unless you trust "
-                               f"where it came from", advice)
+        super().__init__(
+            path,
+            f"refused to unpickle: the file names the global {global_name}, which is outside "
+            f"the allowed set ({allowed}); a checkpoint never needs it, so the file may be "
+            f"crafted to run code. Do not load it with weights_only=False unless you trust "
+            f"where it came from",
+            advice,
+        )
 
 
 def _unpickler_detail(err: BaseException) -> str:
@@ -73,8 +78,15 @@ def _check_size(path: Path, advice: str) -> None:
         raise DamagedFileError(path, "is empty (0 bytes): it was cut off while being written or copied", advice)
 
 
-def load_torch_file(path, allowed: tuple = (), allowed_text: str = "tensors and containers",
-                    advice: str = "", zip_only: bool = False, map_location="cpu", **load_kwargs):
+def load_torch_file(
+    path,
+    allowed: tuple = (),
+    allowed_text: str = "tensors and containers",
+    advice: str = "",
+    zip_only: bool = False,
+    map_location="cpu",
+    **load_kwargs,
+):
     """torch.load(path, weights_only=True) with `allowed` extra globals; errors name the file.
 
     path: a file path (checked for being empty / not a zip first) or an open binary file.
@@ -87,18 +99,22 @@ def load_torch_file(path, allowed: tuple = (), allowed_text: str = "tensors and 
         path = Path(path)
         _check_size(path, advice)
         if zip_only and not zipfile.is_zipfile(path):
-            raise DamagedFileError(path, f"is truncated or not a torch checkpoint ({path.stat().st_size} bytes, "
-                                         f"no complete zip archive in it)", advice)
+            raise DamagedFileError(
+                path,
+                f"is truncated or not a torch checkpoint ({path.stat().st_size} bytes, no complete zip archive in it)",
+                advice,
+            )
     try:
         with torch.serialization.safe_globals(list(allowed)):
             return _TORCH_LOAD(path, map_location=map_location, weights_only=True, **load_kwargs)
-    except Exception as err:          # any failure to decode the file is a fact about the file: say which
+    except Exception as err:  # any failure to decode the file is a fact about the file: say which
         detail = _unpickler_detail(err)
         name = _refused_global(detail) if "Weights only load failed" in str(err) else None
         if name:
             raise RefusedGlobalError(path, name, allowed_text, advice) from err
-        raise DamagedFileError(path, f"is damaged or not a torch checkpoint ({type(err).__name__}: {detail})",
-                               advice) from err
+        raise DamagedFileError(
+            path, f"is damaged or not a torch checkpoint ({type(err).__name__}: {detail})", advice
+        ) from err
 
 
 @contextlib.contextmanager
@@ -108,10 +124,10 @@ def restricted_torch_load(allowed: tuple, allowed_text: str, advice: str = "") -
     call time (engine.load_checkpoint, zero_to_fp32, universal checkpoints), so replacing the attribute
     reaches all of them; nothing else runs torch.load in this process meanwhile (the loader's workers are
     other processes)."""
+
     def restricted(f, map_location=None, pickle_module=None, *, weights_only=None, **kwargs):
         # the caller's weights_only=False and pickle_module are what this guard exists to override
-        return load_torch_file(f, allowed, allowed_text, advice, zip_only=True, map_location=map_location,
-                               **kwargs)
+        return load_torch_file(f, allowed, allowed_text, advice, zip_only=True, map_location=map_location, **kwargs)
 
     torch.load = restricted
     try:
@@ -129,8 +145,9 @@ def read_json(path: str | os.PathLike, advice: str = "", fields: dict | None = N
     except UnicodeDecodeError as err:
         raise DamagedFileError(path, f"is not UTF-8 text (byte {err.start}): damaged or not JSON", advice) from err
     except json.JSONDecodeError as err:
-        raise DamagedFileError(path, f"is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}): "
-                                     f"truncated or damaged", advice) from err
+        raise DamagedFileError(
+            path, f"is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}): truncated or damaged", advice
+        ) from err
     if not isinstance(obj, dict):
         raise DamagedFileError(path, f"holds a JSON {type(obj).__name__}, expected an object", advice)
     for key, kind in (fields or {}).items():
@@ -148,7 +165,10 @@ def read_safetensors(path: str | os.PathLike, advice: str = "") -> dict[str, tor
     _check_size(path, advice)
     try:
         return load_file(str(path), device="cpu")
-    except Exception as err:          # SafetensorError and friends: the header or the data is cut short
-        raise DamagedFileError(path, f"is damaged or not a safetensors file ({type(err).__name__}: "
-                                     f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})",
-                               advice) from err
+    except Exception as err:  # SafetensorError and friends: the header or the data is cut short
+        raise DamagedFileError(
+            path,
+            f"is damaged or not a safetensors file ({type(err).__name__}: "
+            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})",
+            advice,
+        ) from err

@@ -18,13 +18,14 @@ and builds it from JSON data:
   dataclass with a `from_dict` classmethod is built by it (so one that overrides it, e.g. to apply a preset
   first, is built the same way wherever it appears).
 """
+
 import dataclasses
 import functools
 import types
 import typing
 from typing import Any, Literal, Union
 
-INTERNAL = {"config": False}       # dataclass field metadata: not read from the JSON
+INTERNAL = {"config": False}  # dataclass field metadata: not read from the JSON
 
 
 class ConfigError(ValueError):
@@ -68,8 +69,11 @@ def from_dict(cls, data, where: str):
 def _config_fields(cls) -> dict:
     """{field name: (type annotation, required)} of the fields read from JSON."""
     hints = typing.get_type_hints(cls)
-    return {f.name: (hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-            for f in dataclasses.fields(cls) if f.init and f.metadata.get("config", True)}
+    return {
+        f.name: (hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        for f in dataclasses.fields(cls)
+        if f.init and f.metadata.get("config", True)
+    }
 
 
 def convert(annotation, value, where: str):
@@ -118,7 +122,7 @@ def _kind_fits(annotation, value) -> bool:
         return any(type(value) is type(choice) for choice in typing.get_args(annotation))
     if dataclasses.is_dataclass(annotation):
         return isinstance(value, dict)
-    base = {tuple: list}.get(origin or annotation, origin or annotation)    # a tuple is a JSON list
+    base = {tuple: list}.get(origin or annotation, origin or annotation)  # a tuple is a JSON list
     if base is type(None):
         return value is None
     if base is float:

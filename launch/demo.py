@@ -7,6 +7,7 @@
 Exit codes: 0 done and the learning check passed, 3 done but the check failed (the table says by how
 much), 2 bad arguments, 1 anything else.
 """
+
 import argparse
 import logging
 import sys
@@ -27,10 +28,22 @@ def parse_args(argv=None):
     parser.add_argument("--train-clips", type=int, default=d.train_clips)
     parser.add_argument("--images", type=int, default=d.images)
     parser.add_argument("--nproc", type=int, default=2, help="training ranks (one per core)")
-    parser.add_argument("--set-1f", dest="set_1f", action="append", default=[], metavar="KEY=VALUE",
-                        help="override configs/demo_1f.json (repeatable)")
-    parser.add_argument("--set-4f", dest="set_4f", action="append", default=[], metavar="KEY=VALUE",
-                        help="override configs/demo_4f.json (repeatable)")
+    parser.add_argument(
+        "--set-1f",
+        dest="set_1f",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override configs/demo_1f.json (repeatable)",
+    )
+    parser.add_argument(
+        "--set-4f",
+        dest="set_4f",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override configs/demo_4f.json (repeatable)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars while sharding")
     return parser.parse_args(argv)
 
@@ -42,23 +55,34 @@ def main(argv=None) -> int:
         log.error("--train-clips, --images and --nproc must be at least 1")
         return 2
     out = Path(args.out).resolve()
-    opts = DemoOptions(checkout=Path(__file__).resolve().parents[1], out=out, seed=args.seed, nproc=args.nproc, progress=not args.no_progress,
-                       data=DemoSpec(seed=args.seed, train_clips=args.train_clips, images=args.images),
-                       overrides={"1f": args.set_1f, "4f": args.set_4f})
+    opts = DemoOptions(
+        checkout=Path(__file__).resolve().parents[1],
+        out=out,
+        seed=args.seed,
+        nproc=args.nproc,
+        progress=not args.no_progress,
+        data=DemoSpec(seed=args.seed, train_clips=args.train_clips, images=args.images),
+        overrides={"1f": args.set_1f, "4f": args.set_4f},
+    )
     results = run_demo(opts)
     print()
-    print(f"Frozen-in-Time demo, seed {args.seed}: text -> video retrieval on "
-          f"{results['stages']['4f']['queries']['overall']['queries']} held-out clips")
+    print(
+        f"Frozen-in-Time demo, seed {args.seed}: text -> video retrieval on "
+        f"{results['stages']['4f']['queries']['overall']['queries']} held-out clips"
+    )
     print(results_table(results))
     print()
     print(f"Everything is in {out}:")
     for stage in ("1f", "4f"):
         run = stage_dir(out, stage)
-        print(f"  {stage}: weights {run / 'weights' / 'final'}, checkpoints {run / 'checkpoints'}, "
-              f"TensorBoard {run / 'tb'}")
+        print(
+            f"  {stage}: weights {run / 'weights' / 'final'}, checkpoints {run / 'checkpoints'}, "
+            f"TensorBoard {run / 'tb'}"
+        )
     print(f"  data {out / 'data'}, logs {out / 'logs'}, results {out / 'results.md'} and {out / 'results.json'}")
     print(f"  tensorboard --logdir {out}    # loss curves of both stages")
-    print(f"Wall time {results['seconds']['total']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in results['seconds'].items() if k != 'total')})")
+    parts = ", ".join(f"{k} {v:.0f} s" for k, v in results["seconds"].items() if k != "total")
+    print(f"Wall time {results['seconds']['total']:.0f} s ({parts})")
     return 0 if results["check"]["passed"] else 3
 
 

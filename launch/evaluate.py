@@ -13,6 +13,7 @@ Prints the metrics JSON and writes it to --out (default: metrics/evaluate_<check
 run's output_dir). `--set eval.sliding_window_stride=1 --set eval.window_frames=4` turns on test-time
 sliding-window averaging (the eval dataset then loads num_frames = a multiple of window_frames).
 """
+
 import argparse
 import json
 import logging
@@ -64,14 +65,17 @@ def main(argv=None) -> int:
         model = load_model(args.checkpoint, cfg.model).to(device=device, dtype=dtype)
         results = evaluate_run(model, cfg, env, device, dtype, float(model.temperature()))
         if env.is_main:
-            out = Path(args.out) if args.out else (
-                Path(cfg.output_dir) / "metrics" / f"evaluate_{Path(args.checkpoint).name}.json")
+            out = (
+                Path(args.out)
+                if args.out
+                else (Path(cfg.output_dir) / "metrics" / f"evaluate_{Path(args.checkpoint).name}.json")
+            )
             doc = {"checkpoint": str(args.checkpoint), "config": str(args.config), "metrics": results}
             atomic_write_json(out, doc)
             print(json.dumps(doc, indent=1))
             log.info("metrics written to %s", out)
         return 0
-    except (FileNotFoundError, DamagedFileError, ConfigError) as err:   # missing, damaged or refused: named
+    except (FileNotFoundError, DamagedFileError, ConfigError) as err:  # missing, damaged or refused: named
         log.error("%s", err)
         return 2
     finally:

@@ -9,6 +9,7 @@
 `extract` runs one rank per process: alone, under torchrun/srun (ranks from the launcher), or with
 `--procs N` to start N local processes (one per GPU when there are GPUs). A re-run resumes.
 """
+
 import argparse
 import json
 import logging
@@ -36,7 +37,7 @@ def main(argv=None) -> int:
     setup_logging()
     try:
         return args.run(args)
-    except (FileNotFoundError, ValueError) as e:   # missing index/features/model, bad options: say what to do
+    except (FileNotFoundError, ValueError) as e:  # missing index/features/model, bad options: say what to do
         log.error("%s", e)
         return 2
 
@@ -46,11 +47,18 @@ def parse_args(argv):
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("extract", help="embed every sample of a shard folder (or a media folder)")
-    p.add_argument("--model", required=True, help="weights folder (RUN/weights/final), a finished checkpoint folder "
-                                                  "(RUN/checkpoints/step_N) or the original .pth.tar; loaded without "
-                                                  "running code from it, a damaged file is named")
-    p.add_argument("--run-config", help="the run's config.json for its preprocessing (default: RUN/config.json "
-                                        "beside RUN/weights/*; else the model's sizes and loader defaults)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="weights folder (RUN/weights/final), a finished checkpoint folder "
+        "(RUN/checkpoints/step_N) or the original .pth.tar; loaded without "
+        "running code from it, a damaged file is named",
+    )
+    p.add_argument(
+        "--run-config",
+        help="the run's config.json for its preprocessing (default: RUN/config.json "
+        "beside RUN/weights/*; else the model's sizes and loader defaults)",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--shards", help="a make-shards output folder (with manifest.json)")
     src.add_argument("--media", help="a folder of videos/images: shards are made into OUT/shards first")
@@ -66,8 +74,12 @@ def parse_args(argv):
 
     p = sub.add_parser("build-index", help="build the FAISS index of an extracted collection")
     p.add_argument("collection")
-    p.add_argument("--kind", choices=("auto", "flat", "ivf", "ivfpq"), default="auto",
-                   help="auto: exact up to --exact-max vectors, IVF above")
+    p.add_argument(
+        "--kind",
+        choices=("auto", "flat", "ivf", "ivfpq"),
+        default="auto",
+        help="auto: exact up to --exact-max vectors, IVF above",
+    )
     p.add_argument("--exact-max", type=int, default=None)
     p.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4*sqrt(N))")
     p.add_argument("--nprobe", type=int, default=None, help="lists visited per query (default nlist/8, >= 16)")
@@ -83,18 +95,28 @@ def parse_args(argv):
     p.add_argument("--json", action="store_true", help="one JSON object per result")
     p.set_defaults(run=cmd_query)
 
-
     p = sub.add_parser("serve", help="serve the search page")
     p.add_argument("collection")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--threads", type=int, default=webapp.DEFAULT_THREADS,
-                   help="worker threads answering requests (slow or idle clients hold none); default %(default)s")
-    p.add_argument("--idle-timeout", type=int, default=webapp.DEFAULT_IDLE_TIMEOUT,
-                   help="seconds before a silent connection is closed; default %(default)s")
-    p.add_argument("--max-connections", type=int, default=webapp.DEFAULT_MAX_CONNECTIONS,
-                   help=f"open connections at most (more wait in the kernel's queue of {webapp.BACKLOG}); "
-                        f"default %(default)s")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=webapp.DEFAULT_THREADS,
+        help="worker threads answering requests (slow or idle clients hold none); default %(default)s",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=int,
+        default=webapp.DEFAULT_IDLE_TIMEOUT,
+        help="seconds before a silent connection is closed; default %(default)s",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=webapp.DEFAULT_MAX_CONNECTIONS,
+        help=f"open connections at most (more wait in the kernel's queue of {webapp.BACKLOG}); default %(default)s",
+    )
     add_searcher_args(p)
     p.set_defaults(run=cmd_serve)
     return parser.parse_args(argv)
@@ -110,6 +132,7 @@ def add_searcher_args(p) -> None:
 
 # ---------------------------------------------------------------------------------------------- extract
 
+
 def cmd_extract(args) -> int:
 
     out = Path(args.out)
@@ -117,13 +140,15 @@ def cmd_extract(args) -> int:
     if args.procs > 1 and env.world_size > 1:
         raise ValueError("--procs starts local ranks itself; do not combine it with torchrun/srun")
     if args.media and env.world_size > 1:
-        raise ValueError("--media makes shards before extracting: run it as one process (with --procs N for "
-                         "local ranks), or make the shards with make-shards and pass --shards under torchrun/srun")
+        raise ValueError(
+            "--media makes shards before extracting: run it as one process (with --procs N for "
+            "local ranks), or make the shards with make-shards and pass --shards under torchrun/srun"
+        )
     shards = Path(args.shards) if args.shards else shards_from_media(Path(args.media), out, args.frames)
     if args.procs > 1:
-
-        mp.start_processes(_extract_rank, args=(args, shards, args.procs), nprocs=args.procs,
-                           start_method="spawn", join=True)
+        mp.start_processes(
+            _extract_rank, args=(args, shards, args.procs), nprocs=args.procs, start_method="spawn", join=True
+        )
         rank, world = 0, args.procs
     else:
         rank, world = env.rank, env.world_size
@@ -144,7 +169,6 @@ def _extract_rank(local_rank: int, args, shards: Path, world: int) -> None:
 
 def _extract(args, shards: Path, rank: int, world: int, local_rank: int) -> None:
 
-
     if args.device:
         device = args.device
     elif torch.cuda.is_available():
@@ -153,9 +177,17 @@ def _extract(args, shards: Path, rank: int, world: int, local_rank: int) -> None
         device = "cpu"
         torch.set_num_threads(max(1, torch.get_num_threads() // world))
     embedder = Embedder.load(args.model, device=device, run_config=args.run_config)
-    counts = extract_features(embedder, shards, args.out, rank=rank, world_size=world,
-                              batch_size=args.batch_size, num_workers=args.workers, dtype=args.dtype,
-                              progress=not args.no_progress)
+    counts = extract_features(
+        embedder,
+        shards,
+        args.out,
+        rank=rank,
+        world_size=world,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        dtype=args.dtype,
+        progress=not args.no_progress,
+    )
     log.info("rank %d: %s", rank, counts)
 
 
@@ -169,10 +201,18 @@ def _model_info(args) -> dict:
 
 # ---------------------------------------------------------------------------------------------- index
 
+
 def cmd_build_index(args) -> int:
 
-    info = build_collection_index(args.collection, args.kind, nlist=args.nlist, nprobe=args.nprobe,
-                                  pq_m=args.pq_m, exact_max=args.exact_max or EXACT_MAX_DEFAULT, seed=args.seed)
+    info = build_collection_index(
+        args.collection,
+        args.kind,
+        nlist=args.nlist,
+        nprobe=args.nprobe,
+        pq_m=args.pq_m,
+        exact_max=args.exact_max or EXACT_MAX_DEFAULT,
+        seed=args.seed,
+    )
     print(json.dumps(info.__dict__))
     return 0
 
@@ -184,8 +224,9 @@ def open_search(args):
     made_with = searcher.collection.info["model"]
     if args.model:
         return searcher, Embedder.load(args.model, device=args.device, run_config=args.run_config)
-    return searcher, Embedder.load(made_with["path"], device=args.device,
-                                   run_config=args.run_config or made_with.get("run_config"))
+    return searcher, Embedder.load(
+        made_with["path"], device=args.device, run_config=args.run_config or made_with.get("run_config")
+    )
 
 
 def cmd_query(args) -> int:
@@ -198,11 +239,23 @@ def cmd_query(args) -> int:
         source = hit.item.get("source") or {}
         where = source.get("path") or source.get("url") or ""
         if args.json:
-            print(json.dumps({"rank": hit.rank, "score": round(hit.score, 6), "id": hit.id, "key": hit.item["key"],
-                              "source": where, "caption": hit.item.get("caption")}))
+            print(
+                json.dumps(
+                    {
+                        "rank": hit.rank,
+                        "score": round(hit.score, 6),
+                        "id": hit.id,
+                        "key": hit.item["key"],
+                        "source": where,
+                        "caption": hit.item.get("caption"),
+                    }
+                )
+            )
         else:
-            print(f"{hit.rank:>3}  {hit.score:.4f}  id={hit.id}  {hit.item['key']}  {where}  "
-                  f"{json.dumps(hit.item.get('caption'))}")
+            print(
+                f"{hit.rank:>3}  {hit.score:.4f}  id={hit.id}  {hit.item['key']}  {where}  "
+                f"{json.dumps(hit.item.get('caption'))}"
+            )
     return 0
 
 
@@ -212,12 +265,23 @@ def cmd_serve(args) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     searcher, embedder = open_search(args)
-    server = webapp.make_server(webapp.SearchApp(searcher, embedder.embed_texts), args.host, args.port, threads=args.threads,
-                         idle_timeout=args.idle_timeout, max_connections=args.max_connections)
+    server = webapp.make_server(
+        webapp.SearchApp(searcher, embedder.embed_texts),
+        args.host,
+        args.port,
+        threads=args.threads,
+        idle_timeout=args.idle_timeout,
+        max_connections=args.max_connections,
+    )
     host, port = server.server_address[:2]
-    log.info("serving %d items on http://%s:%d/ (e.g. %s) with %d worker threads; Ctrl-C stops",
-             len(searcher.collection), host, port, webapp.search_url(host, port, "a red square moves to the left"),
-             args.threads)
+    log.info(
+        "serving %d items on http://%s:%d/ (e.g. %s) with %d worker threads; Ctrl-C stops",
+        len(searcher.collection),
+        host,
+        port,
+        webapp.search_url(host, port, "a red square moves to the left"),
+        args.threads,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

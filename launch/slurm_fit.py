@@ -9,6 +9,7 @@ sbatch options that lower the script's defaults to what fits, one per line, on s
 Exit 2, with a message naming the option to lower, when a request given at submission cannot fit.
 slurm/common.sh (fit_sbatch) calls it for slurm/submit.sh and slurm/curriculum.sh.
 """
+
 import argparse
 import logging
 import os
@@ -41,14 +42,25 @@ def main(argv=None) -> int:
     given = slurm_fit.parse_sbatch_options(args.options)
     try:
         partitions = slurm_fit.parse_partitions(_run(["scontrol", "show", "partition", "-o"]))
-        name = (given.get("partition") or os.environ.get("SBATCH_PARTITION") or defaults.get("partition")
-                or slurm_fit.default_partition(partitions))
+        name = (
+            given.get("partition")
+            or os.environ.get("SBATCH_PARTITION")
+            or defaults.get("partition")
+            or slurm_fit.default_partition(partitions)
+        )
         name = name.split(",")[0] if name else None
         if name not in partitions:
-            log.error("%s: partition %r not found (partitions: %s); choose one with --partition (curriculum.sh: "
-                      "SBATCH_ARGS=--partition=NAME)", what, name, ", ".join(partitions) or "none")
+            log.error(
+                "%s: partition %r not found (partitions: %s); choose one with --partition (curriculum.sh: "
+                "SBATCH_ARGS=--partition=NAME)",
+                what,
+                name,
+                ", ".join(partitions) or "none",
+            )
             return 2
-        partition = slurm_fit.build_partition(partitions[name], _run(["sinfo", "-h", "-N", "-p", name, "-o", "%N %c %G"]))
+        partition = slurm_fit.build_partition(
+            partitions[name], _run(["sinfo", "-h", "-N", "-p", name, "-o", "%N %c %G"])
+        )
         fit = slurm_fit.fit_request(defaults, given, partition, what)
     except slurm_fit.ResourceError as err:
         for line in str(err).splitlines():

@@ -5,6 +5,7 @@
 Run it from the directory you train from (the repository root): the tiny configs name runs/tiny_assets/...
 relative to the working directory. A complete folder is kept, so running it again is cheap.
 """
+
 import argparse
 import logging
 import sys
@@ -17,15 +18,17 @@ log = logging.getLogger("tiny_assets")
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=DEFAULT_ROOT, help=f"folder to write (default {DEFAULT_ROOT}, where "
-                                                            "configs/tiny_*.json look)")
+    parser.add_argument(
+        "--out", default=DEFAULT_ROOT, help=f"folder to write (default {DEFAULT_ROOT}, where configs/tiny_*.json look)"
+    )
     args = parser.parse_args(argv)
     setup_logging()
     assets = write_tiny_assets(args.out)
     log.info("tiny assets in %s: text_model/, images/, videos/, val/", assets.root.resolve())
     if args.out != DEFAULT_ROOT:
-        log.info("not the default folder: point the tiny configs at it with --set %s",
-                 " --set ".join(assets.overrides()))
+        log.info(
+            "not the default folder: point the tiny configs at it with --set %s", " --set ".join(assets.overrides())
+        )
     return 0
 
 

@@ -12,6 +12,7 @@ missing or damaged (named in the log; not worth a requeue), 1 anything else (e.g
 --check (what slurm/ runs before it submits a stage): load and validate the config with its overrides and
 the files it reads (pipeline.train.config.check_inputs), print every problem, exit 0 or 2; no ranks, no DeepSpeed.
 """
+
 import argparse
 import logging
 import sys
@@ -29,28 +30,50 @@ log = logging.getLogger("train")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="run config JSON")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value (JSON value or string), e.g. optim.lr=1e-4, "
-                             "data.train[0].batch_size=32; repeatable")
-    parser.add_argument("--resume", default=None, metavar="auto|DIR",
-                        help="auto: the newest complete checkpoint of output_dir (none: start fresh); "
-                             "or a checkpoint folder")
-    parser.add_argument("--check", action="store_true",
-                        help="validate the config, its overrides and its input files, then exit (0: fine, 2: not)")
-    parser.add_argument("--ranks", type=int, default=None, metavar="N",
-                        help="with --check: the number of ranks the job will have (default: from the environment)")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
-                        help="set by the deepspeed launcher (the rank is read from the environment)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (JSON value or string), e.g. optim.lr=1e-4, "
+        "data.train[0].batch_size=32; repeatable",
+    )
+    parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="auto|DIR",
+        help="auto: the newest complete checkpoint of output_dir (none: start fresh); or a checkpoint folder",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config, its overrides and its input files, then exit (0: fine, 2: not)",
+    )
+    parser.add_argument(
+        "--ranks",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --check: the number of ranks the job will have (default: from the environment)",
+    )
+    parser.add_argument(
+        "--local_rank",
+        "--local-rank",
+        type=int,
+        default=None,
+        help="set by the deepspeed launcher (the rank is read from the environment)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    preempt = PreemptionFlag().install()      # first: SLURM may signal while torch is still importing
+    preempt = PreemptionFlag().install()  # first: SLURM may signal while torch is still importing
     args = parse_args(argv)
     env = read_env()
     setup_logging(rank=env.rank if env.world_size > 1 else None)
     if env.rank != 0:
-        logging.getLogger().setLevel(logging.WARNING)    # one progress line per job, from rank 0
+        logging.getLogger().setLevel(logging.WARNING)  # one progress line per job, from rank 0
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
@@ -64,8 +87,11 @@ def main(argv=None) -> int:
     # all_gather_single / reduce_scatter_single; our code calls neither and DeepSpeed has no setting to switch.
     # Every rank printed the FutureWarning on every step (models/loss.py's catch_warnings resets the
     # once-per-location registry), a third of a tiny job's log: drop exactly these two messages.
-    warnings.filterwarnings("ignore", category=FutureWarning,
-                            message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated")
+    warnings.filterwarnings(
+        "ignore",
+        category=FutureWarning,
+        message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated",
+    )
     # torch and DeepSpeed load here, after the preemption flag is installed and the config checked: a signal
     # during these seconds of imports is kept, and --check and config errors answer without them
     from foundation.safeload import DamagedFileError
@@ -74,7 +100,7 @@ def main(argv=None) -> int:
     init_distributed(env, timeout_s=cfg.deepspeed.comm_timeout_s)
     try:
         return train(cfg, env, resume=args.resume, preempt=preempt)
-    except (FileNotFoundError, DamagedFileError) as err:   # a missing or damaged checkpoint: the message names it
+    except (FileNotFoundError, DamagedFileError) as err:  # a missing or damaged checkpoint: the message names it
         log.error("%s", err)
         return 2
     finally:

@@ -6,15 +6,25 @@
 The names below load their submodule on first use (PEP 562), so that `from models import ModelConfig` (or
 reading a run config) does not import torch; everything else here needs it.
 """
+
 import importlib
 
 _SUBMODULE = {
     "FrozenInTime": "frozen",
-    "ModelConfig": "config", "VideoConfig": "config", "TextConfig": "config", "preset": "config",
+    "ModelConfig": "config",
+    "VideoConfig": "config",
+    "TextConfig": "config",
+    "preset": "config",
     "SpaceTimeTransformer": "video_transformer",
-    "sim_matrix": "loss", "norm_softmax_loss": "loss", "norm_softmax_terms": "loss", "NormSoftmaxLoss": "loss",
-    "distributed_norm_softmax_loss": "loss", "distributed_norm_softmax_terms": "loss",
-    "save_pretrained": "checkpoint", "load_pretrained": "checkpoint", "load_weights_into": "checkpoint",
+    "sim_matrix": "loss",
+    "norm_softmax_loss": "loss",
+    "norm_softmax_terms": "loss",
+    "NormSoftmaxLoss": "loss",
+    "distributed_norm_softmax_loss": "loss",
+    "distributed_norm_softmax_terms": "loss",
+    "save_pretrained": "checkpoint",
+    "load_pretrained": "checkpoint",
+    "load_weights_into": "checkpoint",
 }
 __all__ = list(_SUBMODULE)
 

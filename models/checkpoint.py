@@ -12,6 +12,7 @@
   adapts temporal (docs/ORIGINAL.md, 'Released checkpoint') and spatial position embeddings, and reports
   missing/unexpected keys.
 """
+
 import dataclasses
 import logging
 import os
@@ -37,8 +38,14 @@ TEXT_CONFIG_FILE = "text_config.json"
 
 # ---- adaptation ----------------------------------------------------------------------------------
 
-def adapt_temporal_embed(temporal_embed: torch.Tensor, num_frames: int, mode: str = "zeros",
-                         seed: int = 0, noise_std: float = TEMPORAL_NOISE_STD) -> torch.Tensor:
+
+def adapt_temporal_embed(
+    temporal_embed: torch.Tensor,
+    num_frames: int,
+    mode: str = "zeros",
+    seed: int = 0,
+    noise_std: float = TEMPORAL_NOISE_STD,
+) -> torch.Tensor:
     """[1, L, D] -> [1, num_frames, D] as the original's `_inflate_positional_embeds`
     (docs/ORIGINAL.md, 'Released checkpoint').
 
@@ -69,33 +76,40 @@ def adapt_temporal_embed(temporal_embed: torch.Tensor, num_frames: int, mode: st
             generator = torch.Generator().manual_seed(seed)
             out[:, L:] = noise_std * torch.randn(out[:, L:].shape, generator=generator).to(out)
         return out
-    image = temporal_embed.unsqueeze(0)                                        # [1, 1, L, D]
-    resized = F.interpolate(image, size=(num_frames, temporal_embed.shape[2]),
-                            mode="nearest" if mode in ("nearest", "interp") else "bilinear")
+    image = temporal_embed.unsqueeze(0)  # [1, 1, L, D]
+    resized = F.interpolate(
+        image,
+        size=(num_frames, temporal_embed.shape[2]),
+        mode="nearest" if mode in ("nearest", "interp") else "bilinear",
+    )
     return resized.squeeze(0)
 
 
 def strip_prefix(state_dict: dict, prefix: str = "module.") -> dict:
     """Remove a DataParallel/DDP prefix from every key that has it."""
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
 
 
 @dataclasses.dataclass
 class LoadReport:
     source: str
-    missing: list[str]          # our tensors the file did not provide (kept at their init)
-    unexpected: list[str]       # the file's tensors we have no place for (ignored)
-    adapted: list[str]          # what was changed on the way in (prefix, inflation, position_ids ...)
+    missing: list[str]  # our tensors the file did not provide (kept at their init)
+    unexpected: list[str]  # the file's tensors we have no place for (ignored)
+    adapted: list[str]  # what was changed on the way in (prefix, inflation, position_ids ...)
 
     def __str__(self) -> str:
         def few(keys):
             return ", ".join(keys[:10]) + (f" ... (+{len(keys) - 10})" if len(keys) > 10 else "") or "none"
-        return (f"{self.source}: missing {len(self.missing)} [{few(self.missing)}]; "
-                f"unexpected {len(self.unexpected)} [{few(self.unexpected)}]; adapted: {few(self.adapted)}")
+
+        return (
+            f"{self.source}: missing {len(self.missing)} [{few(self.missing)}]; "
+            f"unexpected {len(self.unexpected)} [{few(self.unexpected)}]; adapted: {few(self.adapted)}"
+        )
 
 
-def adapt_state_dict(state_dict: dict, model: torch.nn.Module, temporal_fix: str = "zeros",
-                     noise_std: float = TEMPORAL_NOISE_STD) -> tuple[dict, list[str]]:
+def adapt_state_dict(
+    state_dict: dict, model: torch.nn.Module, temporal_fix: str = "zeros", noise_std: float = TEMPORAL_NOISE_STD
+) -> tuple[dict, list[str]]:
     """Make a (released or our own) state_dict fit `model`; returns (new dict, notes on what changed)."""
     notes = []
     if any(k.startswith("module.") for k in state_dict):
@@ -126,6 +140,7 @@ def adapt_state_dict(state_dict: dict, model: torch.nn.Module, temporal_fix: str
 
 # ---- reading files -------------------------------------------------------------------------------
 
+
 class OriginalConfigParser:
     """Inert stand-in for the original's `parse_config.ConfigParser`: holds its attributes, runs nothing."""
 
@@ -135,10 +150,13 @@ class OriginalConfigParser:
 
 
 # The globals a released checkpoint may name besides tensors and plain containers.
-_SAFE_STANDINS = [(OriginalConfigParser, "parse_config.ConfigParser"),
-                  (pathlib.PurePosixPath, "pathlib.PosixPath"), (pathlib.PurePosixPath, "pathlib.PurePosixPath"),
-                  (pathlib.PureWindowsPath, "pathlib.WindowsPath"),
-                  (pathlib.PureWindowsPath, "pathlib.PureWindowsPath")]
+_SAFE_STANDINS = [
+    (OriginalConfigParser, "parse_config.ConfigParser"),
+    (pathlib.PurePosixPath, "pathlib.PosixPath"),
+    (pathlib.PurePosixPath, "pathlib.PurePosixPath"),
+    (pathlib.PureWindowsPath, "pathlib.WindowsPath"),
+    (pathlib.PureWindowsPath, "pathlib.PureWindowsPath"),
+]
 
 
 WEIGHTS_ADVICE = "get the file again (download or copy it anew), or point at another checkpoint"
@@ -150,8 +168,12 @@ def read_torch_file(path: str | os.PathLike) -> dict:
     Any other global in the pickle (a function, a class from elsewhere) is refused with its name
     (foundation.safeload.RefusedGlobalError); an empty or damaged file raises DamagedFileError naming it.
     """
-    return load_torch_file(path, tuple(_SAFE_STANDINS), "tensors, containers, the original's ConfigParser and "
-                           "pathlib paths", WEIGHTS_ADVICE)
+    return load_torch_file(
+        path,
+        tuple(_SAFE_STANDINS),
+        "tensors, containers, the original's ConfigParser and pathlib paths",
+        WEIGHTS_ADVICE,
+    )
 
 
 def read_original_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
@@ -179,12 +201,16 @@ def model_config_from_original(original: dict) -> ModelConfig:
     video, text = args.get("video_params", {}), args.get("text_params", {})
     if video.get("arch_config", "base_patch16_224") != "base_patch16_224":
         raise ValueError(f"original arch_config {video['arch_config']!r}: only base_patch16_224 exists")
-    return ModelConfig.from_dict({
-        "preset": "vit-b16-224",
-        "video": {"num_frames": int(video.get("num_frames", 4))},
-        "text": {"model": text.get("model", "distilbert-base-uncased")},
-        "projection_dim": int(args.get("projection_dim", 256)),
-        "projection": args.get("projection", "minimal")}, where="original arch.args")
+    return ModelConfig.from_dict(
+        {
+            "preset": "vit-b16-224",
+            "video": {"num_frames": int(video.get("num_frames", 4))},
+            "text": {"model": text.get("model", "distilbert-base-uncased")},
+            "projection_dim": int(args.get("projection_dim", 256)),
+            "projection": args.get("projection", "minimal"),
+        },
+        where="original arch.args",
+    )
 
 
 def read_state_dict(path: str | os.PathLike) -> dict:
@@ -208,15 +234,23 @@ def load_same_shapes(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]
     """`model.load_state_dict(state_dict, strict=False)` once every tensor the model also holds has the model's
     shape; otherwise raises naming `source`, what the shapes should match (`expected`) and the first keys."""
     own = model.state_dict()
-    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-           for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    bad = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if bad:
         raise ValueError(f"{source}: shapes do not match {expected}: {bad[:8]}")
     return model.load_state_dict(state_dict, strict=False)
 
 
-def load_weights_into(model: torch.nn.Module, path: str | os.PathLike, temporal_fix: str = "zeros",
-                      strict: bool = True, noise_std: float = TEMPORAL_NOISE_STD) -> LoadReport:
+def load_weights_into(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    temporal_fix: str = "zeros",
+    strict: bool = True,
+    noise_std: float = TEMPORAL_NOISE_STD,
+) -> LoadReport:
     """Load our folder / .safetensors or the released .pth.tar into `model` (a FrozenInTime).
 
     strict: raise (naming the keys) when a tensor is missing or unexpected, as the original's strict
@@ -227,13 +261,16 @@ def load_weights_into(model: torch.nn.Module, path: str | os.PathLike, temporal_
     report = LoadReport(str(path), list(result.missing_keys), list(result.unexpected_keys), notes)
     blocking = [k for k in report.missing if k != "logit_scale"] + report.unexpected
     if strict and blocking:
-        raise ValueError(f"weights do not fit the model ({report}); check the model config "
-                         f"(depth, sizes, text model) or pass strict=False")
+        raise ValueError(
+            f"weights do not fit the model ({report}); check the model config "
+            f"(depth, sizes, text model) or pass strict=False"
+        )
     log.info("%s", report)
     return report
 
 
 # ---- our portable format -------------------------------------------------------------------------
+
 
 def save_pretrained(model: torch.nn.Module, cfg: ModelConfig, out_dir: str | os.PathLike, tokenizer=None) -> Path:
     """Write `out_dir/{weights.safetensors, text_config.json, model_config.json}` (+ `tokenizer/`).
@@ -257,6 +294,7 @@ def load_pretrained(model_dir: str | os.PathLike, map_location: str | torch.devi
     from transformers import AutoConfig
 
     from .frozen import FrozenInTime
+
     model_dir = Path(model_dir)
     if not (model_dir / CONFIG_FILE).exists():
         raise FileNotFoundError(f"{model_dir}: no {CONFIG_FILE}; not a complete save_pretrained folder")

@@ -10,6 +10,7 @@ JSON shape (every key optional; `preset` picks the defaults the other keys overr
      "text": {"model": "distilbert-base-uncased", "pooling": "auto", "pretrained": true, "freeze": false},
      "projection_dim": 256, "projection": "minimal", "temperature": 0.05, "learnable_temperature": false}
 """
+
 import copy
 import dataclasses
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ TIME_INITS = get_args(TimeInit)
 # ("interp": the original's name for nearest; "noise": new rows drawn at TEMPORAL_NOISE_STD).
 TemporalFix = Literal["zeros", "nearest", "interp", "bilinear", "noise"]
 TEMPORAL_FIXES = get_args(TemporalFix)
-TEMPORAL_NOISE_STD = 0.02      # the default: the scale pos_embed and cls_token start with
+TEMPORAL_NOISE_STD = 0.02  # the default: the scale pos_embed and cls_token start with
 
 # The original's ImageNet-21k -> 1k ViT-B/16 (timm 0.4.5's `vit_base_patch16_224`; docs/ORIGINAL.md, 'Initialisation').
 VIT_B16_IMAGENET = "vit_base_patch16_224.orig_in21k_ft_in1k"
@@ -43,9 +44,9 @@ class VideoConfig(schema.Section):
     depth: int = 12
     num_heads: int = 12
     mlp_ratio: float = 4.0
-    num_frames: int = 4            # the maximum T the model accepts (sizes temporal_embed)
+    num_frames: int = 4  # the maximum T the model accepts (sizes temporal_embed)
     qkv_bias: bool = True
-    init: str | None = VIT_B16_IMAGENET   # timm name, local ViT weights file, or none/random
+    init: str | None = VIT_B16_IMAGENET  # timm name, local ViT weights file, or none/random
     grad_checkpointing: bool = False
     time_init: TimeInit = "zeros"  # "zeros": the original; "spatial": learns from step one (docs/MODELS.md)
     # time_residual False: the original wiring (docs/ORIGINAL.md, 'Bugs' 1); True: time attention in the residual
@@ -69,10 +70,10 @@ class VideoConfig(schema.Section):
 
 @dataclass
 class TextConfig(schema.Section):
-    model: str = "distilbert-base-uncased"   # Hugging Face hub name or local folder
-    pooling: Pooling = "auto"                 # auto = the original's: CLS for DistilBERT, pooler for BERT
-    pretrained: bool = True                   # false: random weights from the model's config (tests)
-    freeze: bool = False                      # true: a locked text encoder (no gradient, eval mode); txt_proj trains
+    model: str = "distilbert-base-uncased"  # Hugging Face hub name or local folder
+    pooling: Pooling = "auto"  # auto = the original's: CLS for DistilBERT, pooler for BERT
+    pretrained: bool = True  # false: random weights from the model's config (tests)
+    freeze: bool = False  # true: a locked text encoder (no gradient, eval mode); txt_proj trains
 
     def check(self, where: str) -> None:
         if not self.model:
@@ -84,9 +85,9 @@ class ModelConfig(schema.Section):
     video: VideoConfig = field(default_factory=VideoConfig)
     text: TextConfig = field(default_factory=TextConfig)
     projection_dim: int = 256
-    projection: Projection = "minimal"        # "minimal": text ReLU+Linear, video Linear; "": identity
+    projection: Projection = "minimal"  # "minimal": text ReLU+Linear, video Linear; "": identity
     temperature: float = 0.05
-    learnable_temperature: bool = False       # a shape-(1,) parameter (DeepSpeed cannot broadcast 0-dim)
+    learnable_temperature: bool = False  # a shape-(1,) parameter (DeepSpeed cannot broadcast 0-dim)
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "model") -> "ModelConfig":
@@ -118,6 +119,7 @@ class ModelConfig(schema.Section):
 
 # ---- presets -------------------------------------------------------------------------------------
 
+
 def _vit_b16_224() -> ModelConfig:
     """The released model: ViT-B/16 at 224 from ImageNet-21k->1k, 4 frames, DistilBERT, 256-d."""
     return ModelConfig()
@@ -130,9 +132,12 @@ def _tiny() -> ModelConfig:
     `models.tiny.write_tiny_text_model(dir)`; until then it names the hub's DistilBERT.
     """
     return ModelConfig(
-        video=VideoConfig(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0,
-                          num_frames=4, init="none"),
-        text=TextConfig(pretrained=True), projection_dim=32)
+        video=VideoConfig(
+            img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0, num_frames=4, init="none"
+        ),
+        text=TextConfig(pretrained=True),
+        projection_dim=32,
+    )
 
 
 _PRESET_BUILDERS = {"vit-b16-224": _vit_b16_224, "tiny": _tiny}

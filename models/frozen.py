@@ -2,6 +2,7 @@
 
 Parameter names match the released checkpoint: text_model.*, video_model.*, txt_proj.1.*, vid_proj.0.*.
 """
+
 import dataclasses
 import math
 
@@ -36,9 +37,9 @@ class FrozenInTime(nn.Module):
         if init_weights and not cfg.video.random_init:
             init_from_vit(self.video_model, cfg.video.init)
         if cfg.video.time_init != "zeros":
-            init_time_attention_all_(self.video_model, cfg.video.time_init)   # needs the final spatial qkv
+            init_time_attention_all_(self.video_model, cfg.video.time_init)  # needs the final spatial qkv
         if cfg.text.freeze:
-            self.text_model.requires_grad_(False)      # no gradient, no optimizer state; txt_proj still trains
+            self.text_model.requires_grad_(False)  # no gradient, no optimizer state; txt_proj still trains
         self.text_pooling = resolve_pooling(self.text_model, cfg.text.pooling)
         text_dim, video_dim = hidden_size(self.text_model), cfg.video.embed_dim
         if cfg.projection == "minimal":
@@ -68,8 +69,9 @@ class FrozenInTime(nn.Module):
         """[B, L] token ids and attention mask -> [B, D]."""
         return self.txt_proj(pool_text(self.text_model, self.text_pooling, input_ids, attention_mask))
 
-    def forward(self, video: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, video: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_text(input_ids, attention_mask), self.encode_video(video)
 
     def temperature(self) -> torch.Tensor | float:

@@ -5,6 +5,7 @@ rank score only its own rows against all columns, which is the memory-lean form:
 rank instead of [N, N]. Its value is scaled so that the mean over ranks -- what DDP and DeepSpeed
 do to gradients -- equals the full-batch loss and gradient exactly, even for unequal per-rank batches.
 """
+
 import warnings
 
 import torch
@@ -23,8 +24,9 @@ def sim_matrix(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Ten
     return _normalize(a, eps) @ _normalize(b, eps).t()
 
 
-def norm_softmax_terms(sim: torch.Tensor, temperature: float | torch.Tensor = 0.05
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def norm_softmax_terms(
+    sim: torch.Tensor, temperature: float | torch.Tensor = 0.05
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The original NormSoftmaxLoss's two terms (L_t2v, L_v2t) on a [texts, videos] similarity matrix.
 
     The pairs are the diagonal (i, i) for i < min(texts, videos), as the original takes them with `torch.diag`,
@@ -84,9 +86,9 @@ def gather_with_grad(xs: list[torch.Tensor], group=None) -> tuple[list[torch.Ten
     return gathered, sum(counts[:rank]), sum(counts), world
 
 
-def distributed_norm_softmax_terms(text_emb: torch.Tensor, video_emb: torch.Tensor,
-                                   temperature: float | torch.Tensor = 0.05, group=None
-                                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def distributed_norm_softmax_terms(
+    text_emb: torch.Tensor, video_emb: torch.Tensor, temperature: float | torch.Tensor = 0.05, group=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """NormSoftmax over the global batch (negatives from every rank): this rank's shares of (L_t2v, L_v2t).
 
     text_emb, video_emb: [n, D] local embeddings, pair i = (text i, video i). Each rank computes the
@@ -101,13 +103,14 @@ def distributed_norm_softmax_terms(text_emb: torch.Tensor, video_emb: torch.Tens
     t, v = _normalize(text_emb), _normalize(video_emb)
     (t_all, v_all), offset, total, world = gather_with_grad([t, v], group)
     labels = torch.arange(offset, offset + t.shape[0], device=t.device)
-    t2v = F.cross_entropy(t @ v_all.t() / temperature, labels, reduction="sum")   # [n, N] logits
-    v2t = F.cross_entropy(v @ t_all.t() / temperature, labels, reduction="sum")   # [n, N] logits
+    t2v = F.cross_entropy(t @ v_all.t() / temperature, labels, reduction="sum")  # [n, N] logits
+    v2t = F.cross_entropy(v @ t_all.t() / temperature, labels, reduction="sum")  # [n, N] logits
     return t2v * (world / total), v2t * (world / total)
 
 
-def distributed_norm_softmax_loss(text_emb: torch.Tensor, video_emb: torch.Tensor,
-                                  temperature: float | torch.Tensor = 0.05, group=None) -> torch.Tensor:
+def distributed_norm_softmax_loss(
+    text_emb: torch.Tensor, video_emb: torch.Tensor, temperature: float | torch.Tensor = 0.05, group=None
+) -> torch.Tensor:
     """This rank's share of the global NormSoftmax loss: the sum of `distributed_norm_softmax_terms`."""
     t2v, v2t = distributed_norm_softmax_terms(text_emb, video_emb, temperature, group)
     return t2v + v2t

@@ -1,4 +1,5 @@
 """Text encoder: any Hugging Face encoder, pooled as the original (docs/ORIGINAL.md, 'Architecture') or by mean."""
+
 import torch
 from torch import nn
 
@@ -12,6 +13,7 @@ def build_text_model(cfg: TextConfig, hf_config=None) -> nn.Module:
     (`hf_config`, when given, avoids reading the config from the hub).
     """
     from transformers import AutoConfig, AutoModel
+
     if cfg.pretrained and hf_config is None:
         return AutoModel.from_pretrained(cfg.model)
     if hf_config is None:
@@ -25,7 +27,7 @@ def hidden_size(text_model: nn.Module) -> int:
 
 
 def resolve_pooling(text_model: nn.Module, pooling: str) -> str:
-    """"auto" is the original's choice: the [CLS] hidden state for DistilBERT, the pooler for BERT."""
+    """ "auto" is the original's choice: the [CLS] hidden state for DistilBERT, the pooler for BERT."""
     if pooling != "auto":
         if pooling == "pooler" and getattr(text_model, "pooler", None) is None:
             raise ValueError(f"model.text.pooling: 'pooler' but {type(text_model).__name__} has no pooler")
@@ -35,18 +37,21 @@ def resolve_pooling(text_model: nn.Module, pooling: str) -> str:
         return "cls"
     if kind == "bert" and getattr(text_model, "pooler", None) is not None:
         return "pooler"
-    raise ValueError(f"model.text.pooling: 'auto' knows DistilBERT (CLS) and BERT (pooler), not {kind!r}; "
-                     f"set it to 'cls' or 'mean' (mean suits sentence-transformers models)")
+    raise ValueError(
+        f"model.text.pooling: 'auto' knows DistilBERT (CLS) and BERT (pooler), not {kind!r}; "
+        f"set it to 'cls' or 'mean' (mean suits sentence-transformers models)"
+    )
 
 
-def pool_text(text_model: nn.Module, pooling: str, input_ids: torch.Tensor,
-              attention_mask: torch.Tensor) -> torch.Tensor:
+def pool_text(
+    text_model: nn.Module, pooling: str, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """[B, L] token ids and mask -> [B, hidden] text feature (before the projection)."""
     out = text_model(input_ids=input_ids, attention_mask=attention_mask)
     if pooling == "pooler":
         return out.pooler_output
-    hidden = out.last_hidden_state                                         # [B, L, hidden]
+    hidden = out.last_hidden_state  # [B, L, hidden]
     if pooling == "cls":
         return hidden[:, 0]
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)                   # [B, L, 1]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
     return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)

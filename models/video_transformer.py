@@ -11,6 +11,7 @@ wiring (the time output reaches the stream only through the space attention's in
 In both attentions the CLS query attends to every token. Parameter names match the released
 checkpoint's `video_model.*` keys (docs/ORIGINAL.md, 'Released checkpoint').
 """
+
 import math
 from typing import Callable
 
@@ -45,29 +46,29 @@ def grouped_attention(qkv: torch.Tensor, group: str, num_frames: int, attend: Ca
     f = num_frames
     n = (N - 1) // f
     # CLS query against every key and value
-    q_all, k_all, v_all = qkv.permute(2, 0, 3, 1, 4).unbind(0)             # 3 x [B, H, N, d]
-    cls_out = attend(q_all[:, :, :1], k_all, v_all)                         # [B, H, 1, d]
+    q_all, k_all, v_all = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, N, d]
+    cls_out = attend(q_all[:, :, :1], k_all, v_all)  # [B, H, 1, d]
 
     patches = qkv[:, 1:].reshape(B, f, n, 3, H, d)
     if group == "space":
-        patches = patches.permute(3, 0, 1, 4, 2, 5)                         # [3, B, f, H, n, d]
+        patches = patches.permute(3, 0, 1, 4, 2, 5)  # [3, B, f, H, n, d]
         groups, length = f, n
     elif group == "time":
-        patches = patches.permute(3, 0, 2, 4, 1, 5)                         # [3, B, n, H, f, d]
+        patches = patches.permute(3, 0, 2, 4, 1, 5)  # [3, B, n, H, f, d]
         groups, length = n, f
     else:
         raise ValueError(f"group must be 'time' or 'space', got {group!r}")
-    q, k, v = patches.reshape(3, B * groups, H, length, d).unbind(0)        # [B*G, H, L, d]
+    q, k, v = patches.reshape(3, B * groups, H, length, d).unbind(0)  # [B*G, H, L, d]
     # CLS key/value prepended to every group's keys/values (batch-outer, group-inner order)
-    cls_kv = qkv[:, :1, 1:].permute(2, 0, 1, 3, 4).unsqueeze(4)             # [2, B, 1, H, 1, d]
+    cls_kv = qkv[:, :1, 1:].permute(2, 0, 1, 3, 4).unsqueeze(4)  # [2, B, 1, H, 1, d]
     cls_kv = cls_kv.expand(2, B, groups, H, 1, d).reshape(2, B * groups, H, 1, d)
-    k = torch.cat([cls_kv[0], k], dim=2)                                    # [B*G, H, L+1, d]
+    k = torch.cat([cls_kv[0], k], dim=2)  # [B*G, H, L+1, d]
     v = torch.cat([cls_kv[1], v], dim=2)
     out = attend(q, k, v).reshape(B, groups, H, length, d)
     if group == "space":
-        out = out.permute(0, 1, 3, 2, 4)                                    # [B, f, n, H, d]
+        out = out.permute(0, 1, 3, 2, 4)  # [B, f, n, H, d]
     else:
-        out = out.permute(0, 3, 1, 2, 4)                                    # [B, f, n, H, d]
+        out = out.permute(0, 3, 1, 2, 4)  # [B, f, n, H, d]
     out = out.reshape(B, f * n, H * d)
     return torch.cat([cls_out.transpose(1, 2).reshape(B, 1, H * d), out], dim=1)
 
@@ -82,7 +83,7 @@ class VarAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.attn_impl = attn_impl
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)   # rows [q | k | v], each head-major (H, d)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)  # rows [q | k | v], each head-major (H, d)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, group: str, num_frames: int) -> torch.Tensor:
@@ -138,8 +139,15 @@ class SpaceTimeBlock(nn.Module):
     frame-order feature needs two hops (time attention -> space attention values) to survive. True adds
     it to the residual as well (x_s = x_t + spatial(norm1(x_t))), which the released weights never saw."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 attn_impl: str = "sdpa", time_residual: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        attn_impl: str = "sdpa",
+        time_residual: bool = False,
+    ):
         super().__init__()
         self.time_residual = time_residual
         # registration order = the released state_dict order
@@ -169,9 +177,9 @@ class VideoPatchEmbed(nn.Module):
 
     def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         B, T = video.shape[:2]
-        x = self.proj(video.flatten(0, 1))                 # [B*T, D, gh, gw]
+        x = self.proj(video.flatten(0, 1))  # [B*T, D, gh, gw]
         grid = (x.shape[-2], x.shape[-1])
-        x = x.flatten(2).transpose(1, 2)                   # [B*T, n, D]
+        x = x.flatten(2).transpose(1, 2)  # [B*T, n, D]
         return x.reshape(B, T * x.shape[1], x.shape[2]), grid
 
 
@@ -179,17 +187,27 @@ def resize_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_gri
     """Bicubic resampling of the spatial part of [1, 1 + gh*gw, D]; the CLS row is kept as is."""
     if tuple(new_grid) == tuple(old_grid):
         return pos_embed
-    return resample_abs_pos_embed(pos_embed, new_size=list(new_grid), old_size=list(old_grid),
-                                  num_prefix_tokens=1)
+    return resample_abs_pos_embed(pos_embed, new_size=list(new_grid), old_size=list(old_grid), num_prefix_tokens=1)
 
 
 class SpaceTimeTransformer(nn.Module):
     """Video [B, T, 3, H, W] (T <= num_frames, normalised floats) -> CLS feature [B, embed_dim]."""
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
-                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 num_frames: int = 4, attn_impl: str = "sdpa", grad_checkpointing: bool = False,
-                 time_residual: bool = False):
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        num_frames: int = 4,
+        attn_impl: str = "sdpa",
+        grad_checkpointing: bool = False,
+        time_residual: bool = False,
+    ):
         super().__init__()
         self.num_frames = num_frames
         self.embed_dim = embed_dim
@@ -198,23 +216,32 @@ class SpaceTimeTransformer(nn.Module):
         self.grad_checkpointing = grad_checkpointing
         n = self.grid[0] * self.grid[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n, embed_dim))          # CLS + spatial positions
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n, embed_dim))  # CLS + spatial positions
         # starts at zeros as the original's (docs/ORIGINAL.md, 'Initialisation')
         self.temporal_embed = nn.Parameter(torch.zeros(1, num_frames, embed_dim))
         self.patch_embed = VideoPatchEmbed(patch_size, in_chans, embed_dim)
         self.blocks = nn.ModuleList(
-            SpaceTimeBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_impl, time_residual)
-            for _ in range(depth))
+            SpaceTimeBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_impl, time_residual) for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         init_random_(self)
 
     @classmethod
     def from_config(cls, video_cfg, attn_impl: str = "sdpa") -> "SpaceTimeTransformer":
         c = video_cfg
-        return cls(img_size=c.img_size, patch_size=c.patch_size, embed_dim=c.embed_dim, depth=c.depth,
-                   num_heads=c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias,
-                   num_frames=c.num_frames, attn_impl=attn_impl, grad_checkpointing=c.grad_checkpointing,
-                   time_residual=c.time_residual)
+        return cls(
+            img_size=c.img_size,
+            patch_size=c.patch_size,
+            embed_dim=c.embed_dim,
+            depth=c.depth,
+            num_heads=c.num_heads,
+            mlp_ratio=c.mlp_ratio,
+            qkv_bias=c.qkv_bias,
+            num_frames=c.num_frames,
+            attn_impl=attn_impl,
+            grad_checkpointing=c.grad_checkpointing,
+            time_residual=c.time_residual,
+        )
 
     def set_attn_impl(self, attn_impl: str) -> None:
         """Switch every attention between the SDPA kernels and the explicit-softmax formulation."""
@@ -233,13 +260,13 @@ class SpaceTimeTransformer(nn.Module):
             raise ValueError(f"{T} frames given but the model takes at most num_frames={self.num_frames}")
         if H % self.patch_size or W % self.patch_size:
             raise ValueError(f"frame size {H}x{W} is not a multiple of the patch size {self.patch_size}")
-        x, grid = self.patch_embed(video)                                     # [B, T*n, D]
+        x, grid = self.patch_embed(video)  # [B, T*n, D]
         n = grid[0] * grid[1]
-        pos = resize_pos_embed(self.pos_embed, grid, self.grid)               # [1, 1+n, D]
+        pos = resize_pos_embed(self.pos_embed, grid, self.grid)  # [1, 1+n, D]
         # spatial positions tiled over frames + temporal embeddings repeated over patches
         patch_pos = pos[:, 1:].repeat(1, T, 1) + self.temporal_embed[:, :T].repeat_interleave(n, dim=1)
-        cls = (self.cls_token + pos[:, :1]).expand(B, -1, -1)                 # CLS: no temporal embedding
-        x = torch.cat([cls, x + patch_pos], dim=1)                            # [B, 1+T*n, D]
+        cls = (self.cls_token + pos[:, :1]).expand(B, -1, -1)  # CLS: no temporal embedding
+        x = torch.cat([cls, x + patch_pos], dim=1)  # [B, 1+T*n, D]
         for block in self.blocks:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, T, use_reentrant=False)
@@ -270,7 +297,7 @@ def init_random_(model: SpaceTimeTransformer) -> None:
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-    fan_in = model.patch_embed.proj.in_channels * model.patch_size ** 2
+    fan_in = model.patch_embed.proj.in_channels * model.patch_size**2
     nn.init.trunc_normal_(model.patch_embed.proj.weight, std=math.sqrt(1.0 / fan_in))
     nn.init.zeros_(model.patch_embed.proj.bias)
     init_time_attention_all_(model, "zeros")

@@ -5,6 +5,7 @@ The ViT's own tensors are copied by identical name; the classifier head is dropp
 part (temporal_embed, timeattn, norm3) keeps its own initialisation. Spatial attention is not
 copied into time attention.
 """
+
 import logging
 import os
 import re
@@ -19,8 +20,10 @@ from .video_transformer import SpaceTimeTransformer, resize_pos_embed
 log = logging.getLogger(__name__)
 
 # ViT tensors the SpaceTimeTransformer takes, by name; everything else must be in _VIT_IGNORED.
-_VIT_TAKEN = re.compile(r"^(cls_token|pos_embed|patch_embed\.proj\.(weight|bias)|norm\.(weight|bias)|"
-                        r"blocks\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias))$")
+_VIT_TAKEN = re.compile(
+    r"^(cls_token|pos_embed|patch_embed\.proj\.(weight|bias)|norm\.(weight|bias)|"
+    r"blocks\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias))$"
+)
 _VIT_IGNORED = re.compile(r"^(head|fc_norm|pre_logits)\.")
 # Ours that no ViT provides: they keep the space-time initialisation.
 _TEMPORAL = re.compile(r"^(temporal_embed|blocks\.\d+\.(timeattn\.(qkv|proj)|norm3)\.(weight|bias))$")
@@ -41,8 +44,10 @@ def vit_state_dict(init: str) -> dict[str, torch.Tensor]:
     if os.sep in init or init.endswith((".pth", ".pt", ".bin", ".safetensors")):
         raise FileNotFoundError(f"video.init: ViT weights file {init!r} does not exist")
     if not timm.is_model(init.split(".")[0]):
-        raise ValueError(f"video.init: {init!r} is neither a file nor a timm model name "
-                         f"(e.g. 'vit_base_patch16_224.orig_in21k_ft_in1k')")
+        raise ValueError(
+            f"video.init: {init!r} is neither a file nor a timm model name "
+            f"(e.g. 'vit_base_patch16_224.orig_in21k_ft_in1k')"
+        )
     log.info("loading ImageNet ViT weights %s through timm", init)
     return timm.create_model(init, pretrained=True).state_dict()
 
@@ -51,8 +56,10 @@ def load_vit_weights(model: SpaceTimeTransformer, vit_sd: dict[str, torch.Tensor
     """Copy a timm-layout ViT state_dict into `model`; resample positions if the grid differs."""
     foreign = sorted(k for k in vit_sd if not _VIT_TAKEN.match(k) and not _VIT_IGNORED.match(k))
     if foreign:
-        raise ValueError(f"{source}: tensors a SpaceTimeTransformer cannot hold: {foreign[:8]}"
-                         f"{' ...' if len(foreign) > 8 else ''} (expected a plain ViT with a class token)")
+        raise ValueError(
+            f"{source}: tensors a SpaceTimeTransformer cannot hold: {foreign[:8]}"
+            f"{' ...' if len(foreign) > 8 else ''} (expected a plain ViT with a class token)"
+        )
     taken = {k: v for k, v in vit_sd.items() if _VIT_TAKEN.match(k)}
     pos = taken.get("pos_embed")
     if pos is not None and pos.shape != model.pos_embed.shape:
@@ -64,8 +71,10 @@ def load_vit_weights(model: SpaceTimeTransformer, vit_sd: dict[str, torch.Tensor
     result = load_same_shapes(model, taken, source, "the configured video model")
     missing = [k for k in result.missing_keys if not _TEMPORAL.match(k)]
     if missing or result.unexpected_keys:
-        raise ValueError(f"{source}: ViT does not match the configured depth/size: missing {missing[:8]}, "
-                         f"unexpected {result.unexpected_keys[:8]}")
+        raise ValueError(
+            f"{source}: ViT does not match the configured depth/size: missing {missing[:8]}, "
+            f"unexpected {result.unexpected_keys[:8]}"
+        )
 
 
 def init_from_vit(model: SpaceTimeTransformer, init: str) -> None:

@@ -7,4 +7,5 @@
 
 Imports go down that list, never up; the package itself imports nothing.
 """
+
 __version__ = "0.1.0"

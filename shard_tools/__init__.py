@@ -2,4 +2,5 @@
 
 Library entry point: `shard_tools.api.make_shards` (docs/SHARDS.md). The package imports no torch.
 """
+
 __version__ = "0.1.0"

@@ -7,6 +7,7 @@
 `captions`, optional `kind`, `id`, `extra`). Row i belongs to chunk i // samples_per_shard; task I of N
 handles the chunks c with c % N == I, so array tasks write disjoint parts of the same dataset.
 """
+
 import contextlib
 import hashlib
 import logging
@@ -37,8 +38,9 @@ log = logging.getLogger("shard_tools")
 @dataclass
 class ShardOptions:
     """Everything that decides the shards' bytes (recorded in every stats file and the manifest)."""
+
     name: str
-    kind: str = "video"              # dataset kind; an image dataset stores 1 frame per sample
+    kind: str = "video"  # dataset kind; an image dataset stores 1 frame per sample
     frames: int = 8
     short_side: int = 256
     quality: int = 90
@@ -58,19 +60,24 @@ class ShardOptions:
             raise ValueError(f"quality must be in 1..100, got {self.quality}")
 
     def frame_spec(self, kind: str) -> FrameSpec:
-        return FrameSpec(frames=self.frames if kind == "video" else 1, short_side=self.short_side,
-                         quality=self.quality, max_pixels=self.max_pixels)
+        return FrameSpec(
+            frames=self.frames if kind == "video" else 1,
+            short_side=self.short_side,
+            quality=self.quality,
+            max_pixels=self.max_pixels,
+        )
 
 
 @dataclass
 class RunOptions:
     """How to run (does not change the output)."""
-    workers: int = 0                 # decoder processes; 0 decodes in this process (no crash isolation)
-    threads: int = 16                # download threads
+
+    workers: int = 0  # decoder processes; 0 decodes in this process (no crash isolation)
+    threads: int = 16  # download threads
     task_index: int = 0
     num_tasks: int = 1
     retry_failed: bool = False
-    download: bool = False           # fetch rows' URLs (else read rows' paths)
+    download: bool = False  # fetch rows' URLs (else read rows' paths)
     download_spec: DownloadSpec = field(default_factory=DownloadSpec)
     decode_timeout: float = 120.0
     progress: bool = True
@@ -79,11 +86,11 @@ class RunOptions:
 
 @dataclass
 class RunReport:
-    input_rows: int = 0              # whole dataset
-    task_rows: int = 0               # rows of this task's chunks
+    input_rows: int = 0  # whole dataset
+    task_rows: int = 0  # rows of this task's chunks
     chunks_done_before: int = 0
     chunks_written: int = 0
-    written: int = 0                 # samples in this task's chunks (incl. ones kept from before)
+    written: int = 0  # samples in this task's chunks (incl. ones kept from before)
     failed: Counter = field(default_factory=Counter)
     manifest: dict | None = None
     missing_chunks: list = field(default_factory=list)
@@ -127,7 +134,7 @@ def make_shards(rows, out_dir, options: ShardOptions, run: RunOptions | None = N
     plan = _plan(out_dir, options, fingerprint, mine, run, report)
     with _writing(out_dir):
         if plan:
-            (out_dir / MANIFEST).unlink(missing_ok=True)   # the folder is about to change
+            (out_dir / MANIFEST).unlink(missing_ok=True)  # the folder is about to change
         _remove_stale_temps(out_dir, options.name, [c for c, _, _ in plan])
         _remove_stale_downloads(out_dir, run.task_index)
     _execute(plan, out_dir, options, run, report, fingerprint, inputs)
@@ -141,6 +148,7 @@ def make_shards(rows, out_dir, options: ShardOptions, run: RunOptions | None = N
 @dataclass
 class _Inputs:
     """The input rows as a whole: their count and fingerprints (whole input, and per chunk)."""
+
     rows: int
     chunk_sha256: list
 
@@ -162,9 +170,14 @@ def _as_rows(rows, kind: str):
             continue
         try:
             yield row_from_record(record, index, kind)
-        except Exception as e:        # a hostile record costs its row, not the run
-            yield Row(key=f"{index:09d}", captions=[], kind=kind, where=f"record {index}",
-                      error=("bad_row", f"record {index}: {type(e).__name__}: {e}"))
+        except Exception as e:  # a hostile record costs its row, not the run
+            yield Row(
+                key=f"{index:09d}",
+                captions=[],
+                kind=kind,
+                where=f"record {index}",
+                error=("bad_row", f"record {index}: {type(e).__name__}: {e}"),
+            )
 
 
 @contextlib.contextmanager
@@ -263,7 +276,7 @@ def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
                         writer.add_sample(index, row.key, kept[index])
                 else:
                     tasks.append((chunk, index, row))
-            if kept:        # a retry rewrites this chunk: it is no longer complete until re-recorded
+            if kept:  # a retry rewrites this chunk: it is no longer complete until re-recorded
                 with _writing(out_dir):
                     (out_dir / records.stats_name(options.name, chunk)).unlink(missing_ok=True)
     except BaseException:
@@ -271,7 +284,7 @@ def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
         raise
     if not tasks and not writers:
         return
-    stop = threading.Event()          # set when the run ends early: download threads give up at once
+    stop = threading.Event()  # set when the run ends early: download threads give up at once
     progress = _Progress(len(tasks), run.progress)
     pool = downloads = scratch = None
     by_id = {}
@@ -282,16 +295,27 @@ def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
         if status == "ok":
             try:
                 members = sample_members(row, index, payload)
-            except Exception as e:     # an unusable decoder result costs this sample, not the run
-                status, payload = "error", ("decode_error", f"{row.where}: cannot store the decoded sample: "
-                                                            f"{type(e).__name__}: {e}")
+            except Exception as e:  # an unusable decoder result costs this sample, not the run
+                status, payload = (
+                    "error",
+                    ("decode_error", f"{row.where}: cannot store the decoded sample: {type(e).__name__}: {e}"),
+                )
         with _writing(out_dir, writer):
             if status == "ok":
                 writer.add_sample(index, row.key, members)
             else:
                 reason, detail = payload
-                writer.add_failure(index, {"row": index, "key": row.key, "where": row.where, "reason": reason,
-                                           "detail": detail, "source": row.source()})
+                writer.add_failure(
+                    index,
+                    {
+                        "row": index,
+                        "key": row.key,
+                        "where": row.where,
+                        "reason": reason,
+                        "detail": detail,
+                        "source": row.source(),
+                    },
+                )
         progress.step(status == "ok")
         downloaded = row_tmp.pop(task_id, None)
         if downloaded:
@@ -303,8 +327,8 @@ def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
             del writers[chunk]
 
     row_tmp: dict = {}
-    ready: deque = deque()            # (task_id, path, kind)
-    fetching: dict = {}               # future -> task_id
+    ready: deque = deque()  # (task_id, path, kind)
+    fetching: dict = {}  # future -> task_id
     window = max(4 * max(run.workers, 1), 8) + (run.threads if run.download else 0)
     try:
         pool = DecodePool(run.workers, run.decoder, run.decode_timeout) if run.workers > 0 else None
@@ -312,7 +336,7 @@ def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
             downloads = ThreadPoolExecutor(run.threads, thread_name_prefix="download")
             with _writing(out_dir):
                 scratch = tempfile.mkdtemp(prefix=_downloads_prefix(run.task_index), dir=out_dir)
-        for chunk in [c for c, w in writers.items() if w.complete]:   # chunks fully kept
+        for chunk in [c for c, w in writers.items() if w.complete]:  # chunks fully kept
             with _writing(out_dir, writers[chunk]):
                 _finish_chunk(writers[chunk], out_dir, options, fingerprint, inputs, report)
             del writers[chunk]
@@ -324,14 +348,17 @@ def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
                 if row.error:
                     deliver(task_id, "error", row.error)
                 elif run.download and row.url:
-                    dest = os.path.join(scratch, f"{index:09d}")     # not the key: any key makes a file name
+                    dest = os.path.join(scratch, f"{index:09d}")  # not the key: any key makes a file name
                     row_tmp[task_id] = dest
                     fetching[downloads.submit(fetch, row.url, dest, run.download_spec, row.kind, stop)] = task_id
                 elif row.path:
                     ready.append((task_id, row.path, row.kind))
                 else:
-                    deliver(task_id, "error", ("missing_field", f"{row.where}: no media path "
-                                               f"(pass --download to fetch {row.url})"))
+                    deliver(
+                        task_id,
+                        "error",
+                        ("missing_field", f"{row.where}: no media path (pass --download to fetch {row.url})"),
+                    )
             for future in [f for f in fetching if f.done()]:
                 task_id = fetching.pop(future)
                 try:
@@ -341,7 +368,7 @@ def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
                     deliver(task_id, "error", (e.reason, e.detail))
                 except LocalWriteError:
                     raise
-                except Exception as e:     # fetch maps every failure to a reason; this is the backstop
+                except Exception as e:  # fetch maps every failure to a reason; this is the backstop
                     deliver(task_id, "error", ("connection_error", f"{type(e).__name__}: {e}"))
             if pool is None:
                 if ready:
@@ -350,7 +377,7 @@ def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
                         decoded = run.decoder(path, kind, options.frame_spec(kind))
                     except SampleError as e:
                         deliver(task_id, "error", (e.reason, e.detail))
-                    except Exception as e:     # same contract as a worker process: one sample lost
+                    except Exception as e:  # same contract as a worker process: one sample lost
                         deliver(task_id, "error", ("decode_error", f"{path}: {type(e).__name__}: {e}"))
                     else:
                         deliver(task_id, "ok", decoded)
@@ -369,11 +396,11 @@ def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
     finally:
         progress.close()
         if pool:
-            pool.close(wait=0 if stop.is_set() else 5.0)     # stopping: busy decoders are killed at once
+            pool.close(wait=0 if stop.is_set() else 5.0)  # stopping: busy decoders are killed at once
         stop.set()
         if downloads:
             downloads.shutdown(wait=False, cancel_futures=True)
-            wait(list(fetching), timeout=1.0)   # threads notice `stop` within a socket wait slice
+            wait(list(fetching), timeout=1.0)  # threads notice `stop` within a socket wait slice
         if scratch:
             _remove_folder(scratch)
 

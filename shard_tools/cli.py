@@ -1,11 +1,12 @@
 """`make-shards`: parse argv, build the rows of one source, call shard_tools.api.make_shards.
 
-    make-shards webvid  --csv results_2M_train.csv --videos-root videos/ --out shards/webvid
-    make-shards cc3m    --tsv Train_GCC-training.tsv --images-root training/ --out shards/cc3m
-    make-shards msrvtt  --root MSRVTT/ --split test --cut jsfusion --out shards/msrvtt_test
-    make-shards csv     --table clips.parquet --path-col file --caption-col text --out shards/mine
-    make-shards verify DIR        make-shards manifest DIR
+make-shards webvid  --csv results_2M_train.csv --videos-root videos/ --out shards/webvid
+make-shards cc3m    --tsv Train_GCC-training.tsv --images-root training/ --out shards/cc3m
+make-shards msrvtt  --root MSRVTT/ --split test --cut jsfusion --out shards/msrvtt_test
+make-shards csv     --table clips.parquet --path-col file --caption-col text --out shards/mine
+make-shards verify DIR        make-shards manifest DIR
 """
+
 import argparse
 import logging
 import os
@@ -28,38 +29,66 @@ def _common(p: argparse.ArgumentParser, kind_choice: bool = False) -> None:
     p.add_argument("--out", required=True, help="output folder for shards, stats and manifest.json")
     p.add_argument("--name", help="shard name prefix (default: the source name)")
     if kind_choice:
-        p.add_argument("--kind", choices=("video", "image"), default="video",
-                       help="video: K frames per sample; image: 1 frame (default video)")
+        p.add_argument(
+            "--kind",
+            choices=("video", "image"),
+            default="video",
+            help="video: K frames per sample; image: 1 frame (default video)",
+        )
     p.add_argument("--frames", type=int, default=8, help="K frames per video sample (default 8)")
     p.add_argument("--short-side", type=int, default=256, help="resize frames to this short side (default 256)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality 1..100 (default 90)")
     p.add_argument("--samples-per-shard", type=int, default=1000, help="input rows per shard (default 1000)")
-    p.add_argument("--max-bytes", type=int, default=None,
-                   help="start a new part file (NAME-NNNNNN-pP.tar) before a shard exceeds this size")
-    p.add_argument("--max-pixels", type=int, default=ShardOptions.max_pixels,
-                   help="fail sources with more pixels per frame than this (default 8192x4320)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="decoder processes (default: all cores; 0 decodes in the main process)")
+    p.add_argument(
+        "--max-bytes",
+        type=int,
+        default=None,
+        help="start a new part file (NAME-NNNNNN-pP.tar) before a shard exceeds this size",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=ShardOptions.max_pixels,
+        help="fail sources with more pixels per frame than this (default 8192x4320)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="decoder processes (default: all cores; 0 decodes in the main process)",
+    )
     p.add_argument("--threads", type=int, default=16, help="download threads (default 16)")
     p.add_argument("--task-index", type=int, default=0, help="this task's index in an array job (default 0)")
     p.add_argument("--num-tasks", type=int, default=1, help="tasks in the array job (default 1)")
     p.add_argument("--retry-failed", action="store_true", help="re-attempt only the rows that failed before")
     p.add_argument("--download", action="store_true", help="fetch media from the URL column")
-    p.add_argument("--download-timeout", type=float, default=DownloadSpec.timeout,
-                   help="wall-clock seconds one download attempt may take, whatever the server does "
-                        "(default 60)")
+    p.add_argument(
+        "--download-timeout",
+        type=float,
+        default=DownloadSpec.timeout,
+        help="wall-clock seconds one download attempt may take, whatever the server does (default 60)",
+    )
     p.add_argument("--download-retries", type=int, default=3, help="retries after the first try (default 3)")
     p.add_argument("--download-backoff", type=float, default=1.0, help="first retry delay, doubling (default 1 s)")
-    p.add_argument("--max-download-bytes", type=int, default=DownloadSpec.max_bytes,
-                   help="refuse downloads larger than this (default 512 MiB)")
-    p.add_argument("--decode-timeout", type=float, default=120.0,
-                   help="seconds one file may take before its worker is killed (default 120)")
+    p.add_argument(
+        "--max-download-bytes",
+        type=int,
+        default=DownloadSpec.max_bytes,
+        help="refuse downloads larger than this (default 512 MiB)",
+    )
+    p.add_argument(
+        "--decode-timeout",
+        type=float,
+        default=120.0,
+        help="seconds one file may take before its worker is killed (default 120)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="make-shards", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="make-shards", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"make-shards {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="SOURCE|verify|manifest")
 
@@ -76,8 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("msrvtt", help="MSR-VTT from the unpacked MSRVTT.zip")
     p.add_argument("--root", required=True, help="folder holding annotation/, high-quality/, videos/")
     p.add_argument("--split", choices=("train", "test"), required=True)
-    p.add_argument("--cut", choices=tuple(sources.MSRVTT_CUTS), default="jsfusion",
-                   help="jsfusion (9k/1k-A, default), miech (7k/1k), full (official split)")
+    p.add_argument(
+        "--cut",
+        choices=tuple(sources.MSRVTT_CUTS),
+        default="jsfusion",
+        help="jsfusion (9k/1k-A, default), miech (7k/1k), full (official split)",
+    )
     _common(p)
 
     p = sub.add_parser("csv", help="any CSV/TSV/JSONL/parquet of clips or images")
@@ -104,9 +137,16 @@ def _rows(args):
         return sources.cc3m_rows(args.table, args.images_root), "image"
     if args.command == "msrvtt":
         return sources.msrvtt_rows(args.root, args.split, args.cut), "video"
-    return sources.table_rows(args.table, path_col=args.path_col, url_col=args.url_col,
-                              caption_col=args.caption_col, key_col=args.key_col, kind=args.kind,
-                              media_root=args.media_root, fmt=args.format), args.kind
+    return sources.table_rows(
+        args.table,
+        path_col=args.path_col,
+        url_col=args.url_col,
+        caption_col=args.caption_col,
+        key_col=args.key_col,
+        kind=args.kind,
+        media_root=args.media_root,
+        fmt=args.format,
+    ), args.kind
 
 
 def _default_name(args) -> str:
@@ -118,34 +158,57 @@ def _default_name(args) -> str:
 def _run_source(args) -> int:
     root = {"webvid": "videos_root", "cc3m": "images_root"}.get(args.command)
     if root and not getattr(args, root) and not args.download:
-        raise SystemExit(f"make-shards {args.command}: give --{root.replace('_', '-')}, "
-                         f"or --download to fetch the URLs")
+        raise SystemExit(
+            f"make-shards {args.command}: give --{root.replace('_', '-')}, or --download to fetch the URLs"
+        )
     rows, kind = _rows(args)
-    options = ShardOptions(name=args.name or _default_name(args), kind=kind, frames=args.frames,
-                           short_side=args.short_side, quality=args.quality,
-                           samples_per_shard=args.samples_per_shard, max_bytes=args.max_bytes,
-                           max_pixels=args.max_pixels)
-    run = RunOptions(workers=args.workers, threads=args.threads, task_index=args.task_index,
-                     num_tasks=args.num_tasks, retry_failed=args.retry_failed, download=args.download,
-                     download_spec=DownloadSpec(timeout=args.download_timeout, retries=args.download_retries,
-                                                backoff=args.download_backoff,
-                                                max_bytes=args.max_download_bytes),
-                     decode_timeout=args.decode_timeout, progress=not args.no_progress)
+    options = ShardOptions(
+        name=args.name or _default_name(args),
+        kind=kind,
+        frames=args.frames,
+        short_side=args.short_side,
+        quality=args.quality,
+        samples_per_shard=args.samples_per_shard,
+        max_bytes=args.max_bytes,
+        max_pixels=args.max_pixels,
+    )
+    run = RunOptions(
+        workers=args.workers,
+        threads=args.threads,
+        task_index=args.task_index,
+        num_tasks=args.num_tasks,
+        retry_failed=args.retry_failed,
+        download=args.download,
+        download_spec=DownloadSpec(
+            timeout=args.download_timeout,
+            retries=args.download_retries,
+            backoff=args.download_backoff,
+            max_bytes=args.max_download_bytes,
+        ),
+        decode_timeout=args.decode_timeout,
+        progress=not args.no_progress,
+    )
     report = make_shards(rows, args.out, options, run)
     rate = (report.task_rows / report.seconds) if report.seconds else 0.0
-    print(f"task {args.task_index}/{args.num_tasks}: {report.summary()}; "
-          f"{report.chunks_written} shard(s) written, {report.chunks_done_before} already done, "
-          f"{report.seconds:.1f} s ({rate:.2f} rows/s)")
+    print(
+        f"task {args.task_index}/{args.num_tasks}: {report.summary()}; "
+        f"{report.chunks_written} shard(s) written, {report.chunks_done_before} already done, "
+        f"{report.seconds:.1f} s ({rate:.2f} rows/s)"
+    )
     if report.manifest:
         m = report.manifest
-        print(f"dataset {m['name']}: "
-              f"{records.summary_line(m['input_rows'], m['total_samples'], m['failed'])}; "
-              f"{len(m['shards'])} shard(s); manifest {os.path.join(args.out, MANIFEST)}")
+        print(
+            f"dataset {m['name']}: "
+            f"{records.summary_line(m['input_rows'], m['total_samples'], m['failed'])}; "
+            f"{len(m['shards'])} shard(s); manifest {os.path.join(args.out, MANIFEST)}"
+        )
         for reason, count in m["failed"].items():
             print(f"  failed {reason}: {count} (rows listed in *.stats.json)")
     else:
-        print(f"manifest not written yet: chunks {_ranges(report.missing_chunks)} are not finished "
-              f"(other array tasks); the last task writes it, or run `make-shards manifest {args.out}`")
+        print(
+            f"manifest not written yet: chunks {_ranges(report.missing_chunks)} are not finished "
+            f"(other array tasks); the last task writes it, or run `make-shards manifest {args.out}`"
+        )
     return 0
 
 
@@ -157,11 +220,16 @@ def _ranges(numbers) -> str:
 def _run_manifest(args) -> int:
     manifest, missing = records.finalize(args.dir)
     if manifest is None:
-        print(f"{args.dir}: cannot write the manifest, chunks not finished: {_ranges(missing) or 'all'}; "
-              f"re-run the tasks that own them (same command)", file=sys.stderr)
+        print(
+            f"{args.dir}: cannot write the manifest, chunks not finished: {_ranges(missing) or 'all'}; "
+            f"re-run the tasks that own them (same command)",
+            file=sys.stderr,
+        )
         return 1
-    print(f"{os.path.join(args.dir, MANIFEST)}: "
-          f"{records.summary_line(manifest['input_rows'], manifest['total_samples'], manifest['failed'])}")
+    print(
+        f"{os.path.join(args.dir, MANIFEST)}: "
+        f"{records.summary_line(manifest['input_rows'], manifest['total_samples'], manifest['failed'])}"
+    )
     return 0
 
 
@@ -170,10 +238,16 @@ def _run_verify(args) -> int:
     for problem in report.problems:
         print(f"PROBLEM {problem}")
     status = "OK" if report.ok else f"{len(report.problems)} problem(s)"
-    unchecked = (f", {len(report.unchecked_shards)} shard(s) written before checksums were recorded "
-                 f"(frames decoded, no checksums to compare)" if report.unchecked_shards else "")
-    print(f"verify {args.dir}: {report.shards} shards, {report.samples} samples, {report.frames} frames "
-          f"decoded, {report.members_checked} members match their checksums{unchecked}: {status}")
+    unchecked = (
+        f", {len(report.unchecked_shards)} shard(s) written before checksums were recorded "
+        f"(frames decoded, no checksums to compare)"
+        if report.unchecked_shards
+        else ""
+    )
+    print(
+        f"verify {args.dir}: {report.shards} shards, {report.samples} samples, {report.frames} frames "
+        f"decoded, {report.members_checked} members match their checksums{unchecked}: {status}"
+    )
     return 0 if report.ok else 1
 
 
@@ -183,7 +257,7 @@ class Terminated(BaseException):
 
 
 def _on_sigterm(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)       # a second TERM must not interrupt the cleanup
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM must not interrupt the cleanup
     raise Terminated()
 
 
@@ -204,18 +278,26 @@ def main(argv=None) -> int:
         print(f"make-shards: error: {e}", file=sys.stderr)
         return 2
     except LocalWriteError as e:
-        print(f"make-shards: error: {e}. This is a problem of the output folder's disk, not of the input: "
-              f"the run stopped; finished shards are kept. Free space (or fix the quota, permissions or "
-              f"file size limit), then re-run the same command to finish {out}.", file=sys.stderr)
+        print(
+            f"make-shards: error: {e}. This is a problem of the output folder's disk, not of the input: "
+            f"the run stopped; finished shards are kept. Free space (or fix the quota, permissions or "
+            f"file size limit), then re-run the same command to finish {out}.",
+            file=sys.stderr,
+        )
         return 1
-    except OSError as e:           # a local failure outside the writes make_shards names itself
-        print(f"make-shards: error: {e}. The run stopped; finished shards in {out} are kept: fix the cause "
-              f"and re-run the same command.", file=sys.stderr)
+    except OSError as e:  # a local failure outside the writes make_shards names itself
+        print(
+            f"make-shards: error: {e}. The run stopped; finished shards in {out} are kept: fix the cause "
+            f"and re-run the same command.",
+            file=sys.stderr,
+        )
         return 1
     except (Terminated, KeyboardInterrupt) as e:
         how = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
-        print(f"make-shards: stopped by {how}; finished shards in {out} are kept, re-run the same command "
-              f"to finish", file=sys.stderr)
+        print(
+            f"make-shards: stopped by {how}; finished shards in {out} are kept, re-run the same command to finish",
+            file=sys.stderr,
+        )
         return 143 if isinstance(e, Terminated) else 130
     finally:
         if in_main_thread and previous is not None:

@@ -19,6 +19,7 @@ and reports nothing). Inter-coded video does not use explode: it fails clean ope
 libjpeg-turbo decode of JPEG sources would catch a few more entropy-data errors but costs ~25% per image
 (docs/bench/shards.md), so it is not done.
 """
+
 import bisect
 import os
 import statistics
@@ -48,16 +49,17 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
 @dataclass(frozen=True)
 class FrameSpec:
     """What to store per sample; part of the options that decide the shards' bytes."""
-    frames: int = 8                 # K for videos; images always store 1
+
+    frames: int = 8  # K for videos; images always store 1
     short_side: int = 256
     quality: int = 90
-    max_pixels: int = 8192 * 4320   # refuse sources above this (8K); guards memory in the worker
+    max_pixels: int = 8192 * 4320  # refuse sources above this (8K); guards memory in the worker
 
 
 @dataclass
 class Decoded:
     jpegs: list[bytes]
-    meta: dict = field(default_factory=dict)   # frame_indices, frame_timestamps, duration, fps, width, height
+    meta: dict = field(default_factory=dict)  # frame_indices, frame_timestamps, duration, fps, width, height
 
 
 def decode_sample(path: str, kind: str, spec: FrameSpec) -> Decoded:
@@ -71,20 +73,23 @@ def decode_sample(path: str, kind: str, spec: FrameSpec) -> Decoded:
     try:
         container = av.open(path, mode="r")
     except av.error.FFmpegError as e:
-        raise SampleError("not_a_video" if kind == "video" else "not_an_image",
-                          f"{path}: FFmpeg cannot open it ({e.strerror or e})") from None
+        raise SampleError(
+            "not_a_video" if kind == "video" else "not_an_image", f"{path}: FFmpeg cannot open it ({e.strerror or e})"
+        ) from None
     try:
         with container:
             if not container.streams.video:
-                raise SampleError("no_video_stream",
-                                  f"{path} has no video stream ({len(container.streams.audio)} audio streams)")
+                raise SampleError(
+                    "no_video_stream", f"{path} has no video stream ({len(container.streams.audio)} audio streams)"
+                )
             stream = container.streams.video[0]
-            stream.codec_context.thread_count = 1     # parallelism comes from worker processes
+            stream.codec_context.thread_count = 1  # parallelism comes from worker processes
             width, height = stream.codec_context.width, stream.codec_context.height
             if width * height > spec.max_pixels:
-                raise SampleError("too_many_pixels",
-                                  f"{path} is {width}x{height}, above --max-pixels {spec.max_pixels}")
-            if stream.codec_context.codec.intra_only:    # stills, MJPEG: no seek can miss a reference
+                raise SampleError(
+                    "too_many_pixels", f"{path} is {width}x{height}, above --max-pixels {spec.max_pixels}"
+                )
+            if stream.codec_context.codec.intra_only:  # stills, MJPEG: no seek can miss a reference
                 stream.codec_context.options = {"err_detect": "explode"}
             if kind == "image":
                 return _decode_image(container, stream, spec, path)
@@ -97,8 +102,11 @@ def decode_sample(path: str, kind: str, spec: FrameSpec) -> Decoded:
 
 def _check_frame(frame, path: str) -> None:
     if frame.is_corrupt:
-        raise SampleError("decode_error", f"{path}: damaged data in the frame at pts {frame.pts} (the decoder "
-                                          f"concealed errors: it would be stored as garbage)")
+        raise SampleError(
+            "decode_error",
+            f"{path}: damaged data in the frame at pts {frame.pts} (the decoder "
+            f"concealed errors: it would be stored as garbage)",
+        )
 
 
 def _drain(stream, path: str, frames_iter) -> None:
@@ -143,8 +151,15 @@ def _decode_image(container, stream, spec: FrameSpec, path: str) -> Decoded:
         _check_frame(frame, path)
         jpeg, w, h = _encode(frame, spec)
         width, height, rotation = _upright_size(frame, frame.width, frame.height)
-        meta = {"frame_indices": [0], "frame_timestamps": [0.0], "duration": None, "fps": None,
-                "width": width, "height": height, "rotation": rotation}
+        meta = {
+            "frame_indices": [0],
+            "frame_timestamps": [0.0],
+            "duration": None,
+            "fps": None,
+            "width": width,
+            "height": height,
+            "rotation": rotation,
+        }
         return Decoded([jpeg], meta)
     raise SampleError("decode_error", f"{path}: no decodable image data")
 
@@ -155,7 +170,7 @@ def _index_packets(container, stream, path: str) -> tuple[list[int], list[int], 
     pts, keys = [], []
     end = None
     for packet in container.demux(stream):
-        if packet.size == 0 or packet.pts is None:   # flush packets at the end carry no frame
+        if packet.size == 0 or packet.pts is None:  # flush packets at the end carry no frame
             continue
         pts.append(packet.pts)
         if packet.is_keyframe:
@@ -188,7 +203,7 @@ def _decode_video(container, stream, spec: FrameSpec, path: str) -> Decoded:
 
     decoded: dict[int, bytes] = {}
     frames_iter = None
-    position = None          # pts of the last decoded frame, None before the first seek
+    position = None  # pts of the last decoded frame, None before the first seek
     for target in targets:
         if target in decoded:
             continue

@@ -8,6 +8,7 @@ redirects): every socket read of the attempt, TLS included, waits at most until 
 slices so that a stopping run (`stop` set) is not kept waiting either. A failure to write the local file
 is not the row's fault: it raises records.LocalWriteError, which stops the run.
 """
+
 import errno
 import functools
 import http.client
@@ -28,21 +29,20 @@ from shard_tools.records import LocalWriteError
 
 _RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _CHUNK = 1 << 16
-_SLICE = 0.25                 # longest single socket wait, so a stop request is seen quickly
-_UNSAFE_URL_CHARS = re.compile(r"[^\x21-\x7e]")   # controls, space, non-ASCII: percent-encoded
+_SLICE = 0.25  # longest single socket wait, so a stop request is seen quickly
+_UNSAFE_URL_CHARS = re.compile(r"[^\x21-\x7e]")  # controls, space, non-ASCII: percent-encoded
 
 
 @dataclass(frozen=True)
 class DownloadSpec:
-    timeout: float = 60.0         # wall-clock seconds one attempt may take: connect, headers, body, redirects
-    retries: int = 3              # extra attempts after the first, for retryable failures only
-    backoff: float = 1.0          # seconds before the first retry; doubles each time
-    max_bytes: int = 512 << 20    # refuse files larger than this (by Content-Length or while reading)
+    timeout: float = 60.0  # wall-clock seconds one attempt may take: connect, headers, body, redirects
+    retries: int = 3  # extra attempts after the first, for retryable failures only
+    backoff: float = 1.0  # seconds before the first retry; doubles each time
+    max_bytes: int = 512 << 20  # refuse files larger than this (by Content-Length or while reading)
     user_agent: str = "make-shards/0.1 (+https://github.com/frozen-pipeline)"
 
 
-def fetch(url: str, dest: str, spec: DownloadSpec, kind: str = "video",
-          stop: threading.Event | None = None) -> int:
+def fetch(url: str, dest: str, spec: DownloadSpec, kind: str = "video", stop: threading.Event | None = None) -> int:
     """Download `url` into `dest`; returns the byte count. Raises SampleError (the row's failure) after
     the last attempt, or LocalWriteError when `dest` cannot be written."""
     stop = stop or threading.Event()
@@ -55,13 +55,13 @@ def fetch(url: str, dest: str, spec: DownloadSpec, kind: str = "video",
             if attempt >= spec.retries or stop.is_set():
                 tries = f"after {attempt + 1} attempt{'s' if attempt else ''}"
                 raise SampleError(e.reason, f"{url}: {e.detail} ({tries})") from None
-            stop.wait(spec.backoff * (2 ** attempt))
+            stop.wait(spec.backoff * (2**attempt))
             attempt += 1
         except (SampleError, LocalWriteError):
             raise
         except _Stopped:
             raise SampleError("connection_error", f"{url}: the run stopped during the download") from None
-        except Exception as e:       # anything unforeseen is still this row's failure, never the run's
+        except Exception as e:  # anything unforeseen is still this row's failure, never the run's
             raise SampleError("connection_error", f"{url}: {type(e).__name__}: {e}") from None
 
 
@@ -72,9 +72,9 @@ def request_url(url) -> str:
         raise SampleError("bad_url", f"{url!r}: the URL is not text")
     try:
         parts = urllib.parse.urlsplit(url.strip())
-        parts.port                          # raises ValueError for a non-numeric or out-of-range port
+        parts.port  # raises ValueError for a non-numeric or out-of-range port
         host = parts.hostname
-    except ValueError as e:                 # e.g. 'Invalid IPv6 URL', 'Port out of range 0-65535'
+    except ValueError as e:  # e.g. 'Invalid IPv6 URL', 'Port out of range 0-65535'
         raise SampleError("bad_url", f"{url!r}: {e}") from None
     if parts.scheme.lower() not in ("http", "https"):
         raise SampleError("bad_url", f"{url!r}: only http(s) URLs can be downloaded")
@@ -86,11 +86,13 @@ def request_url(url) -> str:
         raise SampleError("bad_url", f"{url!r}: host name {host!r} is not valid ({e})") from None
 
     def encode(text: str) -> str:
-        return _UNSAFE_URL_CHARS.sub(lambda m: urllib.parse.quote(m.group(), safe="", encoding="utf-8",
-                                                                  errors="surrogateescape"), text)
+        return _UNSAFE_URL_CHARS.sub(
+            lambda m: urllib.parse.quote(m.group(), safe="", encoding="utf-8", errors="surrogateescape"), text
+        )
+
     try:
         return urllib.parse.urlunsplit((parts.scheme, parts.netloc, encode(parts.path), encode(parts.query), ""))
-    except UnicodeError as e:      # a lone surrogate that stands for no byte of the table
+    except UnicodeError as e:  # a lone surrogate that stands for no byte of the table
         raise SampleError("bad_url", f"{url!r}: cannot be encoded ({e})") from None
 
 
@@ -151,7 +153,7 @@ def _save(url: str, response, dest: str, spec: DownloadSpec) -> int:
             view = memoryview(chunk)
             try:
                 while view:
-                    view = view[out.write(view):]
+                    view = view[out.write(view) :]
             except OSError as e:
                 raise LocalWriteError(dest, e) from None
     length = response.headers.get("Content-Length")
@@ -163,8 +165,9 @@ def _save(url: str, response, dest: str, spec: DownloadSpec) -> int:
 def _check_headers(url: str, response, spec: DownloadSpec, kind: str) -> None:
     length = response.headers.get("Content-Length")
     if length is not None and length.isdigit() and int(length) > spec.max_bytes:
-        raise SampleError("too_large", f"{url}: Content-Length {length} exceeds {spec.max_bytes} bytes "
-                                       f"(--max-download-bytes)")
+        raise SampleError(
+            "too_large", f"{url}: Content-Length {length} exceeds {spec.max_bytes} bytes (--max-download-bytes)"
+        )
     ctype = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
     if ctype.startswith("text/") or ctype in ("application/json", "application/xhtml+xml"):
         reason = "not_a_video" if kind == "video" else "not_an_image"
@@ -172,6 +175,7 @@ def _check_headers(url: str, response, spec: DownloadSpec, kind: str) -> None:
 
 
 # --- sockets that keep the attempt's deadline ---------------------------------------------------------
+
 
 def _bounded(sock, op, *args):
     """Run one blocking read, waiting at most until the deadline, in slices that notice `stop`."""
@@ -190,6 +194,7 @@ def _bounded(sock, op, *args):
 
 class _DeadlineReads:
     """Reads that wait in slices up to the socket's deadline; mixed into the plain and the TLS socket class."""
+
     deadline = float("inf")
     stop = None
 
@@ -233,7 +238,7 @@ def _connect(address, timeout=None, source_address=None, *, deadline, stop):
             if code not in (0, errno.EISCONN):
                 raise OSError(code, os.strerror(code))
             sock.deadline, sock.stop = deadline, stop
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))   # bounds the TLS handshake as a whole
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))  # bounds the TLS handshake as a whole
             return sock
         except (OSError, _Stopped) as e:
             sock.close()
@@ -301,8 +306,14 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
 def _opener(deadline: float, stop) -> urllib.request.OpenerDirector:
     """http(s) only (no ftp, file or data), every connection bound to `deadline`; proxies as urllib."""
     opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(), _HTTPHandler(deadline, stop), _HTTPSHandler(deadline, stop),
-                    urllib.request.HTTPDefaultErrorHandler(), _Redirects(), urllib.request.HTTPErrorProcessor(),
-                    urllib.request.UnknownHandler()):
+    for handler in (
+        urllib.request.ProxyHandler(),
+        _HTTPHandler(deadline, stop),
+        _HTTPSHandler(deadline, stop),
+        urllib.request.HTTPDefaultErrorHandler(),
+        _Redirects(),
+        urllib.request.HTTPErrorProcessor(),
+        urllib.request.UnknownHandler(),
+    ):
         opener.add_handler(handler)
     return opener

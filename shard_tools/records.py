@@ -6,6 +6,7 @@ every failed row with its reason. `manifest.json` is assembled from all stats re
 of the dataset has one: by the task that completes the last chunk, or by `make-shards manifest DIR`.
 Nothing here holds timestamps, so identical runs give identical files.
 """
+
 import json
 from collections import Counter
 from pathlib import Path
@@ -18,8 +19,18 @@ STATS_SUFFIX = ".stats.json"
 
 
 SHARD_FIELDS = {"path": str, "samples": int, "bytes": int}
-STATS_FIELDS = {"format": str, "name": str, "chunk": int, "num_chunks": int, "input_rows": int, "rows": list,
-                "options": dict, "shards": list, "samples": list, "failures": list}
+STATS_FIELDS = {
+    "format": str,
+    "name": str,
+    "chunk": int,
+    "num_chunks": int,
+    "input_rows": int,
+    "rows": list,
+    "options": dict,
+    "shards": list,
+    "samples": list,
+    "failures": list,
+}
 
 
 def json_is(value, types) -> bool:
@@ -31,8 +42,14 @@ def json_is(value, types) -> bool:
 
 def _type_name(types) -> str:
     types = types if isinstance(types, tuple) else (types,)
-    names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object",
-             type(None): "null"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+        type(None): "null",
+    }
     return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
 
 
@@ -70,17 +87,26 @@ def _load(path: Path) -> dict:
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is damaged ({e}); delete it and re-run the same command (its chunk is "
-                         f"written again)") from None
+        raise ValueError(
+            f"{path} is damaged ({e}); delete it and re-run the same command (its chunk is written again)"
+        ) from None
     problems = shape_problems(record, STATS_FIELDS, path.name)
     if not problems:
-        problems = [p for i, s in enumerate(record["shards"])
-                    for p in shape_problems(s, SHARD_FIELDS, f"{path.name} shards[{i}]")]
-        problems += [f"{path.name} failures[{i}]: not an object with a reason" for i, f in enumerate(record["failures"])
-                     if not (isinstance(f, dict) and isinstance(f.get("reason"), str))]
+        problems = [
+            p
+            for i, s in enumerate(record["shards"])
+            for p in shape_problems(s, SHARD_FIELDS, f"{path.name} shards[{i}]")
+        ]
+        problems += [
+            f"{path.name} failures[{i}]: not an object with a reason"
+            for i, f in enumerate(record["failures"])
+            if not (isinstance(f, dict) and isinstance(f.get("reason"), str))
+        ]
     if problems:
-        raise ValueError(f"{path} is damaged ({'; '.join(problems[:3])}); delete it and re-run the same command "
-                         f"(its chunk is written again)")
+        raise ValueError(
+            f"{path} is damaged ({'; '.join(problems[:3])}); delete it and re-run the same command "
+            f"(its chunk is written again)"
+        )
     return record
 
 
@@ -114,10 +140,15 @@ class LocalWriteError(Exception):
 def check_options(record: dict, options: dict, where: Path) -> None:
     if record.get("options") != options:
         old, new = record.get("options") or {}, options
-        diffs = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
-                 if old.get(k) != new.get(k)]
-        raise OptionsMismatch(f"{where} was written with other options ({'; '.join(diffs)}). "
-                              f"Re-run with the same options, or write to a new --out folder.")
+        diffs = [
+            f"{k}: {old.get(k)!r} there, {new.get(k)!r} now"
+            for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)
+        ]
+        raise OptionsMismatch(
+            f"{where} was written with other options ({'; '.join(diffs)}). "
+            f"Re-run with the same options, or write to a new --out folder."
+        )
 
 
 def check_input(out_dir: Path, name: str, rows: int, sha256: str, chunk_sha256: list[str]) -> None:
@@ -130,7 +161,7 @@ def check_input(out_dir: Path, name: str, rows: int, sha256: str, chunk_sha256: 
         if record.get("name") != name:
             continue
         same_rows = record.get("input_rows") == rows
-        if same_rows and record.get("input_sha256") in (None, sha256):   # None: written before fingerprints
+        if same_rows and record.get("input_sha256") in (None, sha256):  # None: written before fingerprints
             continue
         old_rows.add(record.get("input_rows"))
         chunk = record.get("chunk", -1)
@@ -140,14 +171,20 @@ def check_input(out_dir: Path, name: str, rows: int, sha256: str, chunk_sha256: 
             changed.append(f"{chunk} (rows {record['rows'][0]}-{record['rows'][1] - 1}: edited)")
     if not old_rows:
         return
-    counts = (f"it was made from {', '.join(map(str, sorted(old_rows)))} input rows, the input now has {rows}"
-              if old_rows != {rows} else f"it was made from {rows} other input rows (same count, other content)")
+    counts = (
+        f"it was made from {', '.join(map(str, sorted(old_rows)))} input rows, the input now has {rows}"
+        if old_rows != {rows}
+        else f"it was made from {rows} other input rows (same count, other content)"
+    )
     shown = "; ".join(changed[:10]) + (f" ... ({len(changed)} chunks in all)" if len(changed) > 10 else "")
     grown = f"; rows {max(old_rows)}-{rows - 1} are new" if rows > max(old_rows) else ""
-    raise InputChanged(f"{out_dir}: the input table changed since this folder was written: {counts}"
-                       + (f"; chunks that differ: {shown}" if shown else "") + grown
-                       + ". Shards of two different tables cannot be mixed: restore the original table to "
-                         "finish this folder, or write to a new --out folder (or delete this one) to start over.")
+    raise InputChanged(
+        f"{out_dir}: the input table changed since this folder was written: {counts}"
+        + (f"; chunks that differ: {shown}" if shown else "")
+        + grown
+        + ". Shards of two different tables cannot be mixed: restore the original table to "
+        "finish this folder, or write to a new --out folder (or delete this one) to start over."
+    )
 
 
 def collect(out_dir: Path, name: str | None = None) -> tuple[list[dict], list[int], int]:
@@ -162,16 +199,19 @@ def collect(out_dir: Path, name: str | None = None) -> tuple[list[dict], list[in
         return [], [], 0
     names = {r["name"] for r in records}
     if len(names) > 1:
-        raise ValueError(f"{out_dir} holds stats of several datasets ({', '.join(sorted(names))}); "
-                         f"give one dataset per folder")
+        raise ValueError(
+            f"{out_dir} holds stats of several datasets ({', '.join(sorted(names))}); give one dataset per folder"
+        )
     num_chunks = records[0]["num_chunks"]
     by_chunk = {r["chunk"]: r for r in records}
     for r in records:
-        fingerprints = {r.get("input_sha256"), records[0].get("input_sha256")} - {None}   # None: older record
+        fingerprints = {r.get("input_sha256"), records[0].get("input_sha256")} - {None}  # None: older record
         if r["num_chunks"] != num_chunks or r["options"] != records[0]["options"] or len(fingerprints) > 1:
-            raise OptionsMismatch(f"{out_dir}: {stats_name(r['name'], r['chunk'])} disagrees with "
-                                  f"{stats_name(records[0]['name'], records[0]['chunk'])} on the options or "
-                                  f"the number of input rows; the folder mixes two different runs")
+            raise OptionsMismatch(
+                f"{out_dir}: {stats_name(r['name'], r['chunk'])} disagrees with "
+                f"{stats_name(records[0]['name'], records[0]['chunk'])} on the options or "
+                f"the number of input rows; the folder mixes two different runs"
+            )
     missing = [c for c in range(num_chunks) if c not in by_chunk]
     return [by_chunk[c] for c in sorted(by_chunk)], missing, num_chunks
 
@@ -200,8 +240,10 @@ def build_manifest(records: list[dict]) -> dict:
     }
     counted = manifest["total_samples"] + sum(failed.values())
     if counted != manifest["input_rows"]:
-        raise ValueError(f"stats records account for {counted} rows but the input had "
-                         f"{manifest['input_rows']}; a stats file is damaged, run `make-shards verify`")
+        raise ValueError(
+            f"stats records account for {counted} rows but the input had "
+            f"{manifest['input_rows']}; a stats file is damaged, run `make-shards verify`"
+        )
     return manifest
 
 
@@ -220,5 +262,6 @@ def finalize(out_dir: Path, name: str | None = None) -> tuple[dict | None, list[
 
 def summary_line(input_rows: int, written: int, failed: dict) -> str:
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(failed.items()))
-    return (f"input rows {input_rows} = written {written} + failed {sum(failed.values())}"
-            + (f" ({reasons})" if reasons else ""))
+    return f"input rows {input_rows} = written {written} + failed {sum(failed.values())}" + (
+        f" ({reasons})" if reasons else ""
+    )

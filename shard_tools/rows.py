@@ -5,6 +5,7 @@ that order decides its shard. A row that is already known to be unusable (missin
 caption, empty caption, duplicate key) still takes its place in the order with `error` set, so it is
 counted and recorded like any other failure.
 """
+
 import hashlib
 import json
 import re
@@ -17,14 +18,14 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 class Row:
     key: str
     captions: list[str]
-    kind: str = "video"                  # "video" | "image"
-    path: str | None = None              # local media file
-    url: str | None = None               # remote media, fetched with --download
-    source_id: str | None = None         # the dataset's own id (videoid, image_id, ...)
+    kind: str = "video"  # "video" | "image"
+    path: str | None = None  # local media file
+    url: str | None = None  # remote media, fetched with --download
+    source_id: str | None = None  # the dataset's own id (videoid, image_id, ...)
     extra: dict = field(default_factory=dict)
     error: tuple[str, str] | None = None  # (reason, detail) when the row is unusable as read
-    where: str = ""                      # "file.csv line 12", for error messages
-    media_ref: str | None = None         # the media as the table names it (path column before the root)
+    where: str = ""  # "file.csv line 12", for error messages
+    media_ref: str | None = None  # the media as the table names it (path column before the root)
 
     def source(self) -> dict:
         return {"id": self.source_id, "path": self.path, "url": self.url}
@@ -50,7 +51,7 @@ def check_caption(text, where: str) -> tuple[str, str] | None:
         return ("missing_field", f"{where}: no caption")
     if not isinstance(text, str):
         return ("bad_row", f"{where}: caption is a {type(text).__name__}, not text: {str(text)[:80]!r}")
-    if any("\udc80" <= ch <= "\udcff" for ch in text):   # bytes that were not UTF-8 (surrogateescape)
+    if any("\udc80" <= ch <= "\udcff" for ch in text):  # bytes that were not UTF-8 (surrogateescape)
         shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         return ("caption_not_utf8", f"{where}: caption is not valid UTF-8: {shown[:80]!r}")
     if not text.strip():
@@ -65,7 +66,11 @@ def finish_rows(rows):
     for row in rows:
         # Row objects from library callers may hold Paths or numbers: the stats records are JSON
         row.path, row.url, row.source_id, row.media_ref = (
-            _as_text(row.path), _as_text(row.url), _as_text(row.source_id), _as_text(row.media_ref))
+            _as_text(row.path),
+            _as_text(row.url),
+            _as_text(row.source_id),
+            _as_text(row.media_ref),
+        )
         if row.error is None and row.kind not in ("video", "image"):
             row.error = ("bad_row", f"{row.where}: kind {row.kind!r} is neither video nor image")
         if row.error is None and not isinstance(row.captions, list):
@@ -79,8 +84,11 @@ def finish_rows(rows):
         if row.error is None and not row.key:
             row.error = ("missing_field", f"{row.where}: empty key")
         if row.error is None and (not isinstance(row.key, str) or safe_key(row.key) != row.key):
-            row.error = ("bad_row", f"{row.where}: key {row.key!r} has characters outside [A-Za-z0-9_-] "
-                                    f"(shard_tools.rows.safe_key makes a usable one)")
+            row.error = (
+                "bad_row",
+                f"{row.where}: key {row.key!r} has characters outside [A-Za-z0-9_-] "
+                f"(shard_tools.rows.safe_key makes a usable one)",
+            )
         if row.error is None and row.path is None and row.url is None:
             row.error = ("missing_field", f"{row.where}: neither a media path nor a url")
         if row.error is None:
@@ -101,8 +109,13 @@ def row_from_record(record: dict, index: int, kind: str = "video") -> Row:
     captions not a list, extra not a dict) gives a Row that fails as `bad_row`, never an exception."""
     where = f"record {index}"
     if not isinstance(record, dict):
-        return Row(key=f"{index:09d}", captions=[], kind=kind, where=where,
-                   error=("bad_row", f"{where}: a {type(record).__name__}, not a dict: {str(record)[:80]!r}"))
+        return Row(
+            key=f"{index:09d}",
+            captions=[],
+            kind=kind,
+            where=where,
+            error=("bad_row", f"{where}: a {type(record).__name__}, not a dict: {str(record)[:80]!r}"),
+        )
     known = {"key", "path", "url", "caption", "captions", "kind", "id", "extra"}
     captions = record.get("captions")
     if captions is None:
@@ -118,9 +131,17 @@ def row_from_record(record: dict, index: int, kind: str = "video") -> Row:
         problem, extra = f"extra must be a dict, got {type(extra).__name__}", {}
     extra = {**extra, **{k: v for k, v in record.items() if k not in known}}
     key, path, url, source_id = (record.get(k) for k in ("key", "path", "url", "id"))
-    row = Row(key=safe_key(str(key)) if key is not None else f"{index:09d}", captions=list(captions),
-              kind=record.get("kind", kind), path=_as_text(path), url=_as_text(url), source_id=_as_text(source_id),
-              extra=extra, where=where, media_ref=_as_text(path))
+    row = Row(
+        key=safe_key(str(key)) if key is not None else f"{index:09d}",
+        captions=list(captions),
+        kind=record.get("kind", kind),
+        path=_as_text(path),
+        url=_as_text(url),
+        source_id=_as_text(source_id),
+        extra=extra,
+        where=where,
+        media_ref=_as_text(path),
+    )
     if problem:
         row.error = ("bad_row", f"{where}: {problem}")
     return row
@@ -130,5 +151,20 @@ def input_fingerprint(row: Row) -> bytes:
     """The bytes of a row that the input fingerprint (records.check_input) covers: the row as its table
     gives it (key, captions, kind, url, id, media reference, pass-through columns, read error), not the
     resolved media path, so moving the media root or restoring files for --retry-failed is no change."""
-    return json.dumps([row.key, row.captions, row.kind, row.url, row.source_id, row.media_ref, row.extra,
-                       list(row.error) if row.error else None], default=str, ensure_ascii=True).encode() + b"\n"
+    return (
+        json.dumps(
+            [
+                row.key,
+                row.captions,
+                row.kind,
+                row.url,
+                row.source_id,
+                row.media_ref,
+                row.extra,
+                list(row.error) if row.error else None,
+            ],
+            default=str,
+            ensure_ascii=True,
+        ).encode()
+        + b"\n"
+    )

@@ -8,6 +8,7 @@ Layouts (see docs/ORIGINAL.md, 'Datasets', and docs/SHARDS.md):
   `videos/all/{id}.mp4`), split lists chosen by cut.
 - csv: any table with configurable columns; the other columns pass through to the json's `extra`.
 """
+
 import json
 import os
 import pickle
@@ -42,14 +43,21 @@ def _pass_through(rec: dict, used) -> dict:
 
 def webvid_rows(csv_path, videos_root=None) -> Iterator[Row]:
     needed = ("videoid", "name") + (("page_dir",) if videos_root else ("contentUrl",))
-    hint = ("the official WebVid CSV has videoid,contentUrl,duration,page_dir,name"
-            + ("" if videos_root else "; without --videos-root the contentUrl column is needed for --download"))
+    hint = "the official WebVid CSV has videoid,contentUrl,duration,page_dir,name" + (
+        "" if videos_root else "; without --videos-root the contentUrl column is needed for --download"
+    )
     for where, rec in read_table(csv_path, "csv", required=needed, hint=hint):
         missing = _missing(rec, needed, "name")
         videoid = (rec.get("videoid") or "").strip()
-        row = Row(key=safe_key(videoid), captions=[rec.get("name")], kind="video", source_id=videoid or None,
-                  url=rec.get("contentUrl") or None, where=where,
-                  extra=_pass_through(rec, ("videoid", "name", "contentUrl")))
+        row = Row(
+            key=safe_key(videoid),
+            captions=[rec.get("name")],
+            kind="video",
+            source_id=videoid or None,
+            url=rec.get("contentUrl") or None,
+            where=where,
+            extra=_pass_through(rec, ("videoid", "name", "contentUrl")),
+        )
         row.error = _row_problem(rec, where, missing)
         if videos_root and row.error is None:
             row.path = os.path.join(str(videos_root), rec["page_dir"], f"{videoid}.mp4")
@@ -66,7 +74,7 @@ def _cc3m_path(images_root: str, url: str) -> str:
     for ext in ("", ".jpg", ".jpeg", ".png", ".webp"):
         if os.path.exists(base + ext):
             return base + ext
-    return base            # missing: the decoder reports missing_file with this path
+    return base  # missing: the decoder reports missing_file with this path
 
 
 def cc3m_rows(table_path, images_root=None) -> Iterator[Row]:
@@ -81,14 +89,25 @@ def cc3m_rows(table_path, images_root=None) -> Iterator[Row]:
         records = read_table(table_path, "tsv", header=["caption", "url"])
         url_col = "url"
     else:
-        records = read_table(table_path, "tsv" if b"\t" in first else "csv", required=("caption", "thumbnailUrl"),
-                             hint="give the official headerless TSV (caption<TAB>url) or a table with a "
-                                  "caption and a thumbnailUrl column")
+        records = read_table(
+            table_path,
+            "tsv" if b"\t" in first else "csv",
+            required=("caption", "thumbnailUrl"),
+            hint="give the official headerless TSV (caption<TAB>url) or a table with a "
+            "caption and a thumbnailUrl column",
+        )
         url_col = "thumbnailUrl"
     for index, (where, rec) in enumerate(records):
         url = rec.get(url_col) or None
-        row = Row(key=f"{index:09d}", captions=[rec.get("caption")], kind="image", url=url, where=where,
-                  source_id=cc3m_image_name(url) if url else None, extra=_pass_through(rec, ("caption", url_col)))
+        row = Row(
+            key=f"{index:09d}",
+            captions=[rec.get("caption")],
+            kind="image",
+            url=url,
+            where=where,
+            source_id=cc3m_image_name(url) if url else None,
+            extra=_pass_through(rec, ("caption", url_col)),
+        )
         row.error = _row_problem(rec, where, _missing(rec, ("caption", url_col), "caption"))
         if row.error is None and images_root:
             row.path = _cc3m_path(str(images_root), url)
@@ -105,8 +124,13 @@ MSRVTT_CUTS = {
 
 class _IndexUnpickler(pickle.Unpickler):
     """The 1k-A caption index ships as a pickle; allow plain containers and numpy scalars, nothing else."""
-    _ALLOWED = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-                ("numpy", "dtype"), ("collections", "OrderedDict")}
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "dtype"),
+        ("collections", "OrderedDict"),
+    }
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
@@ -115,14 +139,18 @@ class _IndexUnpickler(pickle.Unpickler):
 
 
 def _load_caption_index(root: Path) -> dict:
-    for candidate in (root / "jsfusion_val_caption_idx.pkl",
-                      root / "high-quality" / "structured-symlinks" / "jsfusion_val_caption_idx.pkl"):
+    for candidate in (
+        root / "jsfusion_val_caption_idx.pkl",
+        root / "high-quality" / "structured-symlinks" / "jsfusion_val_caption_idx.pkl",
+    ):
         if candidate.is_file():
             with open(candidate, "rb") as f:
                 index = _IndexUnpickler(f).load()
             return {str(k): int(v) for k, v in index.items()}
-    raise FileNotFoundError(f"{root}: jsfusion_val_caption_idx.pkl not found (needed for the 1k-A test "
-                            f"captions); it ships in MSRVTT.zip next to annotation/")
+    raise FileNotFoundError(
+        f"{root}: jsfusion_val_caption_idx.pkl not found (needed for the 1k-A test "
+        f"captions); it ships in MSRVTT.zip next to annotation/"
+    )
 
 
 def msrvtt_rows(root, split: str, cut: str = "jsfusion") -> Iterator[Row]:
@@ -149,8 +177,14 @@ def msrvtt_rows(root, split: str, cut: str = "jsfusion") -> Iterator[Row]:
     for line_no, vid in enumerate(video_ids, 1):
         where = f"{list_path.name} line {line_no}"
         caps = captions.get(vid)
-        row = Row(key=safe_key(vid), captions=list(caps or []), kind="video", source_id=vid, where=where,
-                  path=str(root / "videos" / "all" / f"{vid}.mp4"))
+        row = Row(
+            key=safe_key(vid),
+            captions=list(caps or []),
+            kind="video",
+            source_id=vid,
+            where=where,
+            path=str(root / "videos" / "all" / f"{vid}.mp4"),
+        )
         if not caps:
             row.error = ("missing_field", f"{where}: video {vid} has no caption in {ann_path.name}")
         elif cap_index is not None:
@@ -158,7 +192,7 @@ def msrvtt_rows(root, split: str, cut: str = "jsfusion") -> Iterator[Row]:
                 row.error = ("missing_field", f"{where}: no valid 1k-A caption index for {vid}")
             else:
                 i = cap_index[vid]
-                row.captions = [caps[i]] + caps[:i] + caps[i + 1:]
+                row.captions = [caps[i]] + caps[:i] + caps[i + 1 :]
                 row.extra["caption_index"] = i
         yield row
 
@@ -173,8 +207,17 @@ def _text(value):
     return str(value)
 
 
-def table_rows(table_path, *, path_col=None, url_col=None, caption_col="caption", key_col=None,
-               kind="video", media_root=None, fmt=None) -> Iterator[Row]:
+def table_rows(
+    table_path,
+    *,
+    path_col=None,
+    url_col=None,
+    caption_col="caption",
+    key_col=None,
+    kind="video",
+    media_root=None,
+    fmt=None,
+) -> Iterator[Row]:
     """Rows from any table. Relative paths resolve against `media_root` (default: the table's folder).
     Keys: `key_col` made dot-free, else the row number. Other columns go to `extra`."""
     if not path_col and not url_col:
@@ -185,10 +228,14 @@ def table_rows(table_path, *, path_col=None, url_col=None, caption_col="caption"
     hint = "name the columns with " + ", ".join(f"{opt} (now {col!r})" for col, opt in options.items() if col)
     for index, (where, rec) in enumerate(read_table(table_path, fmt, required=sorted(used), hint=hint)):
         key_value = _text(rec.get(key_col)) if key_col else f"{index:09d}"
-        row = Row(key=safe_key(str(key_value)) if key_value not in (None, "") else "",
-                  captions=[_text(rec.get(caption_col))],
-                  kind=kind, where=where, source_id=str(key_value) if key_col and key_value else None,
-                  extra={k: v for k, v in rec.items() if k not in used and k != "__error__"})
+        row = Row(
+            key=safe_key(str(key_value)) if key_value not in (None, "") else "",
+            captions=[_text(rec.get(caption_col))],
+            kind=kind,
+            where=where,
+            source_id=str(key_value) if key_col and key_value else None,
+            extra={k: v for k, v in rec.items() if k not in used and k != "__error__"},
+        )
         if "__error__" in rec:
             row.error = ("bad_row", f"{where}: {rec['__error__']}")
             yield row
@@ -196,8 +243,7 @@ def table_rows(table_path, *, path_col=None, url_col=None, caption_col="caption"
         path = _text(rec.get(path_col)) if path_col else None
         url = _text(rec.get(url_col)) if url_col else None
         if not isinstance(path, (str, type(None))) or not isinstance(url, (str, type(None))):
-            row.error = ("bad_row", f"{where}: the path or url column holds a {type(path or url).__name__}, "
-                                    f"not text")
+            row.error = ("bad_row", f"{where}: the path or url column holds a {type(path or url).__name__}, not text")
             yield row
             continue
         row.path = str(root / path) if path else None

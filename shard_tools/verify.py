@@ -9,6 +9,7 @@ record), so every damaged member is named, also the JPEGs that still decode afte
 written before checksums were recorded (stats shards without `crc32`) still verify: their frames are
 decoded and their json checked, and the report counts them in `unchecked_shards`.
 """
+
 import json
 import tarfile
 from dataclasses import dataclass, field
@@ -35,15 +36,36 @@ from shard_tools.records import SHARD_FIELDS, json_is, shape_problems
 # json fields every sample holds, with the types they must have
 _NUMBER = (int, float)
 _OPTIONAL_NUMBER = (int, float, type(None))
-SAMPLE_FIELDS = {"key": str, "kind": str, "captions": list, "source": dict, "num_frames": int,
-                 "frame_indices": list, "frame_timestamps": list, "duration": _OPTIONAL_NUMBER,
-                 "fps": _OPTIONAL_NUMBER, "width": int, "height": int, "extra": dict}
+SAMPLE_FIELDS = {
+    "key": str,
+    "kind": str,
+    "captions": list,
+    "source": dict,
+    "num_frames": int,
+    "frame_indices": list,
+    "frame_timestamps": list,
+    "duration": _OPTIONAL_NUMBER,
+    "fps": _OPTIONAL_NUMBER,
+    "width": int,
+    "height": int,
+    "extra": dict,
+}
 REQUIRED = tuple(SAMPLE_FIELDS)
 # fields of newer shards, type-checked where present (older shards lack them)
 OPTIONAL_SAMPLE_FIELDS = {"rotation": int, "num_source_frames": int, "row": int}
-MANIFEST_FIELDS = {"format": str, "name": str, "kind": str, "frames_per_sample": int, "shards": list,
-                   "total_samples": int, "input_rows": int, "failed": dict, "options": dict,
-                   "tool_version": str, "stats": list}
+MANIFEST_FIELDS = {
+    "format": str,
+    "name": str,
+    "kind": str,
+    "frames_per_sample": int,
+    "shards": list,
+    "total_samples": int,
+    "input_rows": int,
+    "failed": dict,
+    "options": dict,
+    "tool_version": str,
+    "stats": list,
+}
 
 
 @dataclass
@@ -51,8 +73,8 @@ class VerifyReport:
     shards: int = 0
     samples: int = 0
     frames: int = 0
-    members_checked: int = 0          # members whose bytes matched their recorded CRC-32
-    unchecked_shards: list[str] = field(default_factory=list)   # written before checksums were recorded
+    members_checked: int = 0  # members whose bytes matched their recorded CRC-32
+    unchecked_shards: list[str] = field(default_factory=list)  # written before checksums were recorded
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -70,7 +92,7 @@ def _read_json(path: Path, report: VerifyReport):
             return json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
         report.problems.append(f"{path.name}: missing")
-    except (OSError, ValueError, RecursionError) as e:     # JSONDecodeError, UnicodeDecodeError: ValueErrors
+    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
         report.problems.append(f"{path.name}: unreadable ({type(e).__name__}: {e})")
     return _UNREADABLE
 
@@ -78,9 +100,15 @@ def _read_json(path: Path, report: VerifyReport):
 def _plain_name(name, out_dir: Path) -> bool:
     """A file name inside out_dir: no folders, no '..', no absolute path (a manifest cannot point outside),
     nothing the file system refuses outright (NUL, over 255 bytes)."""
-    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
-        and "\0" not in name and len(name.encode("utf-8", "surrogateescape")) <= 255 \
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+        and len(name.encode("utf-8", "surrogateescape")) <= 255
         and (out_dir / name).parent == out_dir
+    )
 
 
 def verify(out_dir, progress: bool = False) -> VerifyReport:
@@ -88,15 +116,15 @@ def verify(out_dir, progress: bool = False) -> VerifyReport:
     report = VerifyReport()
     try:
         manifest = read_manifest(out_dir / MANIFEST)
-    except ManifestError as err:            # missing (an unfinished run), not JSON, not an object, another format
+    except ManifestError as err:  # missing (an unfinished run), not JSON, not an object, another format
         report.problems.append(str(err))
         return report
     report.problems.extend(shape_problems(manifest, MANIFEST_FIELDS, MANIFEST))
     frames = manifest.get("frames_per_sample")
     if not json_is(frames, int) or frames < 1:
-        if json_is(frames, int):                # a missing or non-integer value is already reported above
+        if json_is(frames, int):  # a missing or non-integer value is already reported above
             report.problems.append(f"{MANIFEST}: frames_per_sample {frames} is not a positive integer")
-        frames = None                       # samples are still read; their frame count is not checked
+        frames = None  # samples are still read; their frame count is not checked
     shards = manifest.get("shards") if isinstance(manifest.get("shards"), list) else []
     stats = manifest.get("stats") if isinstance(manifest.get("stats"), list) else []
     recorded = _recorded_shards(out_dir, stats, report)
@@ -112,8 +140,10 @@ def verify(out_dir, progress: bool = False) -> VerifyReport:
             continue
         listed.add(shard["path"])
         if shard["path"] not in recorded:
-            report.problems.append(f"{shard['path']}: in no stats record the manifest lists (the manifest or "
-                                   f"the stats records are damaged)")
+            report.problems.append(
+                f"{shard['path']}: in no stats record the manifest lists (the manifest or "
+                f"the stats records are damaged)"
+            )
         _verify_shard(out_dir / shard["path"], shard, frames, recorded.get(shard["path"]), keys, report)
 
     total, rows, failed = manifest.get("total_samples"), manifest.get("input_rows"), manifest.get("failed")
@@ -124,8 +154,9 @@ def verify(out_dir, progress: bool = False) -> VerifyReport:
         if bad:
             report.problems.append(f"{MANIFEST}: failed counts that are not integers: {bad}")
         elif json_is(total, int) and json_is(rows, int) and total + sum(failed.values()) != rows:
-            report.problems.append(f"manifest: total_samples {total} + failed {sum(failed.values())} != "
-                                   f"input_rows {rows}")
+            report.problems.append(
+                f"manifest: total_samples {total} + failed {sum(failed.values())} != input_rows {rows}"
+            )
     for tar_path in sorted(out_dir.glob("*.tar")):
         if tar_path.name not in listed:
             report.problems.append(f"{tar_path.name}: tar file not listed in the manifest")
@@ -238,7 +269,7 @@ def _verify_sample(where: str, key: str, members: dict, frames, report: VerifyRe
     try:
         info = json.loads(members[META_SUFFIX].decode("utf-8"))
         text = members[CAPTION_SUFFIX].decode("utf-8")
-    except (ValueError, RecursionError) as e:          # RecursionError: absurdly deep nesting
+    except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
         report.problems.append(f"{where}: bad json/txt ({type(e).__name__}: {e})")
         return
     shape = shape_problems(info, SAMPLE_FIELDS, f"{where}: {meta_member(key)}", OPTIONAL_SAMPLE_FIELDS)
@@ -247,11 +278,11 @@ def _verify_sample(where: str, key: str, members: dict, frames, report: VerifyRe
         return
     if info["key"] != key:
         report.problems.append(f"{where}: json key {info['key']!r} differs from the member key")
-    if info["num_frames"] != stored or len(info["frame_indices"]) != stored \
-            or len(info["frame_timestamps"]) != stored:
+    if info["num_frames"] != stored or len(info["frame_indices"]) != stored or len(info["frame_timestamps"]) != stored:
         report.problems.append(f"{where}: json frame fields do not describe {stored} frames")
-    if not all(json_is(i, int) for i in info["frame_indices"]) \
-            or not all(json_is(t, _NUMBER) for t in info["frame_timestamps"]):
+    if not all(json_is(i, int) for i in info["frame_indices"]) or not all(
+        json_is(t, _NUMBER) for t in info["frame_timestamps"]
+    ):
         report.problems.append(f"{where}: json frame_indices / frame_timestamps hold non-numbers")
     if not info["captions"] or not all(isinstance(c, str) for c in info["captions"]):
         report.problems.append(f"{where}: json captions is not a non-empty list of texts")

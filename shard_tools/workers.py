@@ -6,6 +6,7 @@ task fails (`worker_crash` / `decode_timeout`) and a fresh worker takes the slot
 would hang on a lost task and ProcessPoolExecutor would fail every pending task (media_stack.md 4).
 Workers are started with 'spawn' because the parent runs download threads.
 """
+
 import multiprocessing as mp
 import time
 from multiprocessing.connection import wait
@@ -27,7 +28,7 @@ def _worker_main(conn, decoder) -> None:
             reply = (task_id, "ok", decoded)
         except SampleError as e:
             reply = (task_id, "error", (e.reason, e.detail))
-        except Exception as e:   # any decoder bug still costs one sample, with its message
+        except Exception as e:  # any decoder bug still costs one sample, with its message
             reply = (task_id, "error", ("decode_error", f"{path}: {type(e).__name__}: {e}"))
         conn.send(reply)
 
@@ -38,7 +39,7 @@ class _Worker:
         self.proc = ctx.Process(target=_worker_main, args=(child, decoder), daemon=True)
         self.proc.start()
         child.close()
-        self.task = None          # (task_id, path) while busy
+        self.task = None  # (task_id, path) while busy
         self.started = 0.0
 
 
@@ -64,7 +65,7 @@ class DecodePool:
         try:
             worker.conn.send((task_id, path, kind, spec))
         except (BrokenPipeError, OSError):
-            pass        # the worker died between tasks; poll() reports it as a crash for this task
+            pass  # the worker died between tasks; poll() reports it as a crash for this task
 
     def poll(self, timeout: float) -> list[tuple]:
         busy = [w for w in self._workers if w.task is not None]
@@ -92,8 +93,13 @@ class DecodePool:
                 results.append((task_id, "error", ("worker_crash", f"{path}: decoder process died ({how})")))
                 self._replace(w)
             elif now - w.started > self.timeout:
-                results.append((task_id, "error", ("decode_timeout",
-                                f"{path}: no result after {self.timeout:g} s (--decode-timeout)")))
+                results.append(
+                    (
+                        task_id,
+                        "error",
+                        ("decode_timeout", f"{path}: no result after {self.timeout:g} s (--decode-timeout)"),
+                    )
+                )
                 w.proc.kill()
                 w.proc.join(5)
                 self._replace(w)

@@ -9,6 +9,7 @@ stats file (its completion marker, with every failure) is written, see shard_too
 file also keeps the CRC-32 of every member as written (`crc32`), so `make-shards verify` can name each
 damaged member: a JPEG with flipped bits usually still decodes.
 """
+
 import io
 import json
 import math
@@ -32,7 +33,7 @@ def _clean_text(value):
     if isinstance(value, (list, tuple)):
         return [_clean_text(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
-        return None          # NaN / inf (an empty numeric cell of a table) have no JSON form; null says "no value"
+        return None  # NaN / inf (an empty numeric cell of a table) have no JSON form; null says "no value"
     if value is None or isinstance(value, (int, float, bool)):
         return value
     return str(value)
@@ -77,7 +78,7 @@ class _Part:
         self._file = open(self.tmp, "wb")
         self.tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
         self.samples = 0
-        self.crc32: dict[str, str] = {}     # member name -> CRC-32 (8 hex digits) of its bytes
+        self.crc32: dict[str, str] = {}  # member name -> CRC-32 (8 hex digits) of its bytes
 
     def add(self, members) -> None:
         for name, data in members:
@@ -98,7 +99,7 @@ class _Part:
         self.tar.close()
         self._file.close()
         size = self.tmp.stat().st_size
-        self._ctx.__exit__(None, None, None)      # fsync + rename to the final name
+        self._ctx.__exit__(None, None, None)  # fsync + rename to the final name
         return size
 
     def abort(self) -> None:
@@ -106,7 +107,7 @@ class _Part:
             self.tar.close()
         finally:
             self._file.close()
-            self._ctx.__exit__(RuntimeError, RuntimeError("chunk aborted"), None)   # removes the temp
+            self._ctx.__exit__(RuntimeError, RuntimeError("chunk aborted"), None)  # removes the temp
 
 
 class ChunkWriter:
@@ -119,7 +120,7 @@ class ChunkWriter:
         self.pending: dict[int, tuple] = {}
         self.next = 0
         self.parts: list[_Part] = []
-        self.written: list[tuple[int, str]] = []       # (row, key)
+        self.written: list[tuple[int, str]] = []  # (row, key)
         self.failures: list[dict] = []
 
     @property
@@ -146,8 +147,9 @@ class ChunkWriter:
 
     def _write(self, row_index: int, key: str, members) -> None:
         part = self.parts[-1] if self.parts else None
-        if part is None or (self.max_bytes and part.samples and
-                            part.size() + _member_bytes(members) + 1024 > self.max_bytes):
+        if part is None or (
+            self.max_bytes and part.samples and part.size() + _member_bytes(members) + 1024 > self.max_bytes
+        ):
             part = _Part(self.out_dir / shard_name(self.name, self.chunk, len(self.parts)))
             self.parts.append(part)
         part.add(members)
@@ -157,8 +159,7 @@ class ChunkWriter:
         """Rename every part to its final name; returns [{path, samples, bytes, crc32}] in part order
         (crc32: {member name: CRC-32}; the stats record keeps it, the manifest leaves it out)."""
         assert self.complete, "commit before every row of the chunk has an outcome"
-        return [{"path": p.final.name, "samples": p.samples, "bytes": p.commit(), "crc32": p.crc32}
-                for p in self.parts]
+        return [{"path": p.final.name, "samples": p.samples, "bytes": p.commit(), "crc32": p.crc32} for p in self.parts]
 
     def abort(self) -> None:
         for part in self.parts:

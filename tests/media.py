@@ -3,6 +3,7 @@
 Other tests import this module: `render_clip` for clips, `render_image` for stills, `bad_corpus` for the
 inputs that must never crash make-shards. Nothing here downloads anything.
 """
+
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,12 +17,22 @@ def ffmpeg_exe() -> str:
     if found:
         return found
     import imageio_ffmpeg
+
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def render_clip(path, seconds: float = 1.0, size=(64, 48), fps: int = 10, pattern: str = "testsrc2",
-                gop: int | None = None, faststart: bool = True, crf: int = 28, preset: str = "ultrafast",
-                x264_params: str | None = None) -> Path:
+def render_clip(
+    path,
+    seconds: float = 1.0,
+    size=(64, 48),
+    fps: int = 10,
+    pattern: str = "testsrc2",
+    gop: int | None = None,
+    faststart: bool = True,
+    crf: int = 28,
+    preset: str = "ultrafast",
+    x264_params: str | None = None,
+) -> Path:
     """Write an H.264 mp4 of `seconds` at `size` (w, h) and `fps` from a lavfi source `pattern`.
 
     `gop` sets the keyframe interval in frames (None: x264's default); `faststart` puts the index first.
@@ -32,16 +43,19 @@ def render_clip(path, seconds: float = 1.0, size=(64, 48), fps: int = 10, patter
     path.parent.mkdir(parents=True, exist_ok=True)
     w, h = size
     src = ffmpeg.input(f"{pattern}=s={w}x{h}:r={fps}:d={seconds}", f="lavfi")
-    out_args = {"vcodec": "libx264", "preset": preset, "crf": crf, "pix_fmt": "yuv420p",
-                "threads": 1, "an": None}
+    out_args = {"vcodec": "libx264", "preset": preset, "crf": crf, "pix_fmt": "yuv420p", "threads": 1, "an": None}
     if x264_params:
         out_args["x264-params"] = x264_params
     if gop is not None:
         out_args["g"] = gop
     if faststart:
         out_args["movflags"] = "+faststart"
-    (ffmpeg.output(src, str(path), **out_args)
-     .global_args("-loglevel", "error").overwrite_output().run(cmd=ffmpeg_exe()))
+    (
+        ffmpeg.output(src, str(path), **out_args)
+        .global_args("-loglevel", "error")
+        .overwrite_output()
+        .run(cmd=ffmpeg_exe())
+    )
     return path
 
 
@@ -56,18 +70,26 @@ def render_image(path, size=(64, 48), pattern: str = "testsrc2") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     w, h = size
     fmt = {} if path.suffix else {"f": "image2", "vcodec": "mjpeg"}
-    (ffmpeg.input(f"{pattern}=s={w}x{h}:r=1:d=1", f="lavfi")
-     .output(str(path), vframes=1, **fmt, update=1)
-     .global_args("-loglevel", "error").overwrite_output().run(cmd=ffmpeg_exe()))
+    (
+        ffmpeg.input(f"{pattern}=s={w}x{h}:r=1:d=1", f="lavfi")
+        .output(str(path), vframes=1, **fmt, update=1)
+        .global_args("-loglevel", "error")
+        .overwrite_output()
+        .run(cmd=ffmpeg_exe())
+    )
     return path
 
 
 def render_audio(path, seconds: float = 1.0) -> Path:
     """An mp4 holding only an AAC audio track (no video stream)."""
     path = Path(path)
-    (ffmpeg.input(f"sine=frequency=440:duration={seconds}", f="lavfi")
-     .output(str(path), acodec="aac", vn=None)
-     .global_args("-loglevel", "error").overwrite_output().run(cmd=ffmpeg_exe()))
+    (
+        ffmpeg.input(f"sine=frequency=440:duration={seconds}", f="lavfi")
+        .output(str(path), acodec="aac", vn=None)
+        .global_args("-loglevel", "error")
+        .overwrite_output()
+        .run(cmd=ffmpeg_exe())
+    )
     return path
 
 
@@ -102,9 +124,11 @@ def bad_corpus(root) -> dict[str, Path]:
 
 # ---- damaged and unusual media (made at test time from clean renders) -------------------------------
 
+
 def video_packets(path) -> list[tuple[int, int]]:
     """(file offset, size) of every video packet, in file order."""
     import av
+
     with av.open(str(path)) as c:
         return [(p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.size and p.pos is not None]
 
@@ -120,7 +144,7 @@ def damage_bytes(data: bytes, at: int, length: int, mode: str) -> bytes:
 def jpeg_scan_range(data: bytes) -> tuple[int, int]:
     """(start, end) of the entropy-coded data of a baseline JPEG: after the SOS header, before EOI."""
     sos = data.index(b"\xff\xda")
-    start = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
+    start = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
     return start, data.rindex(b"\xff\xd9")
 
 
@@ -131,23 +155,72 @@ def render_quadrants(path, size=(48, 32), seconds: float = 0.5, fps: int = 10, r
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     w, h = size[0] // 2, size[1] // 2
-    graph = (f"color=red:s={w}x{h}:r={fps}:d={seconds}[a];color=green:s={w}x{h}:r={fps}:d={seconds}[b];"
-             f"color=blue:s={w}x{h}:r={fps}:d={seconds}[c];color=white:s={w}x{h}:r={fps}:d={seconds}[d];"
-             f"[a][b]hstack[top];[c][d]hstack[bottom];[top][bottom]vstack")
+    graph = (
+        f"color=red:s={w}x{h}:r={fps}:d={seconds}[a];color=green:s={w}x{h}:r={fps}:d={seconds}[b];"
+        f"color=blue:s={w}x{h}:r={fps}:d={seconds}[c];color=white:s={w}x{h}:r={fps}:d={seconds}[d];"
+        f"[a][b]hstack[top];[c][d]hstack[bottom];[top][bottom]vstack"
+    )
     exe = ffmpeg_exe()
     if path.suffix in (".png", ".jpg"):
-        subprocess.run([exe, "-loglevel", "error", "-y", "-filter_complex", graph, "-frames:v", "1", str(path)],
-                       check=True)
+        subprocess.run(
+            [exe, "-loglevel", "error", "-y", "-filter_complex", graph, "-frames:v", "1", str(path)], check=True
+        )
         return path
     plain = path.with_name(path.stem + ".upright.mp4")
-    subprocess.run([exe, "-loglevel", "error", "-y", "-filter_complex", graph, "-c:v", "libx264", "-preset",
-                    "ultrafast", "-pix_fmt", "yuv420p", "-threads", "1", str(plain)], check=True)
+    subprocess.run(
+        [
+            exe,
+            "-loglevel",
+            "error",
+            "-y",
+            "-filter_complex",
+            graph,
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-threads",
+            "1",
+            str(plain),
+        ],
+        check=True,
+    )
     # FFmpeg < 6 takes the `rotate` tag (clockwise); newer ones only -display_rotation (counter-clockwise)
-    tagged = subprocess.run([exe, "-loglevel", "error", "-y", "-i", str(plain), "-c", "copy",
-                             "-metadata:s:v", f"rotate={rotate}", str(path)], capture_output=True)
+    tagged = subprocess.run(
+        [
+            exe,
+            "-loglevel",
+            "error",
+            "-y",
+            "-i",
+            str(plain),
+            "-c",
+            "copy",
+            "-metadata:s:v",
+            f"rotate={rotate}",
+            str(path),
+        ],
+        capture_output=True,
+    )
     if tagged.returncode != 0 or _display_rotation(path) != rotate % 360:
-        subprocess.run([exe, "-loglevel", "error", "-y", "-display_rotation", str(-rotate), "-i", str(plain),
-                        "-c", "copy", str(path)], check=True)
+        subprocess.run(
+            [
+                exe,
+                "-loglevel",
+                "error",
+                "-y",
+                "-display_rotation",
+                str(-rotate),
+                "-i",
+                str(plain),
+                "-c",
+                "copy",
+                str(path),
+            ],
+            check=True,
+        )
     plain.unlink()
     assert _display_rotation(path) == rotate % 360, f"{path}: could not write rotation metadata"
     return path
@@ -156,6 +229,7 @@ def render_quadrants(path, size=(48, 32), seconds: float = 0.5, fps: int = 10, r
 def _display_rotation(path) -> int:
     """PyAV's frame.rotation, which follows the `rotate` tag's (clockwise) sign, in 0..359."""
     import av
+
     with av.open(str(path)) as c:
         frame = next(c.decode(video=0))
         return int(round(frame.rotation)) % 360
@@ -164,9 +238,12 @@ def _display_rotation(path) -> int:
 def upright_frames(path) -> list:
     """RGB frames of `path` as ffmpeg's CLI shows them (it applies the display matrix by itself)."""
     import av
+
     out = Path(str(path) + ".upright.nut")
-    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(path), "-c:v", "rawvideo",
-                    "-pix_fmt", "rgb24", str(out)], check=True)
+    subprocess.run(
+        [ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(path), "-c:v", "rawvideo", "-pix_fmt", "rgb24", str(out)],
+        check=True,
+    )
     with av.open(str(out)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     out.unlink()
@@ -181,14 +258,14 @@ def lie_about_duration(path, seconds: float = 0.03) -> Path:
     for box, scale_at, duration_at in (("mvhd", 12, 16), ("tkhd", None, 20), ("mdhd", 12, 16)):
         at = 0
         while (at := data.find(box.encode(), at)) >= 0:
-            body = at + 4                                  # version (1 byte) + flags (3), then the fields
+            body = at + 4  # version (1 byte) + flags (3), then the fields
             assert data[body] == 0, f"{box} version {data[body]} not handled"
             if scale_at is not None:
-                scale = int.from_bytes(data[body + scale_at:body + scale_at + 4], "big")
+                scale = int.from_bytes(data[body + scale_at : body + scale_at + 4], "big")
                 movie_scale = movie_scale or scale
             else:
-                scale = movie_scale                        # tkhd counts in the movie's time scale
-            data[body + duration_at:body + duration_at + 4] = int(seconds * scale).to_bytes(4, "big")
+                scale = movie_scale  # tkhd counts in the movie's time scale
+            data[body + duration_at : body + duration_at + 4] = int(seconds * scale).to_bytes(4, "big")
             at += 4
     Path(path).write_bytes(bytes(data))
     return Path(path)
@@ -200,6 +277,7 @@ def write_still(path, rgb) -> Path:
     import av
     import numpy as np
     import simplejpeg
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
@@ -220,9 +298,16 @@ def jpeg_with_orientation(path, rgb, orientation: int) -> Path:
     """A JPEG of `rgb` with an EXIF Orientation tag (1 upright, 3 upside down, 6 and 8 the two quarter
     turns), as phone cameras write; the pixels are stored unturned."""
     import struct
+
     import simplejpeg
-    tiff = (b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1)
-            + struct.pack("<HHII", 0x0112, 3, 1, orientation) + struct.pack("<I", 0))
+
+    tiff = (
+        b"II*\x00"
+        + struct.pack("<I", 8)
+        + struct.pack("<H", 1)
+        + struct.pack("<HHII", 0x0112, 3, 1, orientation)
+        + struct.pack("<I", 0)
+    )
     app1 = b"Exif\x00\x00" + tiff
     jpeg = simplejpeg.encode_jpeg(rgb, quality=95, colorspace="RGB", colorsubsampling="420")
     path = Path(path)

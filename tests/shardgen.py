@@ -4,6 +4,7 @@ Frames are small JPEGs whose pixels encode (sample number, frame number), so tes
 batch which stored frame was used: frame i of a sample is a flat image of grey level `frame_level(i)`, with
 an optional bright marker column on the left edge so tests can detect horizontal flips.
 """
+
 import io
 import json
 import tarfile
@@ -32,23 +33,52 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def sample_members(key: str, kind: str, num_frames: int, captions: list[str] | None, *, height: int = 48,
-                   width: int = 64, marker: bool = False) -> list[tuple[str, bytes]]:
+def sample_members(
+    key: str,
+    kind: str,
+    num_frames: int,
+    captions: list[str] | None,
+    *,
+    height: int = 48,
+    width: int = 64,
+    marker: bool = False,
+) -> list[tuple[str, bytes]]:
     """The tar members of one sample: K JPEG frames, the primary caption and the metadata json."""
     k = 1 if kind == "image" else num_frames
     members = [(f"{key}.{i:03d}.jpg", make_frame(i, height, width, marker)) for i in range(k)]
     if captions:
         members.append((f"{key}.txt", captions[0].encode()))
-    meta = {"key": key, "kind": kind, "captions": captions or [], "source": None, "num_frames": k,
-            "frame_indices": list(range(k)), "frame_timestamps": [i / 10 for i in range(k)],
-            "duration": k / 10, "fps": 10.0, "width": width, "height": height, "extra": {}}
+    meta = {
+        "key": key,
+        "kind": kind,
+        "captions": captions or [],
+        "source": None,
+        "num_frames": k,
+        "frame_indices": list(range(k)),
+        "frame_timestamps": [i / 10 for i in range(k)],
+        "duration": k / 10,
+        "fps": 10.0,
+        "width": width,
+        "height": height,
+        "extra": {},
+    }
     members.append((f"{key}.json", json.dumps(meta).encode()))
     return members
 
 
-def write_shards(folder, name: str = "ds", kind: str = "video", shard_sizes=(4, 4), num_frames: int = 8,
-                 captions_per_sample: int = 1, manifest: bool = True, height: int = 48, width: int = 64,
-                 marker: bool = False, frame_jpeg: Callable[[int, int, int], bytes] | None = None) -> Path:
+def write_shards(
+    folder,
+    name: str = "ds",
+    kind: str = "video",
+    shard_sizes=(4, 4),
+    num_frames: int = 8,
+    captions_per_sample: int = 1,
+    manifest: bool = True,
+    height: int = 48,
+    width: int = 64,
+    marker: bool = False,
+    frame_jpeg: Callable[[int, int, int], bytes] | None = None,
+) -> Path:
     """Write len(shard_sizes) shards holding the given numbers of samples; return the folder.
 
     Keys are `{name}_{shard}_{index}` (no dots); captions are `caption {j} of {key}`.
@@ -63,8 +93,9 @@ def write_shards(folder, name: str = "ds", kind: str = "video", shard_sizes=(4, 
             for i in range(size):
                 key = f"{name}_{s}_{i}"
                 caps = [f"caption {j} of {key}" for j in range(captions_per_sample)]
-                for member, data in sample_members(key, kind, num_frames, caps, height=height, width=width,
-                                                   marker=marker):
+                for member, data in sample_members(
+                    key, kind, num_frames, caps, height=height, width=width, marker=marker
+                ):
                     if frame_jpeg is not None and member.endswith(".jpg"):
                         data = frame_jpeg(s, i, int(member.split(".")[1]))
                     _add(tar, member, data)
@@ -75,10 +106,18 @@ def write_shards(folder, name: str = "ds", kind: str = "video", shard_sizes=(4, 
 
 
 def write_manifest(folder, name: str, kind: str, frames_per_sample: int, shards: list[dict]) -> None:
-    doc = {"format": "fit-shards/1", "name": name, "kind": kind, "frames_per_sample": frames_per_sample,
-           "shards": shards, "total_samples": sum(s["samples"] for s in shards),
-           "input_rows": sum(s["samples"] for s in shards), "failed": {}, "options": {},
-           "tool_version": "test"}
+    doc = {
+        "format": "fit-shards/1",
+        "name": name,
+        "kind": kind,
+        "frames_per_sample": frames_per_sample,
+        "shards": shards,
+        "total_samples": sum(s["samples"] for s in shards),
+        "input_rows": sum(s["samples"] for s in shards),
+        "failed": {},
+        "options": {},
+        "tool_version": "test",
+    }
     (Path(folder) / "manifest.json").write_text(json.dumps(doc, indent=1))
 
 

@@ -7,6 +7,7 @@ Over real tiny runs at ZeRO 0, 2 and 3 (launch/train.py, one rank, a checkpoint 
   naming the file (never a traceback), an explicit resume raises naming it, and --resume auto falls back to
   the previous checkpoint, saying so in the log.
 """
+
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ from test_train_fixtures import REPO, launch_ranks, make_tiny_assets, read_log, 
 
 CONFIG = str(REPO / "configs" / "tiny_1f.json")
 STAGES = (0, 2, 3)
-SYSTEM = f"{os.system.__module__}.system"        # how a pickle names os.system (posix.system on Linux)
+SYSTEM = f"{os.system.__module__}.system"  # how a pickle names os.system (posix.system on Linux)
 
 
 class Payload:
@@ -70,11 +71,23 @@ def runs(tmp_path_factory):
     """zero{0,2,3}/: 2 steps of the tiny config on one rank, a checkpoint after each step, weights/final."""
     root = tmp_path_factory.mktemp("ckpt_safety")
     assets = make_tiny_assets(root / "assets")
-    common = assets + ["data.eval=[]", "eval.best_metric=null", "optim.total_steps=2", "checkpoint.every_steps=1",
-                       "checkpoint.keep_last=2", "model.learnable_temperature=false", "log.every_steps=1"]
-    procs = {z: launch_ranks(["--config", CONFIG, *_sets(common + [f"deepspeed.zero_stage={z}",
-                                                                   f"output_dir={root / f'zero{z}'}"])],
-                             1, root / f"zero{z}" / "logs") for z in STAGES}
+    common = assets + [
+        "data.eval=[]",
+        "eval.best_metric=null",
+        "optim.total_steps=2",
+        "checkpoint.every_steps=1",
+        "checkpoint.keep_last=2",
+        "model.learnable_temperature=false",
+        "log.every_steps=1",
+    ]
+    procs = {
+        z: launch_ranks(
+            ["--config", CONFIG, *_sets(common + [f"deepspeed.zero_stage={z}", f"output_dir={root / f'zero{z}'}"])],
+            1,
+            root / f"zero{z}" / "logs",
+        )
+        for z in STAGES
+    }
     for z, p in procs.items():
         assert wait_all(p, 400) == [0], read_log(root / f"zero{z}" / "logs")[-3000:]
     return {"root": root, "assets": assets, "common": common}
@@ -88,18 +101,40 @@ def _copy_run(runs, zero_stage, dst):
 def _evaluate(path, runs, capsys):
     """launch/evaluate.py in this process: (exit code, stderr)."""
     from launch import evaluate
+
     capsys.readouterr()
-    code = evaluate.main(["--checkpoint", str(path), "--config", CONFIG, *_sets(runs["assets"]),
-                          "--out", str(runs["root"] / "unexpected_metrics.json")])     # only if loading wrongly works
+    code = evaluate.main(
+        [
+            "--checkpoint",
+            str(path),
+            "--config",
+            CONFIG,
+            *_sets(runs["assets"]),
+            "--out",
+            str(runs["root"] / "unexpected_metrics.json"),
+        ]
+    )  # only if loading wrongly works
     return code, capsys.readouterr().err
 
 
 def _extract(path, tmp_path, capsys):
     """launch/search.py extract in this process: (exit code, stderr)."""
     from launch import search
+
     capsys.readouterr()
-    code = search.main(["extract", "--model", str(path), "--shards", str(tmp_path / "shards"),
-                        "--out", str(tmp_path / "collection"), "--device", "cpu"])
+    code = search.main(
+        [
+            "extract",
+            "--model",
+            str(path),
+            "--shards",
+            str(tmp_path / "shards"),
+            "--out",
+            str(tmp_path / "collection"),
+            "--device",
+            "cpu",
+        ]
+    )
     return code, capsys.readouterr().err
 
 
@@ -124,8 +159,11 @@ class Messages(logging.Handler):
 def damages(file, data):
     """{kind: bytes} for one file: the byte-level kinds for every file, wrong JSON types for JSON files."""
     rng = random.Random(file.name)
-    kinds = {"empty": b"", "truncated at half": data[:len(data) // 2],
-             "random bytes": bytes(rng.getrandbits(8) for _ in range(max(64, min(len(data), 4096))))}
+    kinds = {
+        "empty": b"",
+        "truncated at half": data[: len(data) // 2],
+        "random bytes": bytes(rng.getrandbits(8) for _ in range(max(64, min(len(data), 4096)))),
+    }
     if file.suffix == ".json" or file.name == MARKER:
         kinds["a JSON list"] = b"[1, 2]\n"
         kinds["step as a string"] = json.dumps({**json.loads(data), "step": "2"}).encode()
@@ -133,6 +171,7 @@ def damages(file, data):
 
 
 # ---------------------------------------------------------------------------------------------- sound files
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("zero_stage", STAGES)
@@ -156,6 +195,7 @@ def test_the_payload_runs_when_loaded_without_restriction(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- crafted files
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("zero_stage", STAGES)
@@ -196,6 +236,7 @@ def test_deepspeeds_own_loaders_are_restricted(tmp_path):
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.state_dict_factory import SDLoaderFactory
+
     marker = tmp_path / "ran"
     plain, nested = tmp_path / "plain.pt", tmp_path / "nested.pt"
     craft(plain, marker)
@@ -218,6 +259,7 @@ def test_features_and_parts_never_unpickle(tmp_path):
     """Search's own files are numpy arrays read with allow_pickle=False: an object array is refused by name."""
     from pipeline.search import collection
     from pipeline.search import features as feats
+
     marker = tmp_path / "ran"
     evil = np.array([Payload(marker)], dtype=object)
     folder = tmp_path / "collection"
@@ -235,6 +277,7 @@ def test_features_and_parts_never_unpickle(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- damaged files
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("zero_stage", STAGES)
@@ -262,7 +305,7 @@ def test_every_damaged_checkpoint_file_is_named_by_every_entry_point(runs, zero_
                 file.write_bytes(data)
             cases += 1
     assert cases >= 3 * len(files) + 4
-    assert first_sound_checkpoint("auto", resume_candidates("auto", root)) == newest   # restored
+    assert first_sound_checkpoint("auto", resume_candidates("auto", root)) == newest  # restored
 
 
 @pytest.mark.slow
@@ -289,9 +332,12 @@ def test_damaged_weights_folder_and_weights_file_are_named(runs, tmp_path, capsy
     whole, legacy = tmp_path / "whole.pth.tar", tmp_path / "legacy.pth.tar"
     torch.save(state, whole)
     torch.save(state, legacy, _use_new_zipfile_serialization=False)
-    files = {"empty": b"", "zip, truncated at half": whole.read_bytes()[:whole.stat().st_size // 2],
-             "legacy, truncated at half": legacy.read_bytes()[:legacy.stat().st_size // 2],
-             "random bytes": bytes(random.Random(0).getrandbits(8) for _ in range(4096))}
+    files = {
+        "empty": b"",
+        "zip, truncated at half": whole.read_bytes()[: whole.stat().st_size // 2],
+        "legacy, truncated at half": legacy.read_bytes()[: legacy.stat().st_size // 2],
+        "random bytes": bytes(random.Random(0).getrandbits(8) for _ in range(4096)),
+    }
     files["crafted"] = (tmp_path / "crafted").read_bytes()
     for kind, data in files.items():
         file = tmp_path / f"model_best_{kind.replace(' ', '_').replace(',', '')}.pth.tar"
@@ -332,15 +378,16 @@ def test_ranks_agree_before_resume_falls_back(tmp_path):
         first_sound_checkpoint(str(newer), [newer], lambda local_failure: True)
     with pytest.raises(DamagedFileError, match=r"none of the 2 finished checkpoints"):
         first_sound_checkpoint("auto", candidates, lambda local_failure: True, set_aside=True)
-    assert list_checkpoints(tmp_path) == [older, newer]          # nothing was moved
+    assert list_checkpoints(tmp_path) == [older, newer]  # nothing was moved
     mark_complete(newer, 1)
     with pytest.raises(DamagedFileError, match=re.escape(f"{newer / MARKER}: says step 1")):
         verify_checkpoint(newer)
     assert first_sound_checkpoint("auto", candidates, set_aside=True) == older
-    assert sorted(p.name for p in tmp_path.iterdir()) == [older.name, f"{newer.name}.damaged"]   # set aside
+    assert sorted(p.name for p in tmp_path.iterdir()) == [older.name, f"{newer.name}.damaged"]  # set aside
 
 
 # ---------------------------------------------------------------------------------------------- resume, end to end
+
 
 @pytest.mark.slow
 def test_resume_falls_back_or_refuses_naming_the_file(runs, tmp_path):
@@ -348,15 +395,27 @@ def test_resume_falls_back_or_refuses_naming_the_file(runs, tmp_path):
     (and sets the damaged one aside); --resume of a folder with a crafted trainer state exits 2 naming it."""
     auto = _copy_run(runs, 2, tmp_path / "auto")
     damaged = auto / "checkpoints" / "step_00000002" / "trainer_rank_00000.pt"
-    damaged.write_bytes(damaged.read_bytes()[:damaged.stat().st_size // 2])
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
     explicit = _copy_run(runs, 0, tmp_path / "explicit")
     crafted, marker = explicit / "checkpoints" / "step_00000002" / "trainer_rank_00000.pt", tmp_path / "ran"
     craft(crafted, marker)
     common = runs["common"] + ["optim.total_steps=3"]
-    procs = launch_ranks(["--config", CONFIG, *_sets(common + ["deepspeed.zero_stage=2", f"output_dir={auto}"]),
-                          "--resume", "auto"], 1, auto / "logs_resumed")
-    procs += launch_ranks(["--config", CONFIG, *_sets(common + ["deepspeed.zero_stage=0", f"output_dir={explicit}"]),
-                           "--resume", str(crafted.parent)], 1, explicit / "logs_resumed")
+    procs = launch_ranks(
+        ["--config", CONFIG, *_sets(common + ["deepspeed.zero_stage=2", f"output_dir={auto}"]), "--resume", "auto"],
+        1,
+        auto / "logs_resumed",
+    )
+    procs += launch_ranks(
+        [
+            "--config",
+            CONFIG,
+            *_sets(common + ["deepspeed.zero_stage=0", f"output_dir={explicit}"]),
+            "--resume",
+            str(crafted.parent),
+        ],
+        1,
+        explicit / "logs_resumed",
+    )
     codes = wait_all(procs, 400)
     log_auto, log_explicit = read_log(auto / "logs_resumed"), read_log(explicit / "logs_resumed")
     assert codes[0] == 0, log_auto[-3000:]

@@ -1,10 +1,10 @@
 """The first command end to end at test sizes (tests/demo_fixture.py): the stages chain, the 4-frame stage
 starts from the inflated 1-frame weights, metrics are written, and the trained model has learned something
 no shuffled captioning can explain."""
+
 import json
 import subprocess
 import sys
-
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ def test_stages_chain_and_the_4f_stage_starts_from_inflated_1f_weights(trained_d
     from models import FrozenInTime
     from models.checkpoint import load_weights_into
     from pipeline.train.config import load_config
+
     cfg_1f = json.loads(trained_demo.configs["1f"].read_text())
     cfg_4f = json.loads(trained_demo.configs["4f"].read_text())
     assert cfg_1f["model"]["video"]["num_frames"] == 1 and cfg_4f["model"]["video"]["num_frames"] == 4
@@ -30,7 +31,9 @@ def test_stages_chain_and_the_4f_stage_starts_from_inflated_1f_weights(trained_d
     assert cfg_4f["checkpoint"]["load_checkpoint"] == str(start)
     assert cfg_4f["checkpoint"]["load_temporal_fix"] == "noise"
     std = cfg_4f["checkpoint"]["load_temporal_noise_std"]
-    assert cfg_1f["data"]["train"][1]["shards"] == cfg_4f["data"]["train"][1]["shards"] == str(trained_demo.train_shards)
+    assert (
+        cfg_1f["data"]["train"][1]["shards"] == cfg_4f["data"]["train"][1]["shards"] == str(trained_demo.train_shards)
+    )
     one = load_file(str(start / "weights.safetensors"))
     four = load_file(str(trained_demo.weights["4f"] / "weights.safetensors"))
     dim = one["video_model.cls_token"].shape[-1]
@@ -48,7 +51,10 @@ def test_stages_chain_and_the_4f_stage_starts_from_inflated_1f_weights(trained_d
             assert torch.equal(begin[key], value), key
     rows = begin["video_model.temporal_embed"][0]
     assert torch.equal(rows[0], one["video_model.temporal_embed"][0, 0])
-    assert 0.5 * std < rows[1:].std() < 1.5 * std and torch.cdist(rows[1:], rows[1:]).fill_diagonal_(float("inf")).min() > std
+    assert (
+        0.5 * std < rows[1:].std() < 1.5 * std
+        and torch.cdist(rows[1:], rows[1:]).fill_diagonal_(float("inf")).min() > std
+    )
     # and stage 2 trained from there
     assert not torch.equal(four["video_model.patch_embed.proj.weight"], begin["video_model.patch_embed.proj.weight"])
 
@@ -59,7 +65,7 @@ def test_metrics_tables_and_tensorboard_are_written(trained_demo):
         evaluated = json.loads((out / "eval" / f"evaluate_{stage}.json").read_text())["metrics"]["shapes_test"]
         assert evaluated["num_videos"] == evaluated["num_captions"] == 192
         queries = trained_demo.results["stages"][stage]["queries"]
-        assert queries["overall"]["R1"] == pytest.approx(evaluated["t2v_R1"])   # two paths, one answer
+        assert queries["overall"]["R1"] == pytest.approx(evaluated["t2v_R1"])  # two paths, one answer
         assert queries["motion_only"]["queries"] == 192 and queries["motion_only"]["chance"]["R1"] == 12.5
         assert list((out / f"demo_{stage}" / "tb").rglob("events.out.tfevents.*"))
     table = (out / "results.md").read_text()
@@ -68,14 +74,16 @@ def test_metrics_tables_and_tensorboard_are_written(trained_demo):
 
 
 def _embed_training_clips(trained_demo, stage: str):
-    from pipeline.train.config import load_config
     from pipeline.data.loader import build_eval_loader
     from pipeline.data.options import DatasetSpec
     from pipeline.data.transforms import normalize_video
     from pipeline.train.checkpoints import load_model
+    from pipeline.train.config import load_config
+
     cfg = load_config(trained_demo.configs[stage])
-    spec = DatasetSpec(name="train_clips", shards=str(trained_demo.train_shards), batch_size=64,
-                       num_frames=cfg.data.eval[0].num_frames)
+    spec = DatasetSpec(
+        name="train_clips", shards=str(trained_demo.train_shards), batch_size=64, num_frames=cfg.data.eval[0].num_frames
+    )
     model = load_model(trained_demo.weights[stage])
     texts, videos = [], []
     with torch.no_grad():
@@ -104,8 +112,13 @@ def test_trained_model_beats_every_shuffled_captioning_of_the_training_clips(tra
 
 
 def test_launch_demo_rejects_bad_arguments():
-    done = subprocess.run([sys.executable, "-m", "launch.demo", "--train-clips", "0", "--out", "/nonexistent/x"],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.demo", "--train-clips", "0", "--out", "/nonexistent/x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert done.returncode == 2 and "--train-clips" in done.stderr
 
 
@@ -114,14 +127,14 @@ def test_a_stage_is_reused_only_with_its_config_and_its_data(trained_demo, tmp_p
     from pipeline.demo.run import DATA_STAMP, stage_is_current
 
     stamp = json.loads((trained_demo.out / "data" / "demo.json").read_text())
-    for stage in ("1f", "4f"):       # run_demo records the data each stage was trained on
+    for stage in ("1f", "4f"):  # run_demo records the data each stage was trained on
         assert json.loads((trained_demo.out / f"demo_{stage}" / DATA_STAMP).read_text()) == stamp
     run = tmp_path / "demo_1f"
     (run / "weights" / "final").mkdir(parents=True)
     (run / "weights" / "final" / "weights.safetensors").write_bytes(b"x")
     config = {"name": "demo_1f", "seed": 0}
     (run / "config.json").write_text(json.dumps(config))
-    assert not stage_is_current(run, config, stamp)                   # no record of its data
+    assert not stage_is_current(run, config, stamp)  # no record of its data
     (run / DATA_STAMP).write_text(json.dumps(stamp))
     assert stage_is_current(run, config, stamp)
     assert not stage_is_current(run, {**config, "seed": 1}, stamp)
@@ -138,8 +151,7 @@ CALLER_THREADS = ({"OMP_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "3", "MKL_NUM_TH
 
 
 @pytest.mark.parametrize("nproc", [2, 1])
-def test_stage_training_is_bit_identical_whatever_threads_the_caller_sets(trained_demo, tmp_path, monkeypatch,
-                                                                           nproc):
+def test_stage_training_is_bit_identical_whatever_threads_the_caller_sets(trained_demo, tmp_path, monkeypatch, nproc):
     from safetensors.torch import load_file
 
     from pipeline.demo.run import train_stage
@@ -151,8 +163,14 @@ def test_stage_training_is_bit_identical_whatever_threads_the_caller_sets(traine
         for name, value in caller.items():
             monkeypatch.setenv(name, value)
         run = tmp_path / f"run{i}"
-        train_stage(trained_demo.configs["1f"], [f"output_dir={run}", "optim.total_steps=3", "log.every_steps=1"],
-                    nproc, tmp_path / f"train{i}.log", "1f", REPO)
+        train_stage(
+            trained_demo.configs["1f"],
+            [f"output_dir={run}", "optim.total_steps=3", "log.every_steps=1"],
+            nproc,
+            tmp_path / f"train{i}.log",
+            "1f",
+            REPO,
+        )
         trained.append(load_file(run / "weights" / "final" / "weights.safetensors"))
     first, second = trained
     assert first.keys() == second.keys()
@@ -170,7 +188,7 @@ def test_the_demo_embedding_is_bit_identical_whatever_the_callers_torch_threads(
         for threads in (1, 3):
             torch.set_num_threads(threads)
             embedded.append(embed_eval_set(trained_demo.weights[stage], trained_demo.configs[stage]))
-            assert torch.get_num_threads() == threads        # the caller's count is given back
+            assert torch.get_num_threads() == threads  # the caller's count is given back
     finally:
         torch.set_num_threads(before)
     (keys_1, text_1, video_1), (keys_3, text_3, video_3) = embedded
@@ -187,4 +205,4 @@ def test_results_record_what_besides_the_seed_decides_the_numbers():
     assert env["versions"]["numpy"] == np.__version__
     assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert env["ffmpeg"].startswith("ffmpeg version") and env["cpu"] and env["threads_per_process"] == THREADS == 1
-    json.dumps(env)                                       # it goes into results.json
+    json.dumps(env)  # it goes into results.json

@@ -1,5 +1,6 @@
 """The demo data generator (pipeline/demo/render.py): splits, caption grammar, determinism, the one-frame
 ambiguity of motion, and real mp4s through ffmpeg."""
+
 import dataclasses
 import re
 from collections import Counter
@@ -43,9 +44,9 @@ def test_splits_hold_out_one_motion_per_pair_and_test_covers_every_triple():
 def test_caption_grammar():
     for scene in demo.plan_scenes(3, "train", 300, SIZE):
         assert parse_caption(scene.caption) == (scene.shape, scene.colour, scene.motion)
-        assert not re.search(r"\ba [aeiou]", scene.caption), scene.caption      # "an orange", never "a orange"
+        assert not re.search(r"\ba [aeiou]", scene.caption), scene.caption  # "an orange", never "a orange"
     test = demo.plan_scenes(3, "test", 0, SIZE)
-    assert len({s.caption for s in test}) == len(test)                          # canonical and unique
+    assert len({s.caption for s in test}) == len(test)  # canonical and unique
     assert demo.motion_caption("red", "square", "left") == "a red square moves to the left"
     assert demo.motion_caption("orange", "cross", "grow") == "an orange cross grows"
     motion_words = {w for phrases in demo.MOTION_PHRASES.values() for p in phrases for w in p.split()}
@@ -73,8 +74,9 @@ def test_stored_frames_sit_symmetrically_about_time_zero(stored):
     assert np.allclose(picked, -picked[::-1]) and picked[0] == -0.5 and picked[-1] == 0.5
 
 
-@pytest.mark.parametrize("motion,opposite", [("left", "right"), ("up", "down"), ("grow", "shrink"),
-                                             ("rotate", "rotate")])
+@pytest.mark.parametrize(
+    "motion,opposite", [("left", "right"), ("up", "down"), ("grow", "shrink"), ("rotate", "rotate")]
+)
 def test_one_frame_cannot_tell_opposite_motions_apart(motion, opposite):
     """A clip and the same scene with the opposite motion are each other's time reversal, frame for frame,
     on the stored frames: any single stored frame is exactly as likely under either caption."""
@@ -85,7 +87,7 @@ def test_one_frame_cannot_tell_opposite_motions_apart(motion, opposite):
         forward = demo.render_frames(scene, SIZE, times[stored])
         backward = demo.render_frames(mirror, SIZE, times[stored][::-1])
         assert np.array_equal(forward, backward)
-        assert not np.array_equal(forward[0], forward[-1])          # ... while the clip does change
+        assert not np.array_equal(forward[0], forward[-1])  # ... while the clip does change
 
 
 def test_angles_stay_near_upright_and_only_rotate_clips_turn():
@@ -117,11 +119,17 @@ def test_four_frames_show_the_motion():
     for scene in demo.plan_scenes(2, "test", 0, SIZE):
         stats = np.array([_mask_stats(f, scene.rgb) for f in demo.render_frames(scene, SIZE, times)])
         x, y, area = stats[:, 0], stats[:, 1], stats[:, 2]
-        steps = {"left": -np.diff(x), "right": np.diff(x), "up": -np.diff(y), "down": np.diff(y),
-                 "grow": np.diff(area), "shrink": -np.diff(area)}.get(scene.motion)
+        steps = {
+            "left": -np.diff(x),
+            "right": np.diff(x),
+            "up": -np.diff(y),
+            "down": np.diff(y),
+            "grow": np.diff(area),
+            "shrink": -np.diff(area),
+        }.get(scene.motion)
         if steps is not None:
             assert (steps > 0).all(), (scene.caption, stats)
-        else:   # rotate and still keep their place and size
+        else:  # rotate and still keep their place and size
             assert np.ptp(x) < 1.5 and np.ptp(y) < 1.5, (scene.caption, stats)
             assert np.ptp(area) < 0.2 * area.mean(), (scene.caption, stats)
 
@@ -138,7 +146,7 @@ def test_encode_clips_writes_one_real_mp4_per_clip(tmp_path):
             frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
         assert frames.shape == (spec.num_frames, SIZE, SIZE, 3)
         rendered = demo.render_frames(scene, SIZE, times).astype(int)
-        assert np.abs(frames.astype(int) - rendered).mean() < 6        # H.264 at crf 18: close, not exact
+        assert np.abs(frames.astype(int) - rendered).mean() < 6  # H.264 at crf 18: close, not exact
 
 
 def test_demo_data_goes_through_the_csv_path(tmp_path):
@@ -146,6 +154,7 @@ def test_demo_data_goes_through_the_csv_path(tmp_path):
     import tarfile
 
     from launch.demo_data import main
+
     out = tmp_path / "demo"
     args = ["--out", str(out), "--train-clips", "16", "--images", "8", "--size", "32", "--workers", "0"]
     assert main(args) == 0
@@ -163,7 +172,7 @@ def test_demo_data_goes_through_the_csv_path(tmp_path):
             assert meta["num_frames"] == 8 and meta["frame_indices"] == segment_midpoints(16, 8)
     assert counts == {"train": 16, "test": 192, "images": 8}
     stamp = (out / "demo.json").stat().st_mtime_ns
-    assert main(args) == 0 and (out / "demo.json").stat().st_mtime_ns == stamp    # same spec: reused as is
+    assert main(args) == 0 and (out / "demo.json").stat().st_mtime_ns == stamp  # same spec: reused as is
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "precious.txt").write_text("not a demo folder")
     assert main(["--out", str(tmp_path / "other"), "--train-clips", "4", "--images", "4", "--workers", "0"]) == 2

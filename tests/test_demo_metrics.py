@@ -1,9 +1,15 @@
 """The demo's query sets (pipeline/demo/metrics.py) on hand-built similarity cases."""
+
 import numpy as np
 import pytest
 
-from pipeline.demo.metrics import (appearance_ranks, chance_first_of, chance_uniform, demo_query_metrics,
-                                   motion_only_ranks)
+from pipeline.demo.metrics import (
+    appearance_ranks,
+    chance_first_of,
+    chance_uniform,
+    demo_query_metrics,
+    motion_only_ranks,
+)
 
 
 def test_chance_levels():
@@ -13,6 +19,7 @@ def test_chance_levels():
     c = chance_first_of(192, 8)
     assert c["R1"] == pytest.approx(100 * 8 / 192)
     from math import comb
+
     assert c["R5"] == pytest.approx(100 * (1 - comb(187, 8) / comb(192, 8)))
     # Monte Carlo check of the median rank
     rng = np.random.default_rng(0)
@@ -22,18 +29,26 @@ def test_chance_levels():
 
 def test_motion_only_ranks_only_compare_clips_of_the_same_group():
     groups = ["a", "a", "b", "b"]
-    sims = np.array([[0.5, 0.9, 0.99, 0.99],    # caption 0: its own clip loses to clip 1 (same group): rank 1
-                     [0.1, 0.2, 0.99, 0.99],    # caption 1: beats clip 0; clips 2, 3 are another group: rank 0
-                     [0.0, 0.0, 0.3, 0.3],      # a tie counts optimistically: rank 0
-                     [0.9, 0.9, 0.8, 0.1]])
+    sims = np.array(
+        [
+            [0.5, 0.9, 0.99, 0.99],  # caption 0: its own clip loses to clip 1 (same group): rank 1
+            [0.1, 0.2, 0.99, 0.99],  # caption 1: beats clip 0; clips 2, 3 are another group: rank 0
+            [0.0, 0.0, 0.3, 0.3],  # a tie counts optimistically: rank 0
+            [0.9, 0.9, 0.8, 0.1],
+        ]
+    )
     assert motion_only_ranks(sims, groups).tolist() == [1, 0, 0, 1]
     # appearance: rank of the best clip of the right group among all clips
     assert appearance_ranks(sims, groups).tolist() == [2, 2, 0, 2]
 
 
 def _rows():
-    return [{"shape": s, "colour": c, "motion": m, "held_out": int(m == "up" and s == "square")}
-            for s in ("square", "cross") for c in ("red", "blue") for m in ("left", "right", "up")]
+    return [
+        {"shape": s, "colour": c, "motion": m, "held_out": int(m == "up" and s == "square")}
+        for s in ("square", "cross")
+        for c in ("red", "blue")
+        for m in ("left", "right", "up")
+    ]
 
 
 def test_a_motion_blind_model_is_at_chance_and_a_perfect_one_is_perfect():
@@ -43,9 +58,9 @@ def test_a_motion_blind_model_is_at_chance_and_a_perfect_one_is_perfect():
     app = {key: i for i, key in enumerate(sorted({(r["shape"], r["colour"]) for r in rows}))}
     blind = np.eye(8)[[app[(r["shape"], r["colour"])] for r in rows]]
     res = demo_query_metrics(blind, blind, rows)
-    assert res["motion_only"]["R1"] == 100.0            # ties are optimistic, as t2v: all clips tie
+    assert res["motion_only"]["R1"] == 100.0  # ties are optimistic, as t2v: all clips tie
     jitter = blind + 1e-3 * np.random.default_rng(0).standard_normal(blind.shape)
-    res = demo_query_metrics(blind, jitter, rows)        # ties broken at random
+    res = demo_query_metrics(blind, jitter, rows)  # ties broken at random
     assert res["appearance"]["R1"] == 100.0
     assert res["motion_only"]["R1"] < 80 and res["motion_only"]["chance"]["R1"] == pytest.approx(100 / 3)
     perfect = np.eye(n)

@@ -1,5 +1,6 @@
 """foundation/fsutil.py: atomic writes leave files with the mode an ordinary open() gives (0666 less the
 umask), whatever the writer did to the temporary file, and never a half-written file."""
+
 import os
 import stat
 
@@ -45,6 +46,7 @@ def test_safetensors_export_is_readable_by_the_group(tmp_path):
     """The reported case: weights exported with save_file through atomic_path came out 0600."""
     torch = pytest.importorskip("torch")
     from safetensors.torch import save_file
+
     old = os.umask(0o022)
     try:
         with fsutil.atomic_path(tmp_path / "weights.safetensors") as tmp:

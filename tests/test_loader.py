@@ -1,4 +1,5 @@
 """The train and eval loaders end to end on fixture shards: frames, splits, mixing, resume, corrupt data."""
+
 import json
 import logging
 import tarfile
@@ -8,10 +9,10 @@ import pytest
 import torch
 
 import shardgen
+from foundation.schema import ConfigError
 from pipeline.data import loader as data
 from pipeline.data.loader import build_eval_loader, build_train_loader
 from pipeline.data.options import DatasetSpec, LoaderOptions
-from foundation.schema import ConfigError
 from pipeline.data.streams import CorruptDataError
 from pipeline.data.tokenize import load_tokenizer
 
@@ -25,8 +26,9 @@ def options(**overrides) -> LoaderOptions:
 
 
 def spec(folder, name="vid", **overrides) -> DatasetSpec:
-    return DatasetSpec.from_dict({"name": name, "shards": str(folder), "batch_size": 4, "num_frames": 4,
-                                  **overrides}, f"data.train[{name}]")
+    return DatasetSpec.from_dict(
+        {"name": name, "shards": str(folder), "batch_size": 4, "num_frames": 4, **overrides}, f"data.train[{name}]"
+    )
 
 
 def stored_frame(video: torch.Tensor) -> torch.Tensor:
@@ -37,8 +39,9 @@ def stored_frame(video: torch.Tensor) -> torch.Tensor:
 def all_keys(folder) -> set:
     with open(folder / "manifest.json") as f:
         manifest = json.load(f)
-    return {f"{manifest['name']}_{s}_{i}" for s, shard in enumerate(manifest["shards"])
-            for i in range(shard["samples"])}
+    return {
+        f"{manifest['name']}_{s}_{i}" for s, shard in enumerate(manifest["shards"]) for i in range(shard["samples"])
+    }
 
 
 def take(loader, n):
@@ -141,7 +144,7 @@ def test_every_rank_gets_full_batches_forever_on_uneven_shards(tmp_path):
 def test_eval_gives_every_sample_exactly_once_across_ranks(tmp_path, shard_sizes):
     folder = shardgen.write_shards(tmp_path / "v", shard_sizes=shard_sizes)
     opts = options(num_workers=2)
-    keys, orders = [], []
+    keys = []
     for rank in (0, 1):
         loader = build_eval_loader(spec(folder, batch_size=2), opts, rank, 2)
         first = [k for b in loader for k in b["keys"]]
@@ -156,8 +159,10 @@ def test_eval_gives_every_sample_exactly_once_across_ranks(tmp_path, shard_sizes
 def test_steps_hold_one_batch_of_each_dataset(tmp_path):
     videos = shardgen.write_shards(tmp_path / "v", name="webvid", shard_sizes=(5, 5))
     images = shardgen.write_shards(tmp_path / "i", name="cc3m", kind="image", shard_sizes=(4, 4, 4))
-    specs = [DatasetSpec.from_dict({"name": "cc3m", "shards": str(images), "batch_size": 6}, "data.train[0]"),
-             spec(videos, name="webvid", batch_size=2)]
+    specs = [
+        DatasetSpec.from_dict({"name": "cc3m", "shards": str(images), "batch_size": 6}, "data.train[0]"),
+        spec(videos, name="webvid", batch_size=2),
+    ]
     loader = build_train_loader(specs, options(), 0, 1)
     seen = {"cc3m": set(), "webvid": set()}
     for step in take(loader, 6):
@@ -176,8 +181,13 @@ def test_steps_hold_one_batch_of_each_dataset(tmp_path):
 def test_resume_continues_exactly_with_two_ranks_and_two_workers(tmp_path):
     videos = shardgen.write_shards(tmp_path / "v", name="webvid", shard_sizes=(5, 3, 6, 4, 2, 5, 3, 4))
     images = shardgen.write_shards(tmp_path / "i", name="cc3m", kind="image", shard_sizes=(6, 5, 7, 4))
-    specs = lambda: [spec(videos, name="webvid", batch_size=3),  # noqa: E731
-                     DatasetSpec.from_dict({"name": "cc3m", "shards": str(images), "batch_size": 4}, "d")]
+
+    def specs():
+        return [
+            spec(videos, name="webvid", batch_size=3),
+            DatasetSpec.from_dict({"name": "cc3m", "shards": str(images), "batch_size": 4}, "d"),
+        ]
+
     opts = options(num_workers=2, shuffle_buffer=3, shards_per_block=1)
     stop, total = 7, 16  # 16 steps cross several blocks and epochs of every reader
     for rank in (0, 1):
@@ -215,8 +225,9 @@ def corrupt_shards(folder):
     whole = (folder / "c-000001.tar").read_bytes()
     offset = _member_offset(folder / "c-000001.tar", "tail_4.002.jpg")
     (folder / "c-000001.tar").write_bytes(whole[: offset + 100])  # cut inside sample tail_4
-    shardgen.write_manifest(folder, "c", "video", 8, [{"path": "c-000000.tar", "samples": 7},
-                                                       {"path": "c-000001.tar", "samples": 6}])
+    shardgen.write_manifest(
+        folder, "c", "video", 8, [{"path": "c-000000.tar", "samples": 7}, {"path": "c-000001.tar", "samples": 6}]
+    )
     return folder
 
 
@@ -233,23 +244,37 @@ def test_corrupt_samples_are_counted_logged_and_skipped(tmp_path, caplog):
     assert keys == ["ok_0", "ok_1", "ok_2", "tail_0", "tail_1", "tail_2", "tail_3"]
     counters = loader.counters()
     assert {k: v for k, v in counters.items() if "/skipped/" in k} == {
-        "c/skipped/bad_json": 1, "c/skipped/corrupt_jpeg": 1, "c/skipped/missing_caption": 1,
-        "c/skipped/missing_frames": 1, "c/skipped/truncated_tar": 2}  # tail_4 and tail_5 lost
+        "c/skipped/bad_json": 1,
+        "c/skipped/corrupt_jpeg": 1,
+        "c/skipped/missing_caption": 1,
+        "c/skipped/missing_frames": 1,
+        "c/skipped/truncated_tar": 2,
+    }  # tail_4 and tail_5 lost
     assert counters["c/seen"] == 13 and counters["c/used"] == 7
     text = caplog.text
-    for reason, key in [("corrupt_jpeg", "bad_jpeg"), ("missing_caption", "no_caption"),
-                        ("bad_json", "bad_json"), ("missing_frames", "gap"), ("truncated_tar", "tail_3")]:
+    for reason, key in [
+        ("corrupt_jpeg", "bad_jpeg"),
+        ("missing_caption", "no_caption"),
+        ("bad_json", "bad_json"),
+        ("missing_frames", "gap"),
+        ("truncated_tar", "tail_3"),
+    ]:
         assert f"skipped {key} ({reason}) in {folder}" in text
 
 
 def test_too_much_corrupt_data_stops_with_a_clear_error(tmp_path):
     folder = corrupt_shards(tmp_path / "c")
-    loader = build_train_loader([spec(folder, name="c", batch_size=2)], options(max_corrupt_fraction=0.2,
-                                                                                corrupt_check_after=5), 0, 1)
-    with pytest.raises(CorruptDataError, match=r"dataset 'c': \d+ of \d+ samples unusable .* > "
-                                               r"max_corrupt_fraction 20.0%.*by reason"):
+    loader = build_train_loader(
+        [spec(folder, name="c", batch_size=2)], options(max_corrupt_fraction=0.2, corrupt_check_after=5), 0, 1
+    )
+    with pytest.raises(
+        CorruptDataError,
+        match=r"dataset 'c': \d+ of \d+ samples unusable .* > "
+        r"max_corrupt_fraction 20.0%.*by reason",
+    ):
         take(loader, 10)
-    tolerant = build_train_loader([spec(folder, name="c", batch_size=2)], options(max_corrupt_fraction=0.7,
-                                                                                  corrupt_check_after=5), 0, 1)
+    tolerant = build_train_loader(
+        [spec(folder, name="c", batch_size=2)], options(max_corrupt_fraction=0.7, corrupt_check_after=5), 0, 1
+    )
     take(tolerant, 10)  # 6 bad of 13 per epoch (at worst 12 of 19 part-way) stays under 70%
     assert tolerant.counters()["c/skipped"] > 0

@@ -1,4 +1,5 @@
 """Loader building blocks without worker processes: frame choice, clip transforms, shard lists, config."""
+
 import gzip
 import io
 import json
@@ -9,14 +10,14 @@ import pytest
 import torch
 
 import shardgen
+from foundation.schema import ConfigError
 from pipeline.data import frames, shardlists, tarstream, transforms
 from pipeline.data.options import IMAGENET_MEAN, IMAGENET_STD, DatasetSpec, LoaderOptions
-from foundation.schema import ConfigError
 
 
 # ---- frame choice ----------------------------------------------------------------------------------------
 def test_uniform_takes_the_middle_of_each_group():
-    assert frames.frame_indices(8, 4, "uniform") == [0, 2, 4, 6]   # groups [0,1] [2,3] ...: (s + e) // 2
+    assert frames.frame_indices(8, 4, "uniform") == [0, 2, 4, 6]  # groups [0,1] [2,3] ...: (s + e) // 2
     assert frames.frame_indices(8, 1, "uniform") == [3]
     assert frames.frame_indices(12, 4, "uniform") == [1, 4, 7, 10]
     assert frames.frame_indices(8, 8, "uniform") == list(range(8))
@@ -59,8 +60,9 @@ def test_train_clip_uses_one_crop_and_flip_for_all_frames():
         assert all(torch.equal(out[0], out[t]) for t in range(1, 4))
         again = transforms.train_clip(clip, np.random.default_rng(seed), res=32)
         assert torch.equal(out, again)  # a function of the seed only
-        unflipped = transforms.crop_resize(clip, transforms.random_resized_crop_box(
-            60, 80, np.random.default_rng(seed)), 32)
+        unflipped = transforms.crop_resize(
+            clip, transforms.random_resized_crop_box(60, 80, np.random.default_rng(seed)), 32
+        )
         flips.add(torch.equal(out, unflipped.flip(-1)) and not torch.equal(out, unflipped))
     assert flips == {True, False}
 
@@ -88,8 +90,7 @@ def test_normalize_video_matches_the_formula():
     out = transforms.normalize_video(video, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, video.float() / 127.5 - 1.0)
-    ref = (video.float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / \
-        torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    ref = (video.float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
     torch.testing.assert_close(transforms.normalize_video(video), ref)
 
 
@@ -149,8 +150,9 @@ def test_dataset_spec_validation_names_the_key(tmp_path):
         DatasetSpec.from_dict({"name": "a", "shards": "x", "batch_size": 2, "frames": 4}, where)
     with pytest.raises(ConfigError, match=r"data.train\[1\].caption_mode"):
         DatasetSpec.from_dict({"name": "a", "shards": "x", "batch_size": 2, "caption_mode": "some"}, where)
-    spec = DatasetSpec.from_dict({"name": "a", "shards": str(bare / "ds-000000.tar"), "batch_size": 2,
-                                  "kind": "video"}, where)
+    spec = DatasetSpec.from_dict(
+        {"name": "a", "shards": str(bare / "ds-000000.tar"), "batch_size": 2, "kind": "video"}, where
+    )
     with pytest.raises(ConfigError, match=r"data.train\[1\].num_samples: no manifest.json"):
         spec.resolve()
     spec = DatasetSpec.from_dict({"name": "a", "shards": str(bare / "ds-000000.tar"), "batch_size": 2}, where)

@@ -1,5 +1,6 @@
 """The space-time video encoder against timm's ViT and against the original's attention written out here,
 plus the joint model's config, text pooling and projections."""
+
 import math
 
 import pytest
@@ -7,12 +8,12 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from foundation.schema import ConfigError
 from models import FrozenInTime, ModelConfig, SpaceTimeTransformer
 from models.config import VideoConfig
 from models.tiny import MINILM_SAFETENSORS_SHA256, minilm_path, write_tiny_text_model
 from models.video_transformer import init_time_attention_all_, resize_pos_embed
 from models.vit_init import init_from_vit
-from foundation.schema import ConfigError
 
 SIZES = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0)
 N_PATCHES = (32 // 8) ** 2
@@ -23,7 +24,8 @@ def timm_vit(tmp_path_factory):
     """A timm ViT with random weights (random LayerNorms too), saved as a local weights file."""
     torch.manual_seed(0)
     vit = timm.models.vision_transformer.VisionTransformer(
-        **SIZES, qkv_bias=True, num_classes=10, global_pool="token").eval()
+        **SIZES, qkv_bias=True, num_classes=10, global_pool="token"
+    ).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in vit.named_parameters():
@@ -45,12 +47,13 @@ def video_from_vit(timm_vit):
 
 # ---- equivalence with the ImageNet ViT at initialisation -------------------------------------------
 
+
 def test_single_frame_equals_timm_vit_cls_feature(timm_vit, video_from_vit):
     vit, _ = timm_vit
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        expected = vit.forward_head(vit.forward_features(images), pre_logits=True)   # normed CLS [3, 64]
-        got = video_from_vit(images.unsqueeze(1))                                      # as 1-frame videos
+        expected = vit.forward_head(vit.forward_features(images), pre_logits=True)  # normed CLS [3, 64]
+        got = video_from_vit(images.unsqueeze(1))  # as 1-frame videos
     assert got.shape == (3, 64)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -73,9 +76,9 @@ def test_each_block_reduces_to_a_vit_block_at_init(timm_vit, video_from_vit):
             out = ours(x, T)
             torch.testing.assert_close(out[:, 0], theirs(x)[:, 0], rtol=1e-5, atol=1e-5)
             for f in range(T):
-                frame = x[:, 1 + f * n: 1 + (f + 1) * n]
+                frame = x[:, 1 + f * n : 1 + (f + 1) * n]
                 expected = theirs(torch.cat([x[:, :1], frame], dim=1))[:, 1:]
-                torch.testing.assert_close(out[:, 1 + f * n: 1 + (f + 1) * n], expected, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(out[:, 1 + f * n : 1 + (f + 1) * n], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_trained_time_attention_changes_the_block(timm_vit, video_from_vit):
@@ -83,6 +86,7 @@ def test_trained_time_attention_changes_the_block(timm_vit, video_from_vit):
     ViT block. (With proj.weight all ones the time output is the same in every channel, which norm1
     removes; so both qkv and proj must have moved.)"""
     import copy
+
     block = copy.deepcopy(video_from_vit.blocks[0])
     with torch.no_grad():
         block.timeattn.qkv.weight.normal_(0, 0.2)
@@ -104,6 +108,7 @@ def test_time_attention_zero_init_and_temporal_embed_zero():
 
 # ---- the original's attention written out with explicit masks ------------------------------------
 
+
 def _reference_attention(attn, x, group, T, n):
     """The original's VarAttention (docs/ORIGINAL.md, 'Architecture') as full attention with a mask: CLS query
     sees everything; a patch query sees CLS plus the patches of its group (same frame for space, same location
@@ -112,10 +117,10 @@ def _reference_attention(attn, x, group, T, n):
     H, d = attn.num_heads, C // attn.num_heads
     q, k, v = F.linear(x, attn.qkv.weight, attn.qkv.bias).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)
     idx = torch.arange(T * n)
-    key = idx // n if group == "space" else idx % n                     # frame or location of each patch
+    key = idx // n if group == "space" else idx % n  # frame or location of each patch
     allowed = torch.ones(N, N, dtype=torch.bool)
     allowed[1:, 1:] = key[:, None] == key[None, :]
-    scores = (q @ k.transpose(-2, -1)) * d ** -0.5
+    scores = (q @ k.transpose(-2, -1)) * d**-0.5
     probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
     out = (probs @ v).transpose(1, 2).reshape(B, N, C)
     return F.linear(out, attn.proj.weight, attn.proj.bias)
@@ -125,12 +130,13 @@ def _reference_forward(model, video):
     """The original's forward (docs/ORIGINAL.md, 'Architecture') written out: embeddings, then time -> space
     -> MLP with the original residuals."""
     B, T, C, Hh, Ww = video.shape
-    ln = lambda m, x: F.layer_norm(x, m.normalized_shape, m.weight, m.bias, 1e-6)   # noqa: E731
+    ln = lambda m, x: F.layer_norm(x, m.normalized_shape, m.weight, m.bias, 1e-6)  # noqa: E731
     conv = model.patch_embed.proj
-    frames = [F.conv2d(video[:, t], conv.weight, conv.bias, stride=conv.stride).flatten(2).transpose(1, 2)
-              for t in range(T)]                                                    # T x [B, n, D]
+    frames = [
+        F.conv2d(video[:, t], conv.weight, conv.bias, stride=conv.stride).flatten(2).transpose(1, 2) for t in range(T)
+    ]  # T x [B, n, D]
     n = frames[0].shape[1]
-    tokens = [frames[t] + model.pos_embed[:, 1:] + model.temporal_embed[:, t:t + 1] for t in range(T)]
+    tokens = [frames[t] + model.pos_embed[:, 1:] + model.temporal_embed[:, t : t + 1] for t in range(T)]
     x = torch.cat([(model.cls_token + model.pos_embed[:, :1]).expand(B, -1, -1)] + tokens, dim=1)
     for blk in model.blocks:
         x_t = x + _reference_attention(blk.timeattn, ln(blk.norm3, x), "time", T, n)
@@ -147,7 +153,7 @@ def test_attention_equals_the_spec_written_out(T, impl):
     model = SpaceTimeTransformer(**SIZES, num_frames=4, attn_impl=impl).double().eval()
     with torch.no_grad():
         for p in model.parameters():
-            p.normal_(0, 0.3)                      # time attention included: nothing is zero
+            p.normal_(0, 0.3)  # time attention included: nothing is zero
     video = torch.randn(2, T, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(model(video), _reference_forward(model, video), rtol=1e-9, atol=1e-9)
@@ -220,6 +226,7 @@ def test_vit_init_rejects_a_mismatched_vit(tmp_path):
 
 # ---- config -------------------------------------------------------------------------------------
 
+
 def test_config_round_trip_and_presets():
     cfg = ModelConfig.from_dict({"preset": "tiny", "text": {"model": "/x"}, "video": {"num_frames": 8}})
     assert cfg.video.embed_dim == 64 and cfg.video.num_frames == 8 and cfg.text.model == "/x"
@@ -230,21 +237,25 @@ def test_config_round_trip_and_presets():
     assert real.temperature == 0.05 and real.projection == "minimal" and not real.learnable_temperature
 
 
-@pytest.mark.parametrize("section,message", [
-    ({"video": {"depth": "12"}}, "model.video.depth: expected int"),
-    ({"video": {"depht": 12}}, "model.video.depht: unknown key"),
-    ({"text": {"pooling": "max"}}, "model.text.pooling: 'max' is not one of"),
-    ({"video": {"img_size": 100}}, "model.video.img_size: 100 is not a multiple"),
-    ({"temperature": 0}, "model.temperature: must be > 0"),
-    ({"preset": "huge"}, "model.preset: 'huge' is not one of"),
-    ({"projection": "mlp"}, "model.projection"),
-])
+@pytest.mark.parametrize(
+    "section,message",
+    [
+        ({"video": {"depth": "12"}}, "model.video.depth: expected int"),
+        ({"video": {"depht": 12}}, "model.video.depht: unknown key"),
+        ({"text": {"pooling": "max"}}, "model.text.pooling: 'max' is not one of"),
+        ({"video": {"img_size": 100}}, "model.video.img_size: 100 is not a multiple"),
+        ({"temperature": 0}, "model.temperature: must be > 0"),
+        ({"preset": "huge"}, "model.preset: 'huge' is not one of"),
+        ({"projection": "mlp"}, "model.projection"),
+    ],
+)
 def test_config_errors_name_the_key(section, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         ModelConfig.from_dict(section)
 
 
 # ---- joint model: text pooling, projections, temperature -----------------------------------------
+
 
 @pytest.fixture(scope="module")
 def text_dirs(tmp_path_factory):
@@ -255,13 +266,15 @@ def text_dirs(tmp_path_factory):
 def _tiny_model(text_dir, **overrides):
     """A tiny FrozenInTime; `overrides` are model-config keys (`text` entries merge with the model path)."""
     torch.manual_seed(0)
-    cfg = ModelConfig.from_dict({"preset": "tiny", "text": {"model": text_dir, **overrides.pop("text", {})},
-                                 **overrides})
+    cfg = ModelConfig.from_dict(
+        {"preset": "tiny", "text": {"model": text_dir, **overrides.pop("text", {})}, **overrides}
+    )
     return FrozenInTime(cfg).eval()
 
 
 def _tokens(text_dir, captions=("a dog runs on the beach", "two cats")):
     from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(text_dir)(list(captions), padding=True, return_tensors="pt")
 
 
@@ -320,11 +333,15 @@ def test_minilm_as_text_encoder_with_mean_pooling():
     model = _tiny_model(path, text={"pooling": "mean"})
     tok = _tokens(path, ["a man is playing guitar", "a man plays a guitar", "a bowl of soup"])
     with torch.no_grad():
-        feats = F.normalize(model.text_model(**{k: tok[k] for k in ("input_ids", "attention_mask")})
-                            .last_hidden_state.mul(tok["attention_mask"][..., None]).sum(1), dim=-1)
+        feats = F.normalize(
+            model.text_model(**{k: tok[k] for k in ("input_ids", "attention_mask")})
+            .last_hidden_state.mul(tok["attention_mask"][..., None])
+            .sum(1),
+            dim=-1,
+        )
         emb = model.encode_text(tok["input_ids"], tok["attention_mask"])
     assert emb.shape == (3, 32)
-    sims = feats @ feats.T          # a real sentence encoder: paraphrases closer than an unrelated caption
+    sims = feats @ feats.T  # a real sentence encoder: paraphrases closer than an unrelated caption
     assert sims[0, 1] > sims[0, 2] + 0.2
 
 
@@ -344,9 +361,9 @@ def test_time_attention_gets_only_rounding_noise_at_init():
     loss.backward()
     for block in model.blocks:
         t = block.timeattn
-        assert t.proj.weight.grad.abs().max() == 0                 # its input (attention output) is 0
-        assert t.qkv.weight.grad.abs().max() < 1e-12               # proj.weight^T g = channel sum of g = 0
-        assert t.proj.bias.grad.abs().max() > 1e-4                 # a real gradient
+        assert t.proj.weight.grad.abs().max() == 0  # its input (attention output) is 0
+        assert t.qkv.weight.grad.abs().max() < 1e-12  # proj.weight^T g = channel sum of g = 0
+        assert t.proj.bias.grad.abs().max() > 1e-4  # a real gradient
     assert model.temporal_embed.grad.abs().max() > 1e-4
 
 
@@ -371,6 +388,7 @@ def test_time_residual_adds_the_time_attention_to_the_residual_stream():
     """time_residual False is the original's block (docs/ORIGINAL.md, 'Bugs' 1: x_s = x + space(norm1(x_t))); True uses
     x_s = x_t + space(norm1(x_t)). Both start equal (the time attention outputs 0 at init)."""
     from models.video_transformer import SpaceTimeBlock
+
     torch.manual_seed(0)
     original = SpaceTimeBlock(64, 4, mlp_ratio=2.0)
     fixed = SpaceTimeBlock(64, 4, mlp_ratio=2.0, time_residual=True)
@@ -391,7 +409,7 @@ def test_time_residual_adds_the_time_attention_to_the_residual_stream():
 def test_time_residual_is_validated_and_reaches_every_block(text_dirs):
     with pytest.raises(ConfigError, match=r"model\.video\.time_residual"):
         ModelConfig.from_dict({"preset": "tiny", "video": {"time_residual": "yes"}})
-    assert not ModelConfig.from_dict({"preset": "tiny"}).video.time_residual        # the original by default
+    assert not ModelConfig.from_dict({"preset": "tiny"}).video.time_residual  # the original by default
     model = _tiny_model(text_dirs["bert"], video={"time_residual": True})
     assert all(block.time_residual for block in model.video_model.blocks)
 
@@ -400,6 +418,7 @@ def test_frozen_text_encoder_is_locked_and_its_projection_trains(text_dirs):
     """model.text.freeze: no gradient or optimizer state for the text encoder, no dropout even in train
     mode; the text projection and the video side train as usual."""
     from pipeline.train.optim import adamw, param_groups
+
     with pytest.raises(ConfigError, match=r"model\.text\.freeze"):
         ModelConfig.from_dict({"preset": "tiny", "text": {"model": text_dirs["bert"], "freeze": 1}})
     model = _tiny_model(text_dirs["bert"], text={"freeze": True}).train()
@@ -410,7 +429,7 @@ def test_frozen_text_encoder_is_locked_and_its_projection_trains(text_dirs):
     assert not any(id(p) in in_optimizer for p in model.text_model.parameters())
     optimizer = adamw(groups, 1e-2, (0.9, 0.999), 1e-8)
     tok = _tokens(text_dirs["bert"])
-    for _ in range(2):    # two identical forwards give the same text embedding: no dropout
+    for _ in range(2):  # two identical forwards give the same text embedding: no dropout
         text = model.encode_text(tok["input_ids"], tok["attention_mask"])
         assert torch.equal(text, model.encode_text(tok["input_ids"], tok["attention_mask"]))
     (text.pow(2).sum() + model.encode_video(torch.randn(2, 2, 3, 32, 32)).pow(2).sum()).backward()

@@ -1,4 +1,5 @@
 """NormSoftmax as the original computes it, and its gathered form: 2 gloo ranks == 1 process."""
+
 import math
 import os
 
@@ -8,8 +9,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from models.loss import (NormSoftmaxLoss, distributed_norm_softmax_loss, distributed_norm_softmax_terms,
-                         norm_softmax_loss, norm_softmax_terms, sim_matrix)
+from models.loss import (
+    NormSoftmaxLoss,
+    distributed_norm_softmax_loss,
+    distributed_norm_softmax_terms,
+    norm_softmax_loss,
+    norm_softmax_terms,
+    sim_matrix,
+)
 
 DIM_IN, DIM = 6, 5
 
@@ -17,7 +24,7 @@ DIM_IN, DIM = 6, 5
 def test_sim_matrix_is_cosine_with_eps():
     a, b = torch.randn(3, 4), torch.randn(5, 4)
     torch.testing.assert_close(sim_matrix(a, b), F.normalize(a, dim=1) @ F.normalize(b, dim=1).T)
-    assert torch.equal(sim_matrix(torch.zeros(1, 4), b), torch.zeros(1, 5))     # no NaN for a zero row
+    assert torch.equal(sim_matrix(torch.zeros(1, 4), b), torch.zeros(1, 5))  # no NaN for a zero row
 
 
 def test_norm_softmax_loss_by_hand():
@@ -30,7 +37,7 @@ def test_norm_softmax_loss_by_hand():
     t2v = (xent(sim[0], 0) + xent(sim[1], 1)) / 2
     v2t = (xent([sim[0][0], sim[1][0]], 0) + xent([sim[0][1], sim[1][1]], 1)) / 2
     got = float(NormSoftmaxLoss(temperature=t)(torch.tensor(sim, dtype=torch.float64)))
-    assert math.isclose(got, t2v + v2t, rel_tol=1e-12)     # a sum of the two directions, not a mean
+    assert math.isclose(got, t2v + v2t, rel_tol=1e-12)  # a sum of the two directions, not a mean
     assert NormSoftmaxLoss().temperature == 0.05
 
 
@@ -59,23 +66,29 @@ def test_non_square_matrices_give_the_originals_terms():
 
 def test_local_terms_equal_the_original_terms_in_one_process():
     text, video = torch.randn(7, DIM, dtype=torch.float64), torch.randn(7, DIM, dtype=torch.float64)
-    torch.testing.assert_close(distributed_norm_softmax_terms(text, video, 0.07),
-                               _original_norm_softmax(sim_matrix(text, video), 0.07))
+    torch.testing.assert_close(
+        distributed_norm_softmax_terms(text, video, 0.07), _original_norm_softmax(sim_matrix(text, video), 0.07)
+    )
 
 
 def test_local_form_equals_original_in_one_process():
     text, video = torch.randn(7, DIM), torch.randn(7, DIM)
-    torch.testing.assert_close(distributed_norm_softmax_loss(text, video, 0.07),
-                               norm_softmax_loss(sim_matrix(text, video), 0.07))
+    torch.testing.assert_close(
+        distributed_norm_softmax_loss(text, video, 0.07), norm_softmax_loss(sim_matrix(text, video), 0.07)
+    )
 
 
 # ---- 2 ranks over gloo vs 1 process with the whole batch -------------------------------------------
 
+
 def _setup(seed=0):
     """Shared 'model' (two linear towers and a learnable log-temperature) and the global batch."""
     g = torch.Generator().manual_seed(seed)
-    params = {"w_text": torch.randn(DIM, DIM_IN, generator=g), "w_video": torch.randn(DIM, DIM_IN, generator=g),
-              "logit_scale": torch.full((1,), math.log(1 / 0.05))}
+    params = {
+        "w_text": torch.randn(DIM, DIM_IN, generator=g),
+        "w_video": torch.randn(DIM, DIM_IN, generator=g),
+        "logit_scale": torch.full((1,), math.log(1 / 0.05)),
+    }
     params = {k: v.requires_grad_() for k, v in params.items()}
     text_in, video_in = torch.randn(8, DIM_IN, generator=g), torch.randn(8, DIM_IN, generator=g)
     return params, text_in, video_in
@@ -91,7 +104,7 @@ def _loss(params, text_in, video_in):
     return distributed_norm_softmax_loss(text_in @ params["w_text"].T, video_in @ params["w_video"].T, temperature)
 
 
-ROW_SPLITS = [(4, 4), (3, 5)]       # equal and unequal per-rank batches of the same 8 pairs
+ROW_SPLITS = [(4, 4), (3, 5)]  # equal and unequal per-rank batches of the same 8 pairs
 
 
 def _rank_main(rank, world, store, out_path):
@@ -116,7 +129,7 @@ def _rank_main(rank, world, store, out_path):
                 result[key] /= world
             results.append(result)
         if rank == 0:
-            torch.save(results, out_path)       # files, not queues: tensors outlive the child this way
+            torch.save(results, out_path)  # files, not queues: tensors outlive the child this way
     finally:
         dist.destroy_process_group()
     # Leave without running C++ static destructors: in about 1 run in 10 one of them aborted the child
@@ -132,7 +145,7 @@ def test_two_ranks_equal_one_process(tmp_path):
     assert len(results) == len(ROW_SPLITS)
 
     params, text_in, video_in = _setup()
-    full = _loss(params, text_in, video_in)          # no process group: the whole batch in one process
+    full = _loss(params, text_in, video_in)  # no process group: the whole batch in one process
     full.backward()
     full_t2v, full_v2t = _terms(params, text_in, video_in)
     for rows, got in zip(ROW_SPLITS, results):

@@ -1,5 +1,6 @@
 """foundation.schema: config sections checked against their dataclasses, errors naming the full key path;
 reading a run config imports no torch."""
+
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -36,32 +37,51 @@ class Root:
 
 
 def test_values_are_converted_and_defaults_fill_in():
-    root = from_dict(Root, {"items": [{"name": "a"}, {"name": "b", "num_frames": 4, "kind": "image"}],
-                            "scale": 2, "pair": [0, 0.5], "weights": {"a": 1}}, "data")
+    root = from_dict(
+        Root,
+        {
+            "items": [{"name": "a"}, {"name": "b", "num_frames": 4, "kind": "image"}],
+            "scale": 2,
+            "pair": [0, 0.5],
+            "weights": {"a": 1},
+        },
+        "data",
+    )
     assert root.items == [Item("a"), Item("b", 4, "image")]
     assert root.scale == 2.0 and isinstance(root.scale, float) and root.pair == (0.0, 0.5)
     assert root.weights == {"a": 1.0} and root.tag is None and not root.flag
 
 
-@pytest.mark.parametrize("data,message", [
-    ({"items": [{"name": "a"}, {"name": "b", "num_frames": "x"}]},
-     r"data.items\[1\].num_frames: expected int, got str 'x'"),
-    ({"items": [{"name": "a", "num_frames": True}]}, r"data.items\[0\].num_frames: expected int, got bool True"),
-    ({"items": [], "flag": 1}, r"data.flag: expected bool, got int 1"),
-    ({"items": [], "scale": False}, r"data.scale: expected number, got bool"),
-    ({"items": [{"name": "a", "frames": 2}]}, r"data.items\[0\].frames: unknown key \(known: kind, name, num_frames\)"),
-    ({"items": [{"name": "a", "note": "x"}]}, r"data.items\[0\].note: unknown key"),
-    ({"items": [{"num_frames": 2}]}, r"data.items\[0\].name: required key is missing"),
-    ({}, r"data.items: required key is missing"),
-    ({"items": {"name": "a"}}, r"data.items: expected a list, got dict"),
-    ({"items": [{"name": "a", "kind": "audio"}]}, r"data.items\[0\].kind: 'audio' is not one of \['video', 'image'\]"),
-    ({"items": [{"name": "a", "kind": 3}]}, r"data.items\[0\].kind: expected one of 'video', 'image' or null"),
-    ({"items": [{"name": "a", "num_frames": 0}]}, r"data.items\[0\].num_frames: must be >= 1, got 0"),
-    ({"items": [], "pair": [1]}, r"data.pair: expected a list of 2 numbers, got \[1\]"),
-    ({"items": [], "weights": {"a": "heavy"}}, r"data.weights.a: expected number, got str 'heavy'"),
-    ({"items": [], "tag": 5}, r"data.tag: expected str or null, got int 5"),
-    ([], r"data: expected an object, got list"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (
+            {"items": [{"name": "a"}, {"name": "b", "num_frames": "x"}]},
+            r"data.items\[1\].num_frames: expected int, got str 'x'",
+        ),
+        ({"items": [{"name": "a", "num_frames": True}]}, r"data.items\[0\].num_frames: expected int, got bool True"),
+        ({"items": [], "flag": 1}, r"data.flag: expected bool, got int 1"),
+        ({"items": [], "scale": False}, r"data.scale: expected number, got bool"),
+        (
+            {"items": [{"name": "a", "frames": 2}]},
+            r"data.items\[0\].frames: unknown key \(known: kind, name, num_frames\)",
+        ),
+        ({"items": [{"name": "a", "note": "x"}]}, r"data.items\[0\].note: unknown key"),
+        ({"items": [{"num_frames": 2}]}, r"data.items\[0\].name: required key is missing"),
+        ({}, r"data.items: required key is missing"),
+        ({"items": {"name": "a"}}, r"data.items: expected a list, got dict"),
+        (
+            {"items": [{"name": "a", "kind": "audio"}]},
+            r"data.items\[0\].kind: 'audio' is not one of \['video', 'image'\]",
+        ),
+        ({"items": [{"name": "a", "kind": 3}]}, r"data.items\[0\].kind: expected one of 'video', 'image' or null"),
+        ({"items": [{"name": "a", "num_frames": 0}]}, r"data.items\[0\].num_frames: must be >= 1, got 0"),
+        ({"items": [], "pair": [1]}, r"data.pair: expected a list of 2 numbers, got \[1\]"),
+        ({"items": [], "weights": {"a": "heavy"}}, r"data.weights.a: expected number, got str 'heavy'"),
+        ({"items": [], "tag": 5}, r"data.tag: expected str or null, got int 5"),
+        ([], r"data: expected an object, got list"),
+    ],
+)
 def test_errors_name_the_full_key_path(data, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(Root, data, "data")
@@ -74,7 +94,9 @@ def test_the_root_section_has_no_prefix():
 
 
 def test_loading_a_run_config_imports_no_torch():
-    code = ("from pipeline.train.config import load_config; load_config('configs/pretrain_1f.json'); "
-            "import sys; assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "from pipeline.train.config import load_config; load_config('configs/pretrain_1f.json'); "
+        "import sys; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

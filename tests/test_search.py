@@ -1,4 +1,5 @@
 """Search: inference API, resumable feature extraction, FAISS indexes and the query CLI."""
+
 import json
 import shutil
 
@@ -9,8 +10,17 @@ import torch
 from pipeline.search import collection as coll_files
 from pipeline.search import features as feats
 from pipeline.search import index as idx
-from test_search_helpers import (CORRUPT_KEY, EVIL_CAPTION, EVIL_KEY, SHARD_SIZES, collection,  # noqa: F401
-                                 embedder, search_shards, tar_member, tiny_weights)
+from test_search_helpers import (  # noqa: F401
+    CORRUPT_KEY,
+    EVIL_CAPTION,
+    EVIL_KEY,
+    SHARD_SIZES,
+    collection,
+    embedder,
+    search_shards,
+    tar_member,
+    tiny_weights,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -29,6 +39,7 @@ def one_faiss_thread():
 
 # ------------------------------------------------------------------------------------------ extraction
 
+
 def test_collection_table_frames_and_skipped_samples(collection, search_shards):
     coll = coll_files.Collection(collection)
     vectors = np.asarray(coll.vectors())
@@ -40,7 +51,9 @@ def test_collection_table_frames_and_skipped_samples(collection, search_shards):
     skipped = [json.loads(line) for line in (collection / coll_files.SKIPPED_FILE).read_text().splitlines()]
     assert [(s["key"], s["reason"], s["shard"]) for s in skipped] == [(CORRUPT_KEY, "bad_frames", "search-000001.tar")]
     keys = [item["key"] for item in coll.items]
-    assert CORRUPT_KEY not in keys and keys[0] == "clip_0_0" and [it["id"] for it in coll.items] == list(range(len(keys)))
+    assert (
+        CORRUPT_KEY not in keys and keys[0] == "clip_0_0" and [it["id"] for it in coll.items] == list(range(len(keys)))
+    )
     evil = coll.items[keys.index(EVIL_KEY)]
     assert evil["caption"] == EVIL_CAPTION and evil["source"]["path"] == f"/videos/{EVIL_KEY}.mp4"
     # frames are served by byte range straight from the tar: exactly the stored JPEG members
@@ -68,27 +81,31 @@ class FailingEmbedder:
         return self.inner.embed_clips(clips)
 
 
-def test_extraction_resumes_after_a_crash_and_matches_an_uninterrupted_run(tmp_path, embedder, search_shards,
-                                                                            collection):
+def test_extraction_resumes_after_a_crash_and_matches_an_uninterrupted_run(
+    tmp_path, embedder, search_shards, collection
+):
     out = tmp_path / "coll"
     # batch 4: shard 0 (4 clips) is one batch; the crash hits shard 1's first batch
     crashing = FailingEmbedder(embedder, fail_at=2)
     with pytest.raises(RuntimeError, match="killed"):
-        feats.extract_features(crashing, search_shards, out, batch_size=4, num_workers=0, dtype="float32",
-                               progress=False)
+        feats.extract_features(
+            crashing, search_shards, out, batch_size=4, num_workers=0, dtype="float32", progress=False
+        )
     done = sorted(p.name for p in (out / feats.PARTS_DIR).iterdir())
-    assert done == ["search-000000.npz"]         # no half part, no temp file left under a final name
+    assert done == ["search-000000.npz"]  # no half part, no temp file left under a final name
     assert feats.pending_parts(search_shards, out) == ["search-000001.tar", "search-000002.tar"]
     with pytest.raises(FileNotFoundError, match="2 shards have no part"):
         feats.merge_parts(search_shards, out, {})
     resumed = FailingEmbedder(embedder)
-    counts = feats.extract_features(resumed, search_shards, out, batch_size=4, num_workers=0, dtype="float32",
-                                    progress=False)
-    assert counts == {"shards": 2, "embedded": 5, "skipped": 1} and resumed.clips == 5   # shard 0 not redone
+    counts = feats.extract_features(
+        resumed, search_shards, out, batch_size=4, num_workers=0, dtype="float32", progress=False
+    )
+    assert counts == {"shards": 2, "embedded": 5, "skipped": 1} and resumed.clips == 5  # shard 0 not redone
     feats.merge_parts(search_shards, out, {})
     # equal up to float rounding (a different torch thread count changes summation order)
-    np.testing.assert_allclose(np.load(out / coll_files.FEATURES_FILE), np.load(collection / coll_files.FEATURES_FILE),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.load(out / coll_files.FEATURES_FILE), np.load(collection / coll_files.FEATURES_FILE), atol=1e-6
+    )
     assert (out / coll_files.ITEMS_FILE).read_text() == (collection / coll_files.ITEMS_FILE).read_text()
     # a third run has nothing left to do
     again = FailingEmbedder(embedder)
@@ -99,8 +116,17 @@ def test_extraction_resumes_after_a_crash_and_matches_an_uninterrupted_run(tmp_p
 def test_two_ranks_with_worker_processes_equal_one_rank(tmp_path, embedder, search_shards, collection):
     out = tmp_path / "coll"
     for rank in (1, 0):
-        feats.extract_features(embedder, search_shards, out, rank=rank, world_size=2, batch_size=2,
-                               num_workers=2, dtype="float16", progress=False)
+        feats.extract_features(
+            embedder,
+            search_shards,
+            out,
+            rank=rank,
+            world_size=2,
+            batch_size=2,
+            num_workers=2,
+            dtype="float16",
+            progress=False,
+        )
     feats.wait_for_parts(search_shards, out, timeout_s=1)
     info = feats.merge_parts(search_shards, out, {})
     assert info["dtype"] == "float16" and info["count"] == sum(SHARD_SIZES) - 1
@@ -114,28 +140,50 @@ def test_missing_manifest_and_broken_shard_give_clear_errors(tmp_path, embedder,
     broken = tmp_path / "broken"
     shutil.copytree(search_shards, broken)
     data = (broken / "search-000001.tar").read_bytes()
-    (broken / "search-000001.tar").write_bytes(data[:len(data) // 2] + b"\x01garbage" * 100)
-    with pytest.raises(ValueError, match=r"shard .*search-000001.tar holds [12] samples but the manifest says 3: "
-                                         r"it is truncated or corrupt; check it with `make-shards verify`"):
+    (broken / "search-000001.tar").write_bytes(data[: len(data) // 2] + b"\x01garbage" * 100)
+    with pytest.raises(
+        ValueError,
+        match=r"shard .*search-000001.tar holds [12] samples but the manifest says 3: "
+        r"it is truncated or corrupt; check it with `make-shards verify`",
+    ):
         feats.extract_features(embedder, broken, tmp_path / "out", num_workers=0, progress=False)
     assert feats.pending_parts(broken, tmp_path / "out") == ["search-000001.tar", "search-000002.tar"]
 
 
 # ------------------------------------------------------------------------------------------ inference API
 
+
 def test_video_file_embeds_like_its_shard_and_ranking_is_consistent(tmp_path, tiny_weights, embedder):
     """A folder of mp4s through `extract --media` (make-shards on the fly) gives the vectors that
     `Embedder.embed_video_file` computes from the files; rank_videos/rank_captions agree with them."""
-    from media import render_clip
     from launch import search as cli
+    from media import render_clip
 
     media = tmp_path / "media"
-    files = [render_clip(media / f"{name}.mp4", seconds=1.6, size=(80, 64), fps=10, pattern=pattern)
-             for name, pattern in (("test_pattern", "testsrc2"), ("colour_bars", "smptebars"),
-                                   ("rgb_test", "rgbtestsrc"))]
+    files = [
+        render_clip(media / f"{name}.mp4", seconds=1.6, size=(80, 64), fps=10, pattern=pattern)
+        for name, pattern in (("test_pattern", "testsrc2"), ("colour_bars", "smptebars"), ("rgb_test", "rgbtestsrc"))
+    ]
     out = tmp_path / "coll"
-    assert cli.main(["extract", "--model", str(tiny_weights), "--media", str(media), "--out", str(out),
-                     "--dtype", "float32", "--workers", "0", "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "extract",
+                "--model",
+                str(tiny_weights),
+                "--media",
+                str(media),
+                "--out",
+                str(out),
+                "--dtype",
+                "float32",
+                "--workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     coll = coll_files.Collection(out)
     assert [it["caption"] for it in coll.items] == ["colour bars", "rgb test", "test pattern"]
     by_path = {it["source"]["path"]: i for i, it in enumerate(coll.items)}
@@ -182,6 +230,7 @@ def test_embedder_runs_on_cuda_when_present(tiny_weights, embedder):
 
 
 # ------------------------------------------------------------------------------------------ indexes
+
 
 def clustered(n, dim=32, centres=64, seed=0):
     """Unit vectors around a few centres, the shape real embedding collections have."""
@@ -247,6 +296,7 @@ def test_auto_kind_by_size_and_save_load(tmp_path, one_faiss_thread):
 
 
 # ------------------------------------------------------------------------------------------ query CLI
+
 
 def test_query_cli_prints_ranked_results(collection, embedder, capsys):
     from launch import search as cli

@@ -12,6 +12,7 @@ Two sources of trained weights:
   ranking the project's evaluation protocol computes (evaluation loader + the same weights), clip for clip.
 Both modes check that agreement.
 """
+
 import json
 import os
 import threading
@@ -33,8 +34,10 @@ def full_run() -> Path | None:
         return None
     run = Path(os.environ["FIT_DEMO_RUN"]).resolve()
     if not ((run / "data/shards/test/manifest.json").is_file() and (run / "demo_4f/weights/final").is_dir()):
-        raise FileNotFoundError(f"FIT_DEMO_RUN={run}: no data/shards/test/manifest.json and demo_4f/weights/final "
-                                "there; run `make demo` first")
+        raise FileNotFoundError(
+            f"FIT_DEMO_RUN={run}: no data/shards/test/manifest.json and demo_4f/weights/final "
+            "there; run `make demo` first"
+        )
     return run
 
 
@@ -51,8 +54,25 @@ def demo(request, tmp_path_factory):
         quick = request.getfixturevalue("trained_demo")
         kind, weights, shards = "quick", quick.weights["4f"], quick.test_shards
     out = tmp_path_factory.mktemp("demo_collection")
-    assert cli.main(["extract", "--model", str(weights), "--shards", str(shards), "--out", str(out),
-                     "--workers", "1", "--dtype", "float32", "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "extract",
+                "--model",
+                str(weights),
+                "--shards",
+                str(shards),
+                "--out",
+                str(out),
+                "--workers",
+                "1",
+                "--dtype",
+                "float32",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert cli.main(["build-index", str(out)]) == 0
     return out, kind, evaluation_ranking(weights, weights.parent.parent / "config.json")
 
@@ -63,12 +83,12 @@ def evaluation_ranking(weights: Path, config: Path) -> list[tuple[str, float]]:
     import numpy as np
     import torch
 
-    from pipeline.train.config import load_config
     from pipeline.data.loader import build_eval_loader
-    from pipeline.train.metrics import cosine_similarity
     from pipeline.data.tokenize import load_tokenizer, tokenize
     from pipeline.data.transforms import normalize_video
     from pipeline.train.checkpoints import load_model
+    from pipeline.train.config import load_config
+    from pipeline.train.metrics import cosine_similarity
 
     cfg = load_config(config)
     spec = cfg.data.eval[0]
@@ -76,7 +96,9 @@ def evaluation_ranking(weights: Path, config: Path) -> list[tuple[str, float]]:
     keys, videos = [], []
     with torch.no_grad():
         for batch in build_eval_loader(spec, cfg.data.options, 0, 1):
-            videos.append(model.encode_video(normalize_video(batch["video"], cfg.data.options.mean, cfg.data.options.std)).numpy())
+            videos.append(
+                model.encode_video(normalize_video(batch["video"], cfg.data.options.mean, cfg.data.options.std)).numpy()
+            )
             keys += batch["keys"]
         text = tokenize(load_tokenizer(cfg.data.options.tokenizer), [QUERY], cfg.data.options.max_text_length)
         query = model.encode_text(text["input_ids"], text["attention_mask"]).numpy()
@@ -84,19 +106,27 @@ def evaluation_ranking(weights: Path, config: Path) -> list[tuple[str, float]]:
     return [(keys[i], float(sims[i])) for i in np.argsort(-sims, kind="stable")]
 
 
-def check_results(results: list[dict], scores: list[float], kind: str, expected: list[tuple[str, float]],
-                  tol: float, items: list[dict]) -> None:
+def check_results(
+    results: list[dict],
+    scores: list[float],
+    kind: str,
+    expected: list[tuple[str, float]],
+    tol: float,
+    items: list[dict],
+) -> None:
     """results: the ranked items' metadata; scores: their cosine scores as shown (to `tol`);
     expected: evaluation_ranking(); items: the whole collection table."""
     captions = [r["caption"] for r in results]
     # same clips in the same order, same scores, as the evaluation protocol (near-ties may swap)
-    want_keys, want_scores = zip(*expected[:len(results)])
+    want_keys, want_scores = zip(*expected[: len(results)])
     for got, want, got_score, want_score in zip([r["key"] for r in results], want_keys, scores, want_scores):
-        assert got_score == pytest.approx(want_score, abs=tol), (captions, expected[:len(results)])
+        assert got_score == pytest.approx(want_score, abs=tol), (captions, expected[: len(results)])
         assert got == want or dict(expected)[got] == pytest.approx(want_score, abs=tol)
-    if kind == "full":   # the issue's "done when"
-        assert captions[0] == QUERY, (f"the model ranks the clip {QUERY!r} #{wanted_rank(expected, items)} "
-                                      f"(search agrees with the evaluation protocol); top: {captions}")
+    if kind == "full":  # the issue's "done when"
+        assert captions[0] == QUERY, (
+            f"the model ranks the clip {QUERY!r} #{wanted_rank(expected, items)} "
+            f"(search agrees with the evaluation protocol); top: {captions}"
+        )
 
 
 def wanted_rank(expected: list[tuple[str, float]], items: list[dict]) -> int:
@@ -112,11 +142,12 @@ def test_demo_query_cli_returns_a_red_square_moving_left_first(demo, capsys):
     out, kind, expected = demo
     coll = Collection(out)
     assert len(coll) == coll.info["count"] == 192 and not coll.info["skipped"]
-    assert coll.info["model"]["run_config"].endswith("demo_4f/config.json")   # its preprocessing was used
+    assert coll.info["model"]["run_config"].endswith("demo_4f/config.json")  # its preprocessing was used
     assert cli.main(["query", str(out), QUERY, "-k", "10", "--json"]) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    check_results([coll.items[r["id"]] for r in printed], [r["score"] for r in printed], kind, expected, 1e-5,
-                  coll.items)
+    check_results(
+        [coll.items[r["id"]] for r in printed], [r["score"] for r in printed], kind, expected, 1e-5, coll.items
+    )
 
 
 @pytest.mark.browser
@@ -132,7 +163,7 @@ def test_demo_browser_returns_a_red_square_moving_left_first(demo, browser, tmp_
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         host, port = server.server_address[:2]
-        items = browse_and_search(browser, f"http://{host}:{port}", QUERY)   # the page shows 12
+        items = browse_and_search(browser, f"http://{host}:{port}", QUERY)  # the page shows 12
         results = [searcher.collection.items[int(li.get_attribute("data-id"))] for li in items]
         scores = [float(li.find_element(By.CLASS_NAME, "score").text) for li in items]
         check_results(results, scores, kind, expected, 2e-4, searcher.collection.items)

@@ -1,6 +1,7 @@
 """Fixtures shared by the search tests (test_search.py, test_search_web.py): a tiny random model saved as
 our portable weights folder, a shard folder whose samples look different from one another, and the
 collection (features + index) made from it. Also the trained-demo hook of the "done when" test."""
+
 import json
 import tarfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from shardgen import sample_members, write_manifest, write_tar
 # a caption that must come out as text on the page, never as markup
 EVIL_CAPTION = '<script>alert("pwned")</script> & <img src=x onerror=alert(1)> "quoted"'
 SHARD_SIZES = (4, 3, 3)
-CORRUPT_KEY = "clip_1_2"   # its third stored frame is not a JPEG: the sample must be skipped and recorded
+CORRUPT_KEY = "clip_1_2"  # its third stored frame is not a JPEG: the sample must be skipped and recorded
 EVIL_KEY = "clip_0_1"
 
 

@@ -1,5 +1,6 @@
 """The search page: routes, escaping, errors, hostile input, concurrent and slow clients, and a real headless
 Chromium typing a query and checking the layout."""
+
 import contextlib
 import json
 import os
@@ -22,8 +23,7 @@ import pytest
 from pipeline.search.collection import INFO_FILE, ITEMS_FILE
 from pipeline.search.index import Searcher
 from pipeline.search.webapp import QueryEncoder, SearchApp, make_server
-from test_search_helpers import (EVIL_CAPTION, EVIL_KEY, collection, embedder, search_shards,  # noqa: F401
-                                 tar_member, tiny_weights)
+from test_search_helpers import EVIL_CAPTION, EVIL_KEY, collection, embedder, search_shards, tar_member, tiny_weights  # noqa: F401
 
 pytestmark = pytest.mark.timeout(300)
 EVIL_QUERY = '<script>alert("q")</script> "quoted" & more'
@@ -69,8 +69,9 @@ def raw_get(base: str, target: bytes, timeout: float = 60, method: bytes = b"GET
     """GET `target` sent byte for byte over a fresh socket (urllib refuses or re-quotes hostile urls):
     (status, headers with lower-case names, body). The whole response is read up to the server's close."""
     with socket.create_connection(address(base), timeout=timeout) as s:
-        s.sendall(method + b" " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                  b"Content-Length: 0\r\n\r\n")
+        s.sendall(
+            method + b" " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
         data = b""
         while chunk := s.recv(1 << 16):
             data += chunk
@@ -89,10 +90,15 @@ def test_results_are_ranked_and_everything_is_escaped(server, embedder):
     status, headers, body = get(f"{base}/?q={q(EVIL_CAPTION)}&k=9")
     page = body.decode()
     assert status == 200 and headers["Content-Type"].startswith("text/html")
-    assert "script-src" not in headers["Content-Security-Policy"] and "default-src 'none'" in headers[
-        "Content-Security-Policy"]                   # no script may run, inline or not
-    assert "<script" not in page and "<img src=x" not in page and "onerror=alert" not in page.replace(
-        "onerror=alert(1)&gt;", "")
+    assert (
+        "script-src" not in headers["Content-Security-Policy"]
+        and "default-src 'none'" in headers["Content-Security-Policy"]
+    )  # no script may run, inline or not
+    assert (
+        "<script" not in page
+        and "<img src=x" not in page
+        and "onerror=alert" not in page.replace("onerror=alert(1)&gt;", "")
+    )
     assert "&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt; &amp; &lt;img src=x onerror=alert(1)&gt;" in page
     hits = searcher.search(embedder.embed_texts([EVIL_CAPTION])[0], 9)
     order = [int(part.split('"')[0]) for part in page.split('class="hit" data-rank="')[1:]]
@@ -128,18 +134,21 @@ def test_api_frames_and_item_page(server, embedder, search_shards):
     assert 'href="/?q=%3Cscript%3Ealert%28%22q%22%29%3C/script%3E%20%22quoted%22%20%26%20more&amp;k=5"' in page
 
 
-@pytest.mark.parametrize("path, status, message", [
-    ("/?q=", 400, "Type a few words"),
-    ("/?q=%20%20", 400, "Type a few words"),
-    ("/?q=red&k=abc", 400, "k must be a whole number"),
-    ("/?q=red&k=0", 400, "between 1 and 100"),
-    ("/?q=" + "a" * 501, 400, "keep it under 500"),
-    ("/item/999", 404, "No item with id 999"),
-    ("/item/-1", 404, "No item with id -1"),
-    ("/frame/0/8", 404, "no stored frame 8"),
-    ("/nowhere", 404, "No page at /nowhere"),
-    ("/%3Cscript%3E", 404, "No page at /&lt;script&gt;"),
-])
+@pytest.mark.parametrize(
+    "path, status, message",
+    [
+        ("/?q=", 400, "Type a few words"),
+        ("/?q=%20%20", 400, "Type a few words"),
+        ("/?q=red&k=abc", 400, "k must be a whole number"),
+        ("/?q=red&k=0", 400, "between 1 and 100"),
+        ("/?q=" + "a" * 501, 400, "keep it under 500"),
+        ("/item/999", 404, "No item with id 999"),
+        ("/item/-1", 404, "No item with id -1"),
+        ("/frame/0/8", 404, "no stored frame 8"),
+        ("/nowhere", 404, "No page at /nowhere"),
+        ("/%3Cscript%3E", 404, "No page at /&lt;script&gt;"),
+    ],
+)
 def test_bad_requests_get_clear_errors(server, path, status, message):
     base, _ = server
     got, _, body = get(base + path)
@@ -161,11 +170,14 @@ def test_serve_cli_answers_until_ctrl_c(collection, capsys):
     from pipeline.train.distributed import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "launch.search", "serve", str(collection), "--port", str(port),
-                             "--threads", "2"], cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launch.search", "serve", str(collection), "--port", str(port), "--threads", "2"],
+        cwd=Path(__file__).resolve().parents[1],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        for _ in range(240):                       # the model loads first
+        for _ in range(240):  # the model loads first
             try:
                 status, _, body = get(f"http://127.0.0.1:{port}/api/search?q=red&k=3")
                 break
@@ -187,22 +199,57 @@ def test_serve_cli_answers_until_ctrl_c(collection, capsys):
 # ---------------------------------------------------------------------------------------------- hostile input
 
 HOSTILE_VALUES = [
-    b"%C2%B2",                     # superscript two: str.isdigit() says yes, int() says no (it was a 500)
-    b"\xc2\xb2",                   # the same sent as raw UTF-8
-    b"%D9%A3", b"%EF%BC%91",       # Arabic-Indic three, fullwidth one: int() reads them as numbers
-    b"-1", b"+1", b"%201", b"1%20", b"1_0", b"0x1", b"1e3", b"1.5", b"NaN", b"0.jpg", b"0.jpg.jpg",
-    b"9" * 19, b"9" * 5000,        # past int64; past int()'s 4300-digit limit
-    b"", b"%00", b"%", b"%ZZ", b"%C0%AF", b"%FF%FE", b"%ED%A0%80",   # empty, NUL, broken percent-encoding, bad UTF-8
-    b"..", b"..%2F..%2F..%2Fetc%2Fpasswd", b"%2e%2e%2f%2e%2e%2f", b"....//....//etc/passwd",
+    b"%C2%B2",  # superscript two: str.isdigit() says yes, int() says no (it was a 500)
+    b"\xc2\xb2",  # the same sent as raw UTF-8
+    b"%D9%A3",
+    b"%EF%BC%91",  # Arabic-Indic three, fullwidth one: int() reads them as numbers
+    b"-1",
+    b"+1",
+    b"%201",
+    b"1%20",
+    b"1_0",
+    b"0x1",
+    b"1e3",
+    b"1.5",
+    b"NaN",
+    b"0.jpg",
+    b"0.jpg.jpg",
+    b"9" * 19,
+    b"9" * 5000,  # past int64; past int()'s 4300-digit limit
+    b"",
+    b"%00",
+    b"%",
+    b"%ZZ",
+    b"%C0%AF",
+    b"%FF%FE",
+    b"%ED%A0%80",  # empty, NUL, broken percent-encoding, bad UTF-8
+    b"..",
+    b"..%2F..%2F..%2Fetc%2Fpasswd",
+    b"%2e%2e%2f%2e%2e%2f",
+    b"....//....//etc/passwd",
     b"%3Cscript%3Ealert(1)%3C/script%3E",
 ]
-ROUTES = [b"/item/{v}", b"/item/0?q={v}&k={v}", b"/item/{v}?q=red&k=3", b"/frame/{v}/0", b"/frame/0/{v}",
-          b"/frame/{v}/{v}", b"/?q={v}", b"/?q=red&k={v}", b"/?k={v}", b"/api/search?q={v}",
-          b"/api/search?q=red&k={v}", b"/api/search?k={v}", b"/{v}", b"/item/0/{v}", b"/style.css?{v}"]
+ROUTES = [
+    b"/item/{v}",
+    b"/item/0?q={v}&k={v}",
+    b"/item/{v}?q=red&k=3",
+    b"/frame/{v}/0",
+    b"/frame/0/{v}",
+    b"/frame/{v}/{v}",
+    b"/?q={v}",
+    b"/?q=red&k={v}",
+    b"/?k={v}",
+    b"/api/search?q={v}",
+    b"/api/search?q=red&k={v}",
+    b"/api/search?k={v}",
+    b"/{v}",
+    b"/item/0/{v}",
+    b"/style.css?{v}",
+]
 LONG_TARGETS = [
-    b"/?q=" + b"a" * 200_000,                                      # a very long query
+    b"/?q=" + b"a" * 200_000,  # a very long query
     b"/api/search?q=" + b"%" * 100_000,
-    b"/?" + b"&".join(b"k%d=1" % i for i in range(20_000)),        # very many parameters
+    b"/?" + b"&".join(b"k%d=1" % i for i in range(20_000)),  # very many parameters
     b"/item/" + b"1" * 100_000,
 ]
 
@@ -217,8 +264,11 @@ def response_problems(status: int, headers: dict, body: bytes) -> list[str]:
         problems.append(f"status {status} with an empty body")
     if "content-length" in headers and int(headers["content-length"]) != len(body):
         problems.append(f"Content-Length {headers['content-length']} but {len(body)} bytes came")
-    if status == 200 and headers.get("content-type") == "image/jpeg" and not (
-            body.startswith(b"\xff\xd8") and body.endswith(b"\xff\xd9")):
+    if (
+        status == 200
+        and headers.get("content-type") == "image/jpeg"
+        and not (body.startswith(b"\xff\xd8") and body.endswith(b"\xff\xd9"))
+    ):
         problems.append("a 200 image that is not a whole JPEG")
     return problems
 
@@ -273,8 +323,11 @@ def test_frames_of_a_truncated_or_missing_shard_are_errors_not_empty_images(coll
     coll = copy_collection(collection, tmp_path / "coll", shards=tmp_path / "shards")
     searcher = Searcher(coll)
     items = searcher.collection.items
-    stored = {(it["id"], i): tar_member(tmp_path / "shards" / it["shard"], f"{it['key']}.{i:03d}.jpg")
-              for it in items for i in range(len(it["frames"]))}
+    stored = {
+        (it["id"], i): tar_member(tmp_path / "shards" / it["shard"], f"{it['key']}.{i:03d}.jpg")
+        for it in items
+        for i in range(len(it["frames"]))
+    }
     # cut shard 0 in the middle of the 4th frame of its second item; delete shard 2 altogether
     cut_item = [it for it in items if it["shard"] == "search-000000.tar"][1]
     offset, size = cut_item["frames"][3]
@@ -282,7 +335,7 @@ def test_frames_of_a_truncated_or_missing_shard_are_errors_not_empty_images(coll
     with open(tmp_path / "shards" / "search-000000.tar", "r+b") as f:
         f.truncate(cut_at)
     (tmp_path / "shards" / "search-000002.tar").unlink()
-    with pytest.raises(OSError, match="search-000000.tar"):   # the library says which file is short
+    with pytest.raises(OSError, match="search-000000.tar"):  # the library says which file is short
         searcher.collection.frame(cut_item["id"], 3)
 
     served = broken = 0
@@ -291,7 +344,8 @@ def test_frames_of_a_truncated_or_missing_shard_are_errors_not_empty_images(coll
             for i, (offset, size) in enumerate(item["frames"]):
                 status, headers, body = raw_get(base, f"/frame/{item['id']}/{i}".encode())
                 readable = item["shard"] == "search-000001.tar" or (
-                    item["shard"] == "search-000000.tar" and offset + size <= cut_at)
+                    item["shard"] == "search-000000.tar" and offset + size <= cut_at
+                )
                 if readable:
                     assert (status, body) == (200, stored[item["id"], i])
                     served += 1
@@ -300,13 +354,18 @@ def test_frames_of_a_truncated_or_missing_shard_are_errors_not_empty_images(coll
                     broken += 1
         # the pages that read no frame still work
         assert get(f"{base}/item/{cut_item['id']}")[0] == 200 and get(f"{base}/?q=red")[0] == 200
-    assert served and broken > 8   # both kinds were exercised
+    assert served and broken > 8  # both kinds were exercised
 
 
 # ---------------------------------------------------------------------------------------------- concurrency
 
 QUERIES = [f"clip {s} {i} with coloured blocks" for s in range(3) for i in range(3)] + [
-    EVIL_CAPTION, "a red square moves to the left", "blocks", "\u00fcnicode \u2603 query", "x" * 400]
+    EVIL_CAPTION,
+    "a red square moves to the left",
+    "blocks",
+    "\u00fcnicode \u2603 query",
+    "x" * 400,
+]
 
 
 def expected_results(searcher, embedder, k: int) -> dict:
@@ -329,8 +388,11 @@ def answer_problems(base: str, n: int, expected: dict, k: int) -> list[str]:
         got = list(zip(ids, scores))
         if not page.rstrip().endswith("</html>"):
             return [f"client {n}: the page is cut short"]
-    if status != 200 or [i for i, _ in got] != [i for i, _ in want] or any(
-            abs(a - b) > 1e-4 for (_, a), (_, b) in zip(got, want)):
+    if (
+        status != 200
+        or [i for i, _ in got] != [i for i, _ in want]
+        or any(abs(a - b) > 1e-4 for (_, a), (_, b) in zip(got, want))
+    ):
         return [f"client {n} ({text[:30]!r}): status {status}, got {got}, want {want}"]
     return []
 
@@ -359,7 +421,7 @@ def test_query_encoder_batches_waiting_queries_on_one_thread(embedder):
     def embed_texts(texts):
         threads.add(threading.get_ident())
         batches.append(list(texts))
-        release.wait(60)              # the first batch holds the encoder while the other queries queue up
+        release.wait(60)  # the first batch holds the encoder while the other queries queue up
         if "boom" in texts:
             raise RuntimeError("the model failed")
         return embedder.embed_texts(texts)
@@ -377,7 +439,7 @@ def test_query_encoder_batches_waiting_queries_on_one_thread(embedder):
         vectors = [first.result(60)] + [f.result(60) for f in rest]
     assert [len(b) for b in batches] == [1, 8, 8, 3] and len(threads) == 1
     assert sorted(t for b in batches for t in b) == sorted(texts)
-    for text, vector in zip(texts, vectors):   # batched or not, each query gets its own vector
+    for text, vector in zip(texts, vectors):  # batched or not, each query gets its own vector
         np.testing.assert_allclose(vector, embedder.embed_texts([text])[0], atol=1e-5)
     # a failing forward pass fails the queries of its batch with the reason, and the encoder goes on
     with pytest.raises(RuntimeError, match="embedding the query failed: RuntimeError..the model failed"):
@@ -405,13 +467,13 @@ def test_slow_clients_do_not_block_others_and_idle_ones_are_dropped(collection, 
     expected = expected_results(searcher, embedder, 3)
     with running_server(searcher, embedder, threads=2, idle_timeout=2) as base:
         slow = []
-        for n in range(30):   # many more slow clients than worker threads
+        for n in range(30):  # many more slow clients than worker threads
             s = socket.create_connection(address(base), timeout=60)
-            if n % 3 == 1:    # headers trickled in and never finished (slowloris)
+            if n % 3 == 1:  # headers trickled in and never finished (slowloris)
                 s.sendall(b"GET /?q=red HTTP/1.1\r\nHost: 127.0.0.1\r\nX-a: b")
             elif n % 3 == 2:  # a whole request whose answer is never read, on a kept-alive connection
                 s.sendall(f"GET /?q={q('x' * 400)}&k=100 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-            slow.append(s)    # n % 3 == 0: connects and sends nothing
+            slow.append(s)  # n % 3 == 0: connects and sends nothing
         try:
             assert not concurrent_clients(base, 20, expected, 3)
             # the server hangs up on connections idle past idle_timeout (here 2 s; this socket would wait 60 s)
@@ -438,9 +500,19 @@ def browser(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,900", f"--user-data-dir={tmp_path / 'profile'}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
@@ -499,8 +571,9 @@ def test_browser_types_a_query_and_sees_ranked_thumbnails(browser, server, embed
     items[0].find_element(By.TAG_NAME, "a").click()
     frames = browser.find_elements(By.CSS_SELECTOR, "#frames img")
     assert len(frames) == 8
-    assert browser.execute_script("return Array.from(document.querySelectorAll('#frames img'))"
-                                  ".every(i => i.complete && i.naturalWidth === 64)")
+    assert browser.execute_script(
+        "return Array.from(document.querySelectorAll('#frames img')).every(i => i.complete && i.naturalWidth === 64)"
+    )
     save_screenshot(browser, tmp_path, "search_item.png")
     browser.find_element(By.ID, "back").click()
     again = browser.find_elements(By.CSS_SELECTOR, "#results li.hit")
@@ -514,7 +587,9 @@ def test_browser_types_a_query_and_sees_ranked_thumbnails(browser, server, embed
 # every card's content (elements and text runs) inside the card, no two cards overlapping, no sideways scroll
 LAYOUT_PROBLEMS_JS = """
 const problems = [];
-const inside = (r, c) => r.left >= c.left - 0.5 && r.right <= c.right + 0.5 && r.top >= c.top - 0.5 && r.bottom <= c.bottom + 0.5;
+const inside = (r, c) => r.left >= c.left - 0.5 && r.right <= c.right + 0.5
+  && r.top >= c.top - 0.5 && r.bottom <= c.bottom + 0.5;
+const box = (r) => `x ${Math.round(r.left)}..${Math.round(r.right)}, y ${Math.round(r.top)}..${Math.round(r.bottom)}`;
 const cards = Array.from(document.querySelectorAll(arguments[0]));
 cards.forEach((card, n) => {
   const c = card.getBoundingClientRect();
@@ -528,18 +603,23 @@ cards.forEach((card, n) => {
     }
     for (const r of rects) {
       if (r && r.width > 0 && !inside(r, c)) {
-        problems.push(`card ${n}: ${node.nodeName} "${(node.textContent || '').slice(0, 30)}" spans x ${Math.round(r.left)}..${Math.round(r.right)}, y ${Math.round(r.top)}..${Math.round(r.bottom)}; the card x ${Math.round(c.left)}..${Math.round(c.right)}, y ${Math.round(c.top)}..${Math.round(c.bottom)}`);
+        const what = `${node.nodeName} "${(node.textContent || '').slice(0, 30)}"`;
+        problems.push(`card ${n}: ${what} spans ${box(r)}; the card ${box(c)}`);
         break;
       }
     }
   }
   cards.slice(n + 1).forEach((other, m) => {
     const o = other.getBoundingClientRect();
-    if (c.left < o.right && o.left < c.right && c.top < o.bottom && o.top < c.bottom) problems.push(`cards ${n} and ${n + 1 + m} overlap`);
+    if (c.left < o.right && o.left < c.right && c.top < o.bottom && o.top < c.bottom) {
+      problems.push(`cards ${n} and ${n + 1 + m} overlap`);
+    }
   });
 });
 const page = document.documentElement;
-if (page.scrollWidth > page.clientWidth) problems.push(`the page scrolls sideways: ${page.scrollWidth} > ${page.clientWidth} px`);
+if (page.scrollWidth > page.clientWidth) {
+  problems.push(`the page scrolls sideways: ${page.scrollWidth} > ${page.clientWidth} px`);
+}
 return [cards.length, problems];
 """
 
@@ -573,7 +653,7 @@ def test_browser_long_paths_stay_inside_their_cards(browser, long_names_server, 
     base, count = long_names_server
     browser.set_window_size(width, 900)
     items = browse_and_search(browser, base, "clip 1 0 with coloured blocks")
-    assert len(items) == count                 # every item, so every kind of long name, is on the page
+    assert len(items) == count  # every item, so every kind of long name, is on the page
     shown, problems = browser.execute_script(LAYOUT_PROBLEMS_JS, "#results li.hit")
     save_screenshot(browser, tmp_path, f"search_long_names_{width}.png")
     assert shown == count and not problems

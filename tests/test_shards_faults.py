@@ -1,5 +1,6 @@
 """make-shards under faults: bad inputs, crashing/hanging decoders, HTTP faults, kill -9 and resume,
 --retry-failed. Every input row must end up written or failed with its reason."""
+
 import csv
 import ctypes
 import http.server
@@ -28,8 +29,11 @@ def manifest_of(out):
 
 
 def failures_of(out):
-    return {f["key"]: f["reason"] for p in sorted(Path(out).glob("*.stats.json"))
-            for f in json.loads(p.read_text())["failures"]}
+    return {
+        f["key"]: f["reason"]
+        for p in sorted(Path(out).glob("*.stats.json"))
+        for f in json.loads(p.read_text())["failures"]
+    }
 
 
 def folder_bytes(folder):
@@ -50,19 +54,42 @@ def test_bad_input_corpus_never_crashes_and_every_row_gets_a_reason(tmp_path):
         f.write(b"good,good.mp4,a good clip,en\n")
         f.write(b"missing_file,nowhere.mp4,a clip that is not there,en\n")
     out = tmp_path / "out"
-    argv = ["csv", "--table", str(table), "--path-col", "file", "--key-col", "key", "--media-root",
-            str(tmp_path / "media"), "--out", str(out), "--no-progress", "--workers", "2",
-            "--samples-per-shard", "5"]
+    argv = [
+        "csv",
+        "--table",
+        str(table),
+        "--path-col",
+        "file",
+        "--key-col",
+        "key",
+        "--media-root",
+        str(tmp_path / "media"),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--workers",
+        "2",
+        "--samples-per-shard",
+        "5",
+    ]
     assert cli.main(argv) == 0
     manifest = manifest_of(out)
     assert failures_of(out) == {
-        "zero_byte": "empty_file", "truncated": "decode_error", "text_as_mp4": "not_a_video",
-        "audio_only": "no_video_stream", "corrupt_image": "decode_error", "missing_fields": "missing_field",
-        "not_utf8": "caption_not_utf8", "empty_caption": "empty_caption", "missing_file": "missing_file"}
+        "zero_byte": "empty_file",
+        "truncated": "decode_error",
+        "text_as_mp4": "not_a_video",
+        "audio_only": "no_video_stream",
+        "corrupt_image": "decode_error",
+        "missing_fields": "missing_field",
+        "not_utf8": "caption_not_utf8",
+        "empty_caption": "empty_caption",
+        "missing_file": "missing_file",
+    }
     assert manifest["input_rows"] == 13 == manifest["total_samples"] + sum(manifest["failed"].values())
-    assert manifest["total_samples"] == 4      # one_frame, short, huge, good
+    assert manifest["total_samples"] == 4  # one_frame, short, huge, good
     samples = {}
     import tarfile
+
     for shard in manifest["shards"]:
         with tarfile.open(out / shard["path"]) as tar:
             for m in tar:
@@ -96,11 +123,16 @@ def crashing_decoder(path, kind, spec):
 
 
 def test_a_segfault_or_hang_in_the_decoder_costs_one_sample(tmp_path):
-    clips = [media.render_clip(tmp_path / f"{name}.mp4", 0.5, (64, 48), 10)
-             for name in ("a", "crash", "b", "hang", "c")]
+    clips = [
+        media.render_clip(tmp_path / f"{name}.mp4", 0.5, (64, 48), 10) for name in ("a", "crash", "b", "hang", "c")
+    ]
     rows = [{"key": p.stem, "path": str(p), "caption": f"clip {p.stem}"} for p in clips]
-    report = make_shards(rows, tmp_path / "out", ShardOptions(name="t", samples_per_shard=10),
-                         RunOptions(workers=2, decoder=crashing_decoder, decode_timeout=4, progress=False))
+    report = make_shards(
+        rows,
+        tmp_path / "out",
+        ShardOptions(name="t", samples_per_shard=10),
+        RunOptions(workers=2, decoder=crashing_decoder, decode_timeout=4, progress=False),
+    )
     assert failures_of(tmp_path / "out") == {"crash": "worker_crash", "hang": "decode_timeout"}
     assert report.written == 3 and report.manifest["total_samples"] == 3
     detail = [f["detail"] for f in json.loads((tmp_path / "out" / "t-000000.stats.json").read_text())["failures"]]
@@ -129,9 +161,9 @@ class _Faults(http.server.BaseHTTPRequestHandler):
         elif name == "big.mp4":
             self.send_response(200)
             self.send_header("Content-Type", "video/mp4")
-            self.send_header("Content-Length", str(10 ** 10))
+            self.send_header("Content-Length", str(10**10))
             self.end_headers()
-        elif name == "stream.mp4":       # no Content-Length, more bytes than the cap
+        elif name == "stream.mp4":  # no Content-Length, more bytes than the cap
             self.send_response(200)
             self.send_header("Content-Type", "video/mp4")
             self.end_headers()
@@ -156,7 +188,7 @@ class _QuietServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request, client_address):
-        pass        # the client hangs up on purpose (size cap, timeout): not an error here
+        pass  # the client hangs up on purpose (size cap, timeout): not an error here
 
 
 def serve_on_loopback(handler):
@@ -188,19 +220,51 @@ def test_downloads_with_injected_http_faults(tmp_path, server):
             w.writerow([n, f"{server}/{n}.mp4", f"clip {n}"])
         w.writerow(["ftp", "ftp://127.0.0.1/x.mp4", "not http"])
     out = tmp_path / "out"
-    assert cli.main(["csv", "--table", str(table), "--url-col", "url", "--key-col", "id", "--download",
-                     "--download-timeout", "0.5", "--download-retries", "2", "--download-backoff", "0.01",
-                     "--max-download-bytes", "100000", "--threads", "4", "--workers", "1", "--out", str(out),
-                     "--no-progress"]) == 0
-    assert failures_of(out) == {"missing": "http_404", "slow": "timeout", "big": "too_large",
-                                "stream": "too_large", "page": "not_a_video", "junk": "not_a_video",
-                                "ftp": "bad_url"}
-    assert _Faults.hits["flaky.mp4"] == 3 and _Faults.hits["missing.mp4"] == 1   # 404 is not retried
-    assert _Faults.hits["slow.mp4"] == 3                                          # 1 try + 2 retries
+    assert (
+        cli.main(
+            [
+                "csv",
+                "--table",
+                str(table),
+                "--url-col",
+                "url",
+                "--key-col",
+                "id",
+                "--download",
+                "--download-timeout",
+                "0.5",
+                "--download-retries",
+                "2",
+                "--download-backoff",
+                "0.01",
+                "--max-download-bytes",
+                "100000",
+                "--threads",
+                "4",
+                "--workers",
+                "1",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert failures_of(out) == {
+        "missing": "http_404",
+        "slow": "timeout",
+        "big": "too_large",
+        "stream": "too_large",
+        "page": "not_a_video",
+        "junk": "not_a_video",
+        "ftp": "bad_url",
+    }
+    assert _Faults.hits["flaky.mp4"] == 3 and _Faults.hits["missing.mp4"] == 1  # 404 is not retried
+    assert _Faults.hits["slow.mp4"] == 3  # 1 try + 2 retries
     manifest = manifest_of(out)
     assert manifest["total_samples"] == 2 and manifest["input_rows"] == 9
     assert verify(out).ok
-    assert not list(out.glob(".downloads-*"))                  # scratch space is cleaned up
+    assert not list(out.glob(".downloads-*"))  # scratch space is cleaned up
 
 
 def _make_clips(root: Path, n: int) -> Path:
@@ -216,25 +280,40 @@ def _make_clips(root: Path, n: int) -> Path:
 
 
 def _cmd(table, root, out):
-    return [sys.executable, "-m", "shard_tools.cli", "webvid", "--csv", str(table), "--videos-root",
-            str(root / "videos"), "--out", str(out), "--samples-per-shard", "2", "--workers", "1",
-            "--no-progress"]
+    return [
+        sys.executable,
+        "-m",
+        "shard_tools.cli",
+        "webvid",
+        "--csv",
+        str(table),
+        "--videos-root",
+        str(root / "videos"),
+        "--out",
+        str(out),
+        "--samples-per-shard",
+        "2",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
 
 
 def test_kill_9_then_rerun_gives_exactly_the_complete_set(tmp_path):
-    table = _make_clips(tmp_path, 24)        # 12 shards of 2: the kill lands while most are still to come
+    table = _make_clips(tmp_path, 24)  # 12 shards of 2: the kill lands while most are still to come
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     reference = tmp_path / "reference"
     subprocess.run(_cmd(table, tmp_path, reference), env=env, check=True, capture_output=True, cwd=REPO)
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(table, tmp_path, out), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(table, tmp_path, out), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not list(out.glob("*.stats.json")):
         time.sleep(0.005)
     # at once: a further wait let a fast machine finish every shard before the kill (seen in CI)
-    os.kill(proc.pid, signal.SIGKILL)       # the parent dies mid-run; its worker exits on the closed pipe
+    os.kill(proc.pid, signal.SIGKILL)  # the parent dies mid-run; its worker exits on the closed pipe
     proc.wait()
     finished = len(list(out.glob("*.stats.json")))
     assert 1 <= finished < 12, "the kill must land mid-run"
@@ -243,7 +322,7 @@ def test_kill_9_then_rerun_gives_exactly_the_complete_set(tmp_path):
     rerun = subprocess.run(_cmd(table, tmp_path, out), env=env, cwd=REPO, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{finished} already done" in rerun.stdout
-    assert folder_bytes(out) == folder_bytes(reference)       # no temp, no duplicate, no missing sample
+    assert folder_bytes(out) == folder_bytes(reference)  # no temp, no duplicate, no missing sample
     assert verify(out).ok
 
 
@@ -261,7 +340,10 @@ def test_retry_failed_redoes_only_failed_rows_and_matches_a_clean_run(tmp_path):
     late = tmp_path / "videos" / "p" / "3.mp4"
     hidden = late.with_suffix(".later")
     late.rename(hidden)
-    rows = lambda: __import__("shard_tools.sources", fromlist=["x"]).webvid_rows(table, tmp_path / "videos")
+
+    def rows():
+        return __import__("shard_tools.sources", fromlist=["x"]).webvid_rows(table, tmp_path / "videos")
+
     options = ShardOptions(name="webvid", samples_per_shard=2)
     out = tmp_path / "out"
     first = make_shards(rows(), out, options, RunOptions(progress=False))
@@ -270,7 +352,7 @@ def test_retry_failed_redoes_only_failed_rows_and_matches_a_clean_run(tmp_path):
     hidden.rename(late)
     plain = CountingDecoder()
     make_shards(rows(), out, options, RunOptions(progress=False, decoder=plain))
-    assert plain.paths == [] and manifest_of(out)["failed"] == {"missing_file": 1}   # done is done
+    assert plain.paths == [] and manifest_of(out)["failed"] == {"missing_file": 1}  # done is done
 
     retry = CountingDecoder()
     report = make_shards(rows(), out, options, RunOptions(progress=False, decoder=retry, retry_failed=True))
@@ -285,9 +367,13 @@ def test_stale_temps_of_a_killed_run_are_removed_stats_record_included(tmp_path)
     """A kill can land after a chunk's tar is renamed and before its stats record is: the re-run redoes
     the chunk and must remove that record's temp too (the kill test hits this only now and then)."""
     from shard_tools.api import _remove_stale_temps
-    stale = [tmp_path / ".webvid-000003.tar.ab12.tmp", tmp_path / ".webvid-000003-p1.tar.cd34.tmp",
-             tmp_path / ".webvid-000003.stats.json.ef56.tmp"]
-    other = tmp_path / ".webvid-000004.stats.json.gh78.tmp"      # another task's chunk: left alone
+
+    stale = [
+        tmp_path / ".webvid-000003.tar.ab12.tmp",
+        tmp_path / ".webvid-000003-p1.tar.cd34.tmp",
+        tmp_path / ".webvid-000003.stats.json.ef56.tmp",
+    ]
+    other = tmp_path / ".webvid-000004.stats.json.gh78.tmp"  # another task's chunk: left alone
     for path in stale + [other]:
         path.write_bytes(b"partial")
     _remove_stale_temps(tmp_path, "webvid", [3])

@@ -3,6 +3,7 @@ bad URLs, misbehaving servers, a full disk, a table that changed between runs, b
 
 The promise (docs/SHARDS.md): every input row is written or failed with a reason, nothing hangs, a local
 failure stops the run with a clear message, and a re-run finishes the job."""
+
 import errno
 import http.server
 import json
@@ -25,15 +26,15 @@ from shard_tools.decode import SampleError
 from shard_tools.download import DownloadSpec, fetch, request_url
 from shard_tools.rows import Row
 from shard_tools.verify import verify
-from test_shards_faults import (_make_clips, _QuietServer, failures_of, folder_bytes, manifest_of,
-                               serve_on_loopback)
+from test_shards_faults import _make_clips, _QuietServer, failures_of, folder_bytes, manifest_of, serve_on_loopback
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-BEHAVE_FOR = 8.0          # seconds a misbehaving route keeps misbehaving before it gives up by itself
+BEHAVE_FOR = 8.0  # seconds a misbehaving route keeps misbehaving before it gives up by itself
 
 
 # --- a local server with misbehaving routes (127.0.0.1, stops by itself) ------------------------------
+
 
 class _Routes(http.server.BaseHTTPRequestHandler):
     clip = b""
@@ -47,13 +48,13 @@ class _Routes(http.server.BaseHTTPRequestHandler):
         try:
             if name == "ok.mp4":
                 self._send(200, self.clip, "video/mp4")
-            elif name == "trickle-body.mp4":           # headers at once, then a byte every 0.1 s
+            elif name == "trickle-body.mp4":  # headers at once, then a byte every 0.1 s
                 self._head(200, {"Content-Type": "video/mp4", "Content-Length": "100000"})
                 while time.monotonic() < until:
                     self.wfile.write(b"\0")
                     self.wfile.flush()
                     time.sleep(0.1)
-            elif name == "slow-headers.mp4":           # the status line, then the headers byte by byte
+            elif name == "slow-headers.mp4":  # the status line, then the headers byte by byte
                 self.wfile.write(b"HTTP/1.1 200 OK\r\n")
                 for byte in b"Content-Type: video/mp4\r\nX-Padding: " + b"a" * 1000:
                     if time.monotonic() > until:
@@ -61,14 +62,14 @@ class _Routes(http.server.BaseHTTPRequestHandler):
                     self.wfile.write(bytes([byte]))
                     self.wfile.flush()
                     time.sleep(0.1)
-            elif name == "endless.mp4":                # no length, fast, never ends (until BEHAVE_FOR)
+            elif name == "endless.mp4":  # no length, fast, never ends (until BEHAVE_FOR)
                 self._head(200, {"Content-Type": "video/mp4"})
                 while time.monotonic() < until:
                     self.wfile.write(b"\0" * 4096)
                     time.sleep(0.002)
-            elif name == "silent.mp4":                 # accepts, never answers
+            elif name == "silent.mp4":  # accepts, never answers
                 time.sleep(BEHAVE_FOR)
-            elif name.startswith("hop"):               # a redirect chain, 0.4 s per hop, then the clip
+            elif name.startswith("hop"):  # a redirect chain, 0.4 s per hop, then the clip
                 hop = int(name[3:].split(".")[0])
                 time.sleep(0.4)
                 if hop < 6:
@@ -79,12 +80,12 @@ class _Routes(http.server.BaseHTTPRequestHandler):
                 self._head(302, {"Location": "/trickle-body.mp4", "Content-Length": "0"})
             elif name == "to-ftp.mp4":
                 self._head(302, {"Location": "ftp://127.0.0.1/x.mp4", "Content-Length": "0"})
-            elif name == "big.mp4":                    # a megabyte of media-typed bytes
+            elif name == "big.mp4":  # a megabyte of media-typed bytes
                 self._send(200, b"\0" * (1 << 20), "video/mp4")
             else:
                 self._send(404, b"not found", "text/plain")
         except (BrokenPipeError, ConnectionResetError):
-            pass          # the client hung up (deadline, size cap): this route is done
+            pass  # the client hung up (deadline, size cap): this route is done
 
     def _head(self, code, headers):
         self.send_response(code)
@@ -105,6 +106,7 @@ def server(tmp_path):
 
 def _url_table(path: Path, rows) -> Path:
     import csv
+
     with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         w = csv.writer(f)
         w.writerow(["id", "url", "caption"])
@@ -114,27 +116,59 @@ def _url_table(path: Path, rows) -> Path:
 
 
 def _download_argv(table, out, *extra):
-    return ["csv", "--table", str(table), "--url-col", "url", "--key-col", "id", "--download", "--out", str(out),
-            "--no-progress", "--workers", "0", "--download-retries", "0", "--threads", "4", *extra]
+    return [
+        "csv",
+        "--table",
+        str(table),
+        "--url-col",
+        "url",
+        "--key-col",
+        "id",
+        "--download",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--workers",
+        "0",
+        "--download-retries",
+        "0",
+        "--threads",
+        "4",
+        *extra,
+    ]
 
 
 # --- 1. a bad URL is one failed row -----------------------------------------------------------------
 
-BAD_URLS = ["http://[::1", "http://[::1/x.mp4", "http://", "https:///path", "http://host:abc/x.mp4",
-            "http://host:99999/x.mp4", "http://a..b/x.mp4", "http://" + "a" * 70 + ".com/x.mp4",
-            "ftp://127.0.0.1/x.mp4", "javascript:alert(1)", "//no-scheme/x.mp4", "x.mp4", "http:x.mp4",
-            "http://exa\udcffmple.com/x.mp4"]
+BAD_URLS = [
+    "http://[::1",
+    "http://[::1/x.mp4",
+    "http://",
+    "https:///path",
+    "http://host:abc/x.mp4",
+    "http://host:99999/x.mp4",
+    "http://a..b/x.mp4",
+    "http://" + "a" * 70 + ".com/x.mp4",
+    "ftp://127.0.0.1/x.mp4",
+    "javascript:alert(1)",
+    "//no-scheme/x.mp4",
+    "x.mp4",
+    "http:x.mp4",
+    "http://exa\udcffmple.com/x.mp4",
+]
 
 
 def test_every_malformed_url_is_one_failed_row_and_the_run_goes_on(tmp_path, server):
     rows = [(f"bad{i}", url) for i, url in enumerate(BAD_URLS)]
-    rows += [("ok", f"{server}/ok.mp4"), ("to_ftp", f"{server}/to-ftp.mp4"),
-             ("spaced", f"{server}/no such file ü.mp4")]      # encoded, requested, 404: not a crash
+    rows += [
+        ("ok", f"{server}/ok.mp4"),
+        ("to_ftp", f"{server}/to-ftp.mp4"),
+        ("spaced", f"{server}/no such file ü.mp4"),
+    ]  # encoded, requested, 404: not a crash
     out = tmp_path / "out"
     assert cli.main(_download_argv(_url_table(tmp_path / "urls.csv", rows), out)) == 0
     failed = failures_of(out)
-    assert failed == {**{f"bad{i}": "bad_url" for i in range(len(BAD_URLS))}, "to_ftp": "bad_url",
-                      "spaced": "http_404"}
+    assert failed == {**{f"bad{i}": "bad_url" for i in range(len(BAD_URLS))}, "to_ftp": "bad_url", "spaced": "http_404"}
     manifest = manifest_of(out)
     assert manifest["total_samples"] == 1 and manifest["input_rows"] == len(rows)
     stats = json.loads((out / "csv-000000.stats.json").read_text())
@@ -179,21 +213,35 @@ def test_hostile_library_records_fail_their_row_only(tmp_path):
         {"key": "bad_kind", "path": str(clip), "caption": "x", "kind": "audio"},
         {"key": "str_caption", "path": str(clip), "captions": "one caption as a string"},
         {"key": "num_url", "url": 12345, "caption": "x"},
-        {"key": "obj_url", "url": object(), "id": object(), "caption": "x"},     # stats stay valid JSON
+        {"key": "obj_url", "url": object(), "id": object(), "caption": "x"},  # stats stay valid JSON
         Row(key="path_obj", captions=["a pathlib.Path as the path"], path=clip, source_id=7),
         Row(key="a.b", captions=["a key with a dot would split the sample"], path=str(clip)),
     ]
-    report = make_shards(rows, tmp_path / "out", ShardOptions(name="t", samples_per_shard=4),
-                         RunOptions(progress=False, download=True, download_spec=DownloadSpec(retries=0)))
-    assert report.written == 3                                  # good, str_caption, path_obj
+    report = make_shards(
+        rows,
+        tmp_path / "out",
+        ShardOptions(name="t", samples_per_shard=4),
+        RunOptions(progress=False, download=True, download_spec=DownloadSpec(retries=0)),
+    )
+    assert report.written == 3  # good, str_caption, path_obj
     failed = failures_of(tmp_path / "out")
-    assert failed == {"000000001": "bad_row", "000000002": "bad_row", "num_caption": "bad_row",
-                      "list_caption": "bad_row", "bad_captions": "bad_row", "bad_extra": "bad_row",
-                      "bad_kind": "bad_row", "num_url": "bad_url", "obj_url": "bad_url", "a.b": "bad_row"}
+    assert failed == {
+        "000000001": "bad_row",
+        "000000002": "bad_row",
+        "num_caption": "bad_row",
+        "list_caption": "bad_row",
+        "bad_captions": "bad_row",
+        "bad_extra": "bad_row",
+        "bad_kind": "bad_row",
+        "num_url": "bad_url",
+        "obj_url": "bad_url",
+        "a.b": "bad_row",
+    }
     assert report.manifest["input_rows"] == len(rows)
 
 
 # --- 2. a wall-clock deadline per download -----------------------------------------------------------
+
 
 @pytest.mark.parametrize("route", ["trickle-body", "slow-headers", "endless", "silent", "hop1", "to-trickle"])
 def test_download_timeout_is_a_wall_clock_deadline_whatever_the_server_does(tmp_path, server, route):
@@ -213,10 +261,11 @@ def test_a_stopping_run_ends_transfers_and_connects_at_once(tmp_path, server):
     """`stop` (set on SIGTERM or a local write error) ends a transfer that would run 30 s more, and a
     TCP connect to a host that drops SYNs (a listener whose backlog is full), within a socket wait slice."""
     import socket
+
     blackhole = socket.socket()
     blackhole.bind(("127.0.0.1", 0))
     blackhole.listen(0)
-    filler = socket.create_connection(blackhole.getsockname(), timeout=2)     # fills the backlog
+    filler = socket.create_connection(blackhole.getsockname(), timeout=2)  # fills the backlog
     try:
         for url in (f"{server}/trickle-body.mp4", f"http://127.0.0.1:{blackhole.getsockname()[1]}/x.mp4"):
             stop = threading.Event()
@@ -225,10 +274,13 @@ def test_a_stopping_run_ends_transfers_and_connects_at_once(tmp_path, server):
             with pytest.raises(SampleError, match="stopped"):
                 fetch(url, str(tmp_path / "dest"), DownloadSpec(timeout=30, retries=3), stop=stop)
             assert time.monotonic() - started < 2.5, url
-        started = time.monotonic()                       # the deadline bounds a connect as well
+        started = time.monotonic()  # the deadline bounds a connect as well
         with pytest.raises(SampleError) as failure:
-            fetch(f"http://127.0.0.1:{blackhole.getsockname()[1]}/x.mp4", str(tmp_path / "d"),
-                  DownloadSpec(timeout=1, retries=0))
+            fetch(
+                f"http://127.0.0.1:{blackhole.getsockname()[1]}/x.mp4",
+                str(tmp_path / "d"),
+                DownloadSpec(timeout=1, retries=0),
+            )
         assert failure.value.reason == "timeout" and time.monotonic() - started < 3.0
     finally:
         filler.close()
@@ -239,7 +291,7 @@ class _TLSServer(_QuietServer):
     context = None
 
     def get_request(self):
-        sock, addr = super().get_request()    # the handshake runs in the handler thread, on first read
+        sock, addr = super().get_request()  # the handshake runs in the handler thread, on first read
         return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
 
 
@@ -248,9 +300,29 @@ def test_the_deadline_holds_over_tls_too(tmp_path, monkeypatch):
     """https: the reads go through the TLS socket (its own class); a trickle there must end by the
     deadline as well, and a server that never does the handshake too."""
     import ssl
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "k.pem"),
-                    "-out", str(tmp_path / "c.pem"), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "k.pem"),
+            "-out",
+            str(tmp_path / "c.pem"),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
     client_ctx = ssl.create_default_context(cafile=str(tmp_path / "c.pem"))
@@ -259,14 +331,17 @@ def test_the_deadline_holds_over_tls_too(tmp_path, monkeypatch):
     _Routes.clip = media.render_clip(tmp_path / "served.mp4", 0.5, (64, 48), 10).read_bytes()
     _TLSServer.context = server_ctx
     httpd = _TLSServer(("127.0.0.1", 0), _Routes)
-    silent = __import__("socket").create_server(("127.0.0.1", 0))      # accepts (backlog), never speaks TLS
+    silent = __import__("socket").create_server(("127.0.0.1", 0))  # accepts (backlog), never speaks TLS
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         base = f"https://127.0.0.1:{httpd.server_address[1]}"
         assert fetch(f"{base}/ok.mp4", str(tmp_path / "ok"), DownloadSpec(timeout=5, retries=0)) == len(_Routes.clip)
         spec = DownloadSpec(timeout=1.0, retries=0)
-        for url in (f"{base}/trickle-body.mp4", f"{base}/slow-headers.mp4",
-                    f"https://127.0.0.1:{silent.getsockname()[1]}/x.mp4"):
+        for url in (
+            f"{base}/trickle-body.mp4",
+            f"{base}/slow-headers.mp4",
+            f"https://127.0.0.1:{silent.getsockname()[1]}/x.mp4",
+        ):
             started = time.monotonic()
             with pytest.raises(SampleError) as failure:
                 fetch(url, str(tmp_path / "dest"), spec)
@@ -283,9 +358,15 @@ def test_retries_each_get_the_deadline_and_a_run_over_slow_servers_ends(tmp_path
     out = tmp_path / "out"
     table = _url_table(tmp_path / "urls.csv", [(r.replace("-", "_"), f"{server}/{r}.mp4") for r in routes])
     started = time.monotonic()
-    assert cli.main(_download_argv(table, out, "--download-timeout", "1", "--download-retries", "1",
-                                   "--download-backoff", "0.01")) == 0
-    assert time.monotonic() - started < BEHAVE_FOR         # 2 attempts of 1 s each, in parallel threads
+    assert (
+        cli.main(
+            _download_argv(
+                table, out, "--download-timeout", "1", "--download-retries", "1", "--download-backoff", "0.01"
+            )
+        )
+        == 0
+    )
+    assert time.monotonic() - started < BEHAVE_FOR  # 2 attempts of 1 s each, in parallel threads
     assert failures_of(out) == {"trickle_body": "timeout", "slow_headers": "timeout", "hop1": "timeout"}
     stats = json.loads((out / "csv-000000.stats.json").read_text())
     assert all("after 2 attempts" in f["detail"] for f in stats["failures"])
@@ -301,16 +382,22 @@ def test_sigterm_during_downloads_leaves_no_scratch_folder_and_a_rerun_finishes(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any(p.is_dir() and any(p.iterdir()) for p in out.glob(".downloads-*")):
         time.sleep(0.05)
-    time.sleep(0.3)                                 # the trickles are in flight
+    time.sleep(0.3)  # the trickles are in flight
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, stderr
     assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
     assert not list(out.glob(".downloads-*")) and not list(out.glob(".*.tmp"))
-    assert not list(out.glob("*.stats.json"))      # the one chunk was not finished
+    assert not list(out.glob("*.stats.json"))  # the one chunk was not finished
 
-    rerun = subprocess.run([sys.executable, "-m", "shard_tools.cli"] + _download_argv(
-        table, out, "--download-timeout", "1.5"), env=ENV, cwd=REPO, capture_output=True, text=True, timeout=60)
+    rerun = subprocess.run(
+        [sys.executable, "-m", "shard_tools.cli"] + _download_argv(table, out, "--download-timeout", "1.5"),
+        env=ENV,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert manifest_of(out)["total_samples"] == 1 and manifest_of(out)["failed"] == {"timeout": 3}
 
@@ -328,60 +415,84 @@ def test_sigterm_with_hung_decoders_exits_at_once(tmp_path):
         "def stop(*_):\n    raise KeyboardInterrupt\n"
         "if __name__ == '__main__':      # spawned workers import this file too\n"
         "    signal.signal(signal.SIGTERM, stop)\n"
-        f"    rows = [{{'key': f'k{{i}}', 'path': p, 'caption': 'x'}} for i, p in enumerate({[str(c) for c in clips]!r})]\n"
+        f"    clips = {[str(c) for c in clips]!r}\n"
+        "    rows = [{'key': f'k{i}', 'path': p, 'caption': 'x'} for i, p in enumerate(clips)]\n"
         "    print('started', flush=True)\n"
         f"    make_shards(rows, {str(tmp_path / 'out')!r}, ShardOptions(name='t'),\n"
-        "                RunOptions(workers=3, decoder=crashing_decoder, decode_timeout=600, progress=False))\n")
-    proc = subprocess.Popen([sys.executable, str(script)], env=ENV, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+        "                RunOptions(workers=3, decoder=crashing_decoder, decode_timeout=600, progress=False))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "started"
-    time.sleep(4)                                      # the spawned workers are up and hung
+    time.sleep(4)  # the spawned workers are up and hung
     proc.send_signal(signal.SIGTERM)
     started = time.monotonic()
     _, stderr = proc.communicate(timeout=60)
-    assert time.monotonic() - started < 6.0            # was 3 workers x 5 s
-    assert "KeyboardInterrupt" in stderr and "freeze_support" not in stderr    # the workers had started
+    assert time.monotonic() - started < 6.0  # was 3 workers x 5 s
+    assert "KeyboardInterrupt" in stderr and "freeze_support" not in stderr  # the workers had started
     assert not list((tmp_path / "out").glob(".*.tmp"))
 
 
 # --- 3. the local disk fails: stop with a clear message, a re-run completes ----------------------------
 
+
 def _limited(limit: int, argv: list[str]) -> list[str]:
     """make-shards ARGV in a Python whose files may not grow past `limit` bytes (RLIMIT_FSIZE, as
     `ulimit -f`): a write past it fails with EFBIG, a real local write error without a full disk."""
-    return [sys.executable, "-c", "import resource, runpy, sys; "
-            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
-            f"sys.argv = ['make-shards'] + {argv!r}; runpy.run_module('shard_tools.cli', run_name='__main__')"]
+    return [
+        sys.executable,
+        "-c",
+        "import resource, runpy, sys; "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+        f"sys.argv = ['make-shards'] + {argv!r}; runpy.run_module('shard_tools.cli', run_name='__main__')",
+    ]
 
 
 def test_download_that_cannot_be_stored_stops_the_run_instead_of_failing_rows(tmp_path, server):
     out = tmp_path / "out"
     table = _url_table(tmp_path / "urls.csv", [("ok", f"{server}/ok.mp4"), ("big", f"{server}/big.mp4")])
     argv = _download_argv(table, out)
-    limited = subprocess.run(_limited(300_000, argv), env=ENV, cwd=REPO, capture_output=True, text=True,
-                             timeout=120)
+    limited = subprocess.run(_limited(300_000, argv), env=ENV, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert limited.returncode == 1, limited.stdout + limited.stderr
     assert "File too large" in limited.stderr and str(out / ".downloads-") in limited.stderr
     assert "re-run the same command" in limited.stderr and "Traceback" not in limited.stderr
     assert not list(out.glob("*.stats.json")) and not list(out.glob(".downloads-*"))
 
-    rerun = subprocess.run([sys.executable, "-m", "shard_tools.cli"] + argv, env=ENV, cwd=REPO,
-                           capture_output=True, text=True, timeout=120)
+    rerun = subprocess.run(
+        [sys.executable, "-m", "shard_tools.cli"] + argv, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert set(failures_of(out)) == {"big"} and manifest_of(out)["total_samples"] == 1
 
 
 def test_shard_that_cannot_be_written_stops_with_one_message_and_a_rerun_completes(tmp_path):
     table = _make_clips(tmp_path, 6)
-    argv = ["webvid", "--csv", str(table), "--videos-root", str(tmp_path / "videos"), "--samples-per-shard", "3",
-            "--workers", "0", "--no-progress"]
+    argv = [
+        "webvid",
+        "--csv",
+        str(table),
+        "--videos-root",
+        str(tmp_path / "videos"),
+        "--samples-per-shard",
+        "3",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     cmd = [sys.executable, "-m", "shard_tools.cli"] + argv
     reference = tmp_path / "reference"
     subprocess.run(cmd + ["--out", str(reference)], env=ENV, cwd=REPO, check=True, capture_output=True)
     shard_size = (reference / "webvid-000000.tar").stat().st_size
     out = tmp_path / "out"
-    limited = subprocess.run(_limited(shard_size // 2, argv + ["--out", str(out)]), env=ENV, cwd=REPO,
-                             capture_output=True, text=True, timeout=120)
+    limited = subprocess.run(
+        _limited(shard_size // 2, argv + ["--out", str(out)]),
+        env=ENV,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert limited.returncode == 1, limited.stderr
     assert "Traceback" not in limited.stderr and limited.stderr.count("make-shards: error:") == 1
     assert f"cannot write {out}/.webvid-000000.tar." in limited.stderr and "File too large" in limited.stderr
@@ -409,7 +520,8 @@ def _write_points():
     import foundation.fsutil
     import shard_tools.api
     import shard_tools.format
-    return {   # where the shard folder is written: tar members, the rename into place, stats, manifest
+
+    return {  # where the shard folder is written: tar members, the rename into place, stats, manifest
         "tar member": (tarfile.TarFile, "addfile"),
         "tar rename": (foundation.fsutil.os, "replace"),
         "stats record": (records, "write_stats"),
@@ -418,25 +530,46 @@ def _write_points():
     }
 
 
-@pytest.mark.parametrize("point, fail_at", [("tar member", 1), ("tar member", 25), ("tar rename", 1),
-                                            ("tar rename", 3), ("stats record", 1), ("stats record", 3),
-                                            ("manifest", 1), ("scratch folder", 1)])
-def test_disk_full_at_any_write_stops_cleanly_and_a_rerun_matches_a_clean_run(tmp_path, capsys, monkeypatch,
-                                                                             point, fail_at):
+@pytest.mark.parametrize(
+    "point, fail_at",
+    [
+        ("tar member", 1),
+        ("tar member", 25),
+        ("tar rename", 1),
+        ("tar rename", 3),
+        ("stats record", 1),
+        ("stats record", 3),
+        ("manifest", 1),
+        ("scratch folder", 1),
+    ],
+)
+def test_disk_full_at_any_write_stops_cleanly_and_a_rerun_matches_a_clean_run(
+    tmp_path, capsys, monkeypatch, point, fail_at
+):
     """ENOSPC at the n-th call of each step that writes the folder: exit 1 with one message naming the
     folder, no temp left, a re-run completes."""
     table = _make_clips(tmp_path, 5)
-    argv = ["webvid", "--csv", str(table), "--videos-root", str(tmp_path / "videos"), "--samples-per-shard", "2",
-            "--workers", "0", "--no-progress"]
+    argv = [
+        "webvid",
+        "--csv",
+        str(table),
+        "--videos-root",
+        str(tmp_path / "videos"),
+        "--samples-per-shard",
+        "2",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     reference = tmp_path / "reference"
     assert cli.main(argv + ["--out", str(reference)]) == 0
     out = tmp_path / "out"
     if point == "scratch folder":
-        argv += ["--download"]       # scratch space exists only for downloads (no URLs here: rows read paths)
+        argv += ["--download"]  # scratch space exists only for downloads (no URLs here: rows read paths)
     owner, name = _write_points()[point]
     full = _FullDisk(getattr(owner, name), fail_at)
     with monkeypatch.context() as patch:
-        patch.setattr(owner, name, lambda *args, **kwargs: full(*args, **kwargs))   # binds as a method too
+        patch.setattr(owner, name, lambda *args, **kwargs: full(*args, **kwargs))  # binds as a method too
         capsys.readouterr()
         code = cli.main(argv + ["--out", str(out)])
     err = capsys.readouterr().err
@@ -453,17 +586,19 @@ def test_disk_full_while_downloading_is_not_a_connection_error(tmp_path, server,
 
     def full_open(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
     monkeypatch.setattr(download, "open", full_open, raising=False)
     assert cli.main(_download_argv(table, out)) == 1
     err = capsys.readouterr().err
     assert "No space left on device" in err and ".downloads-task0-" in err
-    assert not list(out.glob("*.stats.json"))      # no row was failed as connection_error
+    assert not list(out.glob("*.stats.json"))  # no row was failed as connection_error
     monkeypatch.undo()
     assert cli.main(_download_argv(table, out)) == 0
     assert manifest_of(out)["total_samples"] == 4
 
 
 # --- 5. a table that changed between runs ------------------------------------------------------------
+
 
 def _webvid_table(path: Path, n: int, edit=None) -> Path:
     lines = ["videoid,contentUrl,duration,page_dir,name"] + [f"{i},,PT1S,p,clip {i}" for i in range(n)]
@@ -478,8 +613,20 @@ def _webvid_run(tmp_path, clips: int, rows: int):
     _make_clips(tmp_path, clips)
     table = _webvid_table(tmp_path / "t.csv", rows)
     out = tmp_path / "out"
-    argv = ["webvid", "--csv", str(table), "--videos-root", str(tmp_path / "videos"), "--out", str(out),
-            "--samples-per-shard", "2", "--workers", "0", "--no-progress"]
+    argv = [
+        "webvid",
+        "--csv",
+        str(table),
+        "--videos-root",
+        str(tmp_path / "videos"),
+        "--out",
+        str(out),
+        "--samples-per-shard",
+        "2",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     return table, out, argv
 
 
@@ -500,12 +647,14 @@ def test_a_changed_table_is_refused_before_any_work(tmp_path, capsys, change):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "input table changed" in err and "new --out" in err
-    assert folder_bytes(out) == before                # nothing written, nothing deleted
-    assert {"shorter": "made from 6 input rows, the input now has 4; chunks that differ: 2 (rows 4-5: not in",
-            "longer": "made from 6 input rows, the input now has 8; rows 6-7 are new",
-            "caption edited": "chunks that differ: 1 (rows 2-3: edited)",
-            "rows swapped": "chunks that differ: 0 (rows 0-1: edited)",
-            "row replaced": "chunks that differ: 2 (rows 4-5: edited)"}[change] in err
+    assert folder_bytes(out) == before  # nothing written, nothing deleted
+    assert {
+        "shorter": "made from 6 input rows, the input now has 4; chunks that differ: 2 (rows 4-5: not in",
+        "longer": "made from 6 input rows, the input now has 8; rows 6-7 are new",
+        "caption edited": "chunks that differ: 1 (rows 2-3: edited)",
+        "rows swapped": "chunks that differ: 0 (rows 0-1: edited)",
+        "row replaced": "chunks that differ: 2 (rows 4-5: edited)",
+    }[change] in err
     assert cli.main(argv + ["--retry-failed"]) == 2
 
 
@@ -515,12 +664,12 @@ def test_a_folder_begun_before_fingerprints_still_resumes(tmp_path):
     table, out, argv = _webvid_run(tmp_path, 6, 6)
     assert cli.main(argv) == 0
     reference = folder_bytes(out)
-    for chunk in (0, 1):                       # as an older version wrote them
+    for chunk in (0, 1):  # as an older version wrote them
         path = out / f"webvid-00000{chunk}.stats.json"
         record = json.loads(path.read_text())
         del record["input_sha256"], record["chunk_input_sha256"]
         path.write_text(json.dumps(record))
-    for name in ("webvid-000002.stats.json", "webvid-000002.tar", "manifest.json"):   # unfinished there
+    for name in ("webvid-000002.stats.json", "webvid-000002.tar", "manifest.json"):  # unfinished there
         (out / name).unlink()
     assert cli.main(argv) == 0
     assert manifest_of(out)["input_sha256"] == json.loads(reference["manifest.json"])["input_sha256"]
@@ -530,20 +679,25 @@ def test_a_folder_begun_before_fingerprints_still_resumes(tmp_path):
 
 def _stats_damages():
     """(name, damage(record bytes) -> bytes): cut short, and well-formed JSON of the wrong shape."""
+
     def edit(change):
         def damage(data):
             record = json.loads(data)
             change(record)
             return json.dumps(record).encode()
+
         return damage
-    return [("cut short", lambda data: data[:40]),
-            ("a list", lambda data: b"[1, 2]"),
-            ("no shards", edit(lambda r: r.pop("shards"))),
-            ("chunk as text", edit(lambda r: r.update(chunk="1"))),
-            ("shard entry null", edit(lambda r: r["shards"].__setitem__(0, None))),
-            ("shard bytes as text", edit(lambda r: r["shards"][0].update(bytes="12"))),
-            ("failures an object", edit(lambda r: r.update(failures={}))),
-            ("failure without reason", edit(lambda r: r["failures"].append({"row": 1})))]
+
+    return [
+        ("cut short", lambda data: data[:40]),
+        ("a list", lambda data: b"[1, 2]"),
+        ("no shards", edit(lambda r: r.pop("shards"))),
+        ("chunk as text", edit(lambda r: r.update(chunk="1"))),
+        ("shard entry null", edit(lambda r: r["shards"].__setitem__(0, None))),
+        ("shard bytes as text", edit(lambda r: r["shards"][0].update(bytes="12"))),
+        ("failures an object", edit(lambda r: r.update(failures={}))),
+        ("failure without reason", edit(lambda r: r["failures"].append({"row": 1}))),
+    ]
 
 
 @pytest.mark.parametrize("damage", _stats_damages(), ids=[n for n, _ in _stats_damages()])
@@ -553,7 +707,7 @@ def test_a_damaged_stats_record_is_named_and_deleting_it_redoes_its_chunk(tmp_pa
     reference = folder_bytes(out)
     damaged = out / "webvid-000001.stats.json"
     damaged.write_bytes(damage[1](reference[damaged.name]))
-    for command in (argv, ["manifest", str(out)]):   # a re-run, and rebuilding the manifest from the records
+    for command in (argv, ["manifest", str(out)]):  # a re-run, and rebuilding the manifest from the records
         capsys.readouterr()
         assert cli.main(command) == 2, command
         assert f"{damaged} is damaged" in capsys.readouterr().err
@@ -565,8 +719,18 @@ def test_the_same_table_resumes_even_with_the_media_moved(tmp_path, capsys):
     _make_clips(tmp_path, 6)
     table = _webvid_table(tmp_path / "t.csv", 6)
     out = tmp_path / "out"
-    argv = ["webvid", "--csv", str(table), "--out", str(out), "--samples-per-shard", "2", "--workers", "0",
-            "--no-progress"]
+    argv = [
+        "webvid",
+        "--csv",
+        str(table),
+        "--out",
+        str(out),
+        "--samples-per-shard",
+        "2",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     assert cli.main(argv + ["--videos-root", str(tmp_path / "videos")]) == 0
     (tmp_path / "videos").rename(tmp_path / "moved")
     capsys.readouterr()
@@ -577,6 +741,7 @@ def test_the_same_table_resumes_even_with_the_media_moved(tmp_path, capsys):
 
 # --- 6. CSV / TSV / parquet parsed strictly ----------------------------------------------------------
 
+
 def _clip_table(tmp_path, text: str, name="t.csv") -> Path:
     media.render_clip(tmp_path / "a.mp4", 0.5, (64, 48), 10)
     path = tmp_path / name
@@ -585,16 +750,32 @@ def _clip_table(tmp_path, text: str, name="t.csv") -> Path:
 
 
 def _csv_argv(table, out, *extra):
-    return ["csv", "--table", str(table), "--path-col", "file", "--key-col", "key", "--out", str(out),
-            "--no-progress", "--workers", "0", *extra]
+    return [
+        "csv",
+        "--table",
+        str(table),
+        "--path-col",
+        "file",
+        "--key-col",
+        "key",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--workers",
+        "0",
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("body, line", [
-    ('k1,a.mp4,fine\nk2,a.mp4,"an unclosed caption\nk3,a.mp4,swallowed\nk4,a.mp4,also swallowed\n', 3),
-    ('k1,a.mp4,fine\nk2,a.mp4,"unclosed\nk3,a.mp4,"quoted"\nk4,a.mp4,x\n', 3),
-    ('k1,a.mp4,"a "quoted" word"\nk2,a.mp4,fine\n', 2),
-    ('k1,a.mp4,fine\nk2,a.mp4,"stray"text\n', 3),
-])
+@pytest.mark.parametrize(
+    "body, line",
+    [
+        ('k1,a.mp4,fine\nk2,a.mp4,"an unclosed caption\nk3,a.mp4,swallowed\nk4,a.mp4,also swallowed\n', 3),
+        ('k1,a.mp4,fine\nk2,a.mp4,"unclosed\nk3,a.mp4,"quoted"\nk4,a.mp4,x\n', 3),
+        ('k1,a.mp4,"a "quoted" word"\nk2,a.mp4,fine\n', 2),
+        ('k1,a.mp4,fine\nk2,a.mp4,"stray"text\n', 3),
+    ],
+)
 def test_broken_quoting_is_refused_naming_the_line(tmp_path, capsys, body, line):
     table = _clip_table(tmp_path, "key,file,caption\n" + body)
     out = tmp_path / "out"
@@ -613,8 +794,11 @@ def test_a_mutated_csv_is_either_refused_naming_the_table_or_fully_accounted_for
     outcomes = set()
     for i in range(40):
         at = rng.randrange(len(valid))
-        data = (valid[:at] + valid[at + 1:] if rng.random() < 0.3
-                else valid[:at] + rng.choice([b'"', b",", b"\n", b"\t", b"\r", b"\x00", b"\xff"]) + valid[at:])
+        data = (
+            valid[:at] + valid[at + 1 :]
+            if rng.random() < 0.3
+            else valid[:at] + rng.choice([b'"', b",", b"\n", b"\t", b"\r", b"\x00", b"\xff"]) + valid[at:]
+        )
         table.write_bytes(data)
         out = tmp_path / f"out{i}"
         capsys.readouterr()
@@ -638,25 +822,30 @@ def test_a_quoted_caption_over_several_lines_is_one_row_with_a_warning(tmp_path,
     assert "t.csv lines 2-3: one row" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("source, header, missing", [
-    ("csv", "key,file,text", "'caption'"),
-    ("csv", "key,path,caption", "'file'"),
-    ("csv", "key\tfile\tcaption", "--format tsv"),
-    ("csv", "key,file,caption,caption", "more than once"),
-    ("webvid", "videoid,contentUrl,duration,page_dir,title", "'name'"),
-    ("webvid", "id,contentUrl,duration,page_dir,name", "'videoid'"),
-    ("cc3m", "caption,url", "'thumbnailUrl'"),
-    ("cc3m", "text\tthumbnailUrl", "'caption'"),
-])
+@pytest.mark.parametrize(
+    "source, header, missing",
+    [
+        ("csv", "key,file,text", "'caption'"),
+        ("csv", "key,path,caption", "'file'"),
+        ("csv", "key\tfile\tcaption", "--format tsv"),
+        ("csv", "key,file,caption,caption", "more than once"),
+        ("webvid", "videoid,contentUrl,duration,page_dir,title", "'name'"),
+        ("webvid", "id,contentUrl,duration,page_dir,name", "'videoid'"),
+        ("cc3m", "caption,url", "'thumbnailUrl'"),
+        ("cc3m", "text\tthumbnailUrl", "'caption'"),
+    ],
+)
 def test_a_wrong_header_is_refused_up_front_naming_the_missing_columns(tmp_path, capsys, source, header, missing):
     sep = "\t" if "\t" in header else ","
     width = len(header.split(sep))
     body = "\n".join(sep.join(["k1", "a.mp4", "a caption", "x"][:width]) for _ in range(1)) + "\n"
     table = _clip_table(tmp_path, header + "\n" + body, "t.tsv" if source == "cc3m" and sep == "\t" else "t.csv")
     out = tmp_path / "out"
-    argv = {"csv": _csv_argv(table, out),
-            "webvid": ["webvid", "--csv", str(table), "--videos-root", str(tmp_path), "--out", str(out)],
-            "cc3m": ["cc3m", "--tsv", str(table), "--images-root", str(tmp_path), "--out", str(out)]}[source]
+    argv = {
+        "csv": _csv_argv(table, out),
+        "webvid": ["webvid", "--csv", str(table), "--videos-root", str(tmp_path), "--out", str(out)],
+        "cc3m": ["cc3m", "--tsv", str(table), "--images-root", str(tmp_path), "--out", str(out)],
+    }[source]
     assert cli.main(argv + ["--no-progress", "--workers", "0"]) == 2
     err = capsys.readouterr().err
     assert missing in err and str(table) in err
@@ -666,6 +855,7 @@ def test_a_wrong_header_is_refused_up_front_naming_the_missing_columns(tmp_path,
 def test_wrong_columns_in_jsonl_and_parquet_are_refused(tmp_path, capsys):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     _clip_table(tmp_path, "")
     records_ = [{"key": "k1", "file": "a.mp4", "text": "a caption"}]
     pq.write_table(pa.Table.from_pylist(records_), tmp_path / "t.parquet")
@@ -684,11 +874,28 @@ def test_extra_values_fail_their_row_and_extra_columns_pass_through(tmp_path):
     the source does not use goes to the sample json's `extra`, for WebVid and CC-3M as for csv."""
     _make_clips(tmp_path, 3)
     webvid = tmp_path / "w.csv"
-    webvid.write_text("videoid,contentUrl,duration,page_dir,name,category\n"
-                      "0,,PT1S,p,clip 0,sports\n1,,PT1S,p,a dog, running,pets\n2,,PT1S,p,clip 2,\n")
+    webvid.write_text(
+        "videoid,contentUrl,duration,page_dir,name,category\n"
+        "0,,PT1S,p,clip 0,sports\n1,,PT1S,p,a dog, running,pets\n2,,PT1S,p,clip 2,\n"
+    )
     out = tmp_path / "w"
-    assert cli.main(["webvid", "--csv", str(webvid), "--videos-root", str(tmp_path / "videos"), "--out", str(out),
-                     "--no-progress", "--workers", "0"]) == 0
+    assert (
+        cli.main(
+            [
+                "webvid",
+                "--csv",
+                str(webvid),
+                "--videos-root",
+                str(tmp_path / "videos"),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert failures_of(out) == {"1": "bad_row"}
     stats = json.loads((out / "webvid-000000.stats.json").read_text())
     assert "'pets'" in stats["failures"][0]["detail"] and "w.csv line 3" in stats["failures"][0]["detail"]
@@ -703,14 +910,44 @@ def test_extra_values_fail_their_row_and_extra_columns_pass_through(tmp_path):
     tsv = tmp_path / "cc.tsv"
     tsv.write_text(f"a caption\t{url}\nwith a\ttab inside\t{url}\n")
     out = tmp_path / "cc"
-    assert cli.main(["cc3m", "--tsv", str(tsv), "--images-root", str(tmp_path), "--out", str(out),
-                     "--no-progress", "--workers", "0"]) == 0
+    assert (
+        cli.main(
+            [
+                "cc3m",
+                "--tsv",
+                str(tsv),
+                "--images-root",
+                str(tmp_path),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert failures_of(out) == {"000000001": "bad_row"}
     table = tmp_path / "cc.csv"
     table.write_text(f"caption,thumbnailUrl,license\na caption,{url},cc-by\n")
     out = tmp_path / "cc_csv"
-    assert cli.main(["cc3m", "--tsv", str(table), "--images-root", str(tmp_path), "--out", str(out),
-                     "--no-progress", "--workers", "0"]) == 0
+    assert (
+        cli.main(
+            [
+                "cc3m",
+                "--tsv",
+                str(table),
+                "--images-root",
+                str(tmp_path),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     with tarfile.open(out / "cc3m-000000.tar") as tar:
         assert json.loads(tar.extractfile("000000000.json").read())["extra"] == {"license": "cc-by"}
 
@@ -718,9 +955,11 @@ def test_extra_values_fail_their_row_and_extra_columns_pass_through(tmp_path):
 def test_binary_and_numeric_parquet_cells_are_read_as_text(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     _clip_table(tmp_path, "")
-    table = pa.table({"key": [1, 2, 3], "file": [b"a.mp4", b"a.mp4", b"a.mp4"],
-                      "caption": [b"caf\xc3\xa9", b"caf\xe9", None]})
+    table = pa.table(
+        {"key": [1, 2, 3], "file": [b"a.mp4", b"a.mp4", b"a.mp4"], "caption": [b"caf\xc3\xa9", b"caf\xe9", None]}
+    )
     pq.write_table(table, tmp_path / "t.parquet")
     out = tmp_path / "out"
     assert cli.main(_csv_argv(tmp_path / "t.parquet", out)) == 0

@@ -1,9 +1,9 @@
 """make-shards on damaged and unusual media: damage fails the row as `decode_error` instead of becoming
 garbage frames; sizes are never upscaled; rotation metadata is applied; durations come from the frames;
 keys stay distinct. Every damaged file is made here, from clean renders."""
+
 import io
 import json
-from pathlib import Path
 
 import av
 import numpy as np
@@ -28,7 +28,7 @@ def outcome(path, kind="video", spec=FrameSpec(frames=8)):
 
 
 CLIPS = {
-    "cavlc": {},                                                     # x264 ultrafast: no B-frames
+    "cavlc": {},  # x264 ultrafast: no B-frames
     # CABAC, B-frames (a stored frame can be predicted from a later one), open GOPs and seeks between them
     "cabac_bframes_open_gop": {"preset": "medium", "x264_params": "open-gop=1:bframes=3:keyint=12:scenecut=0"},
 }
@@ -36,8 +36,13 @@ CLIPS = {
 
 @pytest.fixture(scope="module", params=sorted(CLIPS))
 def clean_clip(request, tmp_path_factory):
-    path = media.render_clip(tmp_path_factory.mktemp("clip") / f"{request.param}.mp4", seconds=3,
-                             size=(160, 120), fps=10, **CLIPS[request.param])
+    path = media.render_clip(
+        tmp_path_factory.mktemp("clip") / f"{request.param}.mp4",
+        seconds=3,
+        size=(160, 120),
+        fps=10,
+        **CLIPS[request.param],
+    )
     return path, outcome(path)
 
 
@@ -71,8 +76,9 @@ def test_damaged_video_is_never_stored_as_garbage(clean_clip, tmp_path, mode):
             failed += 1
         else:
             same = all(np.array_equal(a, b) for a, b in zip(result[1], clean[1]))
-            assert same or not _ffmpeg_sees_damage(bad), \
+            assert same or not _ffmpeg_sees_damage(bad), (
                 f"packet {i} damaged ({mode}): FFmpeg reports it, yet it was stored with changed frames"
+            )
     assert failed >= 15, f"only {failed} damaged clips failed"
 
 
@@ -81,7 +87,7 @@ def test_half_truncated_jpeg_fails_at_every_cut(tmp_path):
     data = jpg.read_bytes()
     start, end = media.jpeg_scan_range(data)
     assert outcome(jpg, "image")[0] == "ok"
-    for kind in ("image", "video"):                 # a still listed as a video row is checked the same way
+    for kind in ("image", "video"):  # a still listed as a video row is checked the same way
         for k in range(1, 20):
             cut = start + (end - start) * k // 20
             bad = tmp_path / f"cut{k}.jpg"
@@ -158,7 +164,7 @@ def test_odd_and_tiny_sizes_are_never_upscaled(tmp_path):
 
 def test_duration_comes_from_the_frames_not_a_lying_header(tmp_path):
     clip = media.lie_about_duration(media.render_clip(tmp_path / "lies.mp4", seconds=2.6, fps=10))
-    with av.open(str(clip)) as c:                     # the header claims 0.03 s
+    with av.open(str(clip)) as c:  # the header claims 0.03 s
         assert c.duration < 100_000
     result = outcome(clip)
     assert result[0] == "ok"
@@ -181,7 +187,7 @@ def test_rotation_metadata_is_applied(tmp_path, rotate):
     assert result[0] == "ok"
     for frame, index in zip(result[1], result[2]["frame_indices"]):
         assert frame.shape == upright[index].shape
-        assert np.abs(frame.astype(int) - upright[index]).mean() < 8     # JPEG error only; a wrong turn is ~100
+        assert np.abs(frame.astype(int) - upright[index]).mean() < 8  # JPEG error only; a wrong turn is ~100
     assert (result[2]["width"], result[2]["height"]) == upright[0].shape[1::-1]
     assert result[2]["rotation"] == rotate
 
@@ -189,8 +195,12 @@ def test_rotation_metadata_is_applied(tmp_path, rotate):
 @pytest.mark.parametrize("orientation", [1, 3, 6, 8])
 def test_exif_orientation_of_images_is_applied(tmp_path, orientation):
     quadrants = np.zeros((32, 48, 3), np.uint8)
-    quadrants[:16, :24], quadrants[:16, 24:], quadrants[16:, :24], quadrants[16:, 24:] = \
-        (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
+    quadrants[:16, :24], quadrants[:16, 24:], quadrants[16:, :24], quadrants[16:, 24:] = (
+        (255, 0, 0),
+        (0, 255, 0),
+        (0, 0, 255),
+        (255, 255, 255),
+    )
     jpg = media.jpeg_with_orientation(tmp_path / f"o{orientation}.jpg", quadrants, orientation)
     upright = media.upright_frames(jpg)[0]
     result = outcome(jpg, "image")
@@ -201,13 +211,28 @@ def test_exif_orientation_of_images_is_applied(tmp_path, orientation):
 
 
 def test_keys_from_different_ids_are_different():
-    ids = ["日本", "中文", "ü", "é", "a.b", "a_b", "a b", "a/b", "a%b", "clip-1", "clip_1", "ÄÖ", "__",
-           "x" * 40 + ".", "x" * 40 + ":"]
+    ids = [
+        "日本",
+        "中文",
+        "ü",
+        "é",
+        "a.b",
+        "a_b",
+        "a b",
+        "a/b",
+        "a%b",
+        "clip-1",
+        "clip_1",
+        "ÄÖ",
+        "__",
+        "x" * 40 + ".",
+        "x" * 40 + ":",
+    ]
     keys = [safe_key(i) for i in ids]
     assert len(set(keys)) == len(ids), dict(zip(ids, keys))
     for i, k in zip(ids, keys):
         assert k and all(ch.isascii() and (ch.isalnum() or ch in "_-") for ch in k)
-        assert safe_key(k) == k                            # a key is its own key
+        assert safe_key(k) == k  # a key is its own key
     assert safe_key("clip-1") == "clip-1" and safe_key("  clip_1 ") == "clip_1"
 
 
@@ -222,12 +247,36 @@ def test_damaged_media_and_non_ascii_keys_through_make_shards(tmp_path):
     jpg = media.render_image(root / "img.jpg", size=(160, 120)).read_bytes()
     (root / "half.jpg").write_bytes(jpg[: len(jpg) // 2])
     table = tmp_path / "rows.csv"
-    table.write_text("id,file,caption\n"
-                     "日本,good.mp4,first\n中文,good.mp4,second\n"
-                     "bad,damaged.mp4,damaged clip\nhalf,half.jpg,half a jpeg\n", encoding="utf-8")
+    table.write_text(
+        "id,file,caption\n"
+        "日本,good.mp4,first\n中文,good.mp4,second\n"
+        "bad,damaged.mp4,damaged clip\nhalf,half.jpg,half a jpeg\n",
+        encoding="utf-8",
+    )
     out = tmp_path / "out"
-    assert cli.main(["csv", "--table", str(table), "--path-col", "file", "--key-col", "id", "--media-root",
-                     str(root), "--out", str(out), "--no-progress", "--workers", "0", "--frames", "4"]) == 0
+    assert (
+        cli.main(
+            [
+                "csv",
+                "--table",
+                str(table),
+                "--path-col",
+                "file",
+                "--key-col",
+                "id",
+                "--media-root",
+                str(root),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--workers",
+                "0",
+                "--frames",
+                "4",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["total_samples"] == 2 and manifest["failed"] == {"decode_error": 2}
     failures = {f["key"]: f for p in out.glob("*.stats.json") for f in json.loads(p.read_text())["failures"]}

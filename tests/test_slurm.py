@@ -16,6 +16,7 @@
 The training jobs of 2-4 are submitted together (one module fixture) so that they share the cluster's time.
 Jobs are watched with squeue / `scontrol show job` (never `sbatch --wait`) and cancelled at the end.
 """
+
 from __future__ import annotations
 
 import csv
@@ -44,8 +45,11 @@ def _cluster_answers() -> bool:
 
 
 if os.environ.get("FIT_SLURM_CLUSTER") != "up" and not _cluster_answers():
-    pytest.skip("no SLURM cluster: start one with `SLURM_CI_NODES=2 bash tests/slurm_cluster.sh up` "
-                "(CI does, and sets FIT_SLURM_CLUSTER=up)", allow_module_level=True)
+    pytest.skip(
+        "no SLURM cluster: start one with `SLURM_CI_NODES=2 bash tests/slurm_cluster.sh up` "
+        "(CI does, and sets FIT_SLURM_CLUSTER=up)",
+        allow_module_level=True,
+    )
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -59,22 +63,30 @@ STEPS_1F = 12
 
 # ---- talking to SLURM ---------------------------------------------------------------------------------------
 
+
 def job_env(**extra) -> dict:
     """The environment sbatch exports to the jobs (--export=ALL): CPU DeepSpeed, one thread per rank."""
     return dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", **extra)
 
 
 def sbatch(args: list[str], cwd: Path, **env) -> str:
-    out = subprocess.run(["sbatch", "--parsable", *args], cwd=cwd, env=job_env(**env), capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run(
+        ["sbatch", "--parsable", *args], cwd=cwd, env=job_env(**env), capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0, f"sbatch {args} failed: {out.stderr}"
     return out.stdout.strip().split(";")[0]
 
 
 def submit(args: list[str], cwd: Path, **env) -> str:
     """`bash slurm/submit.sh ARGS` (checks, then sbatch); the job id."""
-    out = subprocess.run(["bash", str(REPO / "slurm" / "submit.sh"), *args], cwd=cwd, env=job_env(**env),
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        ["bash", str(REPO / "slurm" / "submit.sh"), *args],
+        cwd=cwd,
+        env=job_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, f"submit.sh {args} failed: {out.stderr}"
     return out.stdout.strip().splitlines()[-1]
 
@@ -98,8 +110,9 @@ def array_states(job: str) -> list[str]:
 
 
 def queued(jobs: list[str]) -> str:
-    out = subprocess.run(["squeue", "-h", "-o", "%i %T %r", "-j", ",".join(jobs)], capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i %T %r", "-j", ",".join(jobs)], capture_output=True, text=True, timeout=30
+    )
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
@@ -136,9 +149,11 @@ def wait_for_line(log: Path, pattern: str, job: str, deadline: float) -> str:
 
 # ---- reading results ----------------------------------------------------------------------------------------
 
+
 def train_losses(output_dir: Path) -> dict[int, float]:
     """train/loss_total per step from every TensorBoard file of a run (a resumed run has several)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     losses = {}
     for events in sorted((output_dir / "tb").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
         acc = EventAccumulator(str(events))
@@ -150,34 +165,62 @@ def train_losses(output_dir: Path) -> dict[int, float]:
 
 def final_weights(output_dir: Path) -> dict:
     from safetensors.torch import load_file
+
     return load_file(str(output_dir / "weights" / "final" / "weights.safetensors"))
 
 
 # ---- 1. make-shards as a job array ---------------------------------------------------------------------------
 
+
 def test_make_shards_array_equals_single_process(tmp_path):
     import media
+
     rows = []
     for i in range(7):
-        clip = media.render_clip(tmp_path / "clips" / f"c{i}.mp4", seconds=1.0, size=(64, 48), fps=10,
-                                 pattern="testsrc2" if i % 2 else "smptebars")
+        clip = media.render_clip(
+            tmp_path / "clips" / f"c{i}.mp4",
+            seconds=1.0,
+            size=(64, 48),
+            fps=10,
+            pattern="testsrc2" if i % 2 else "smptebars",
+        )
         rows.append({"file": str(clip.relative_to(tmp_path)), "caption": f"clip number {i}"})
     rows.insert(3, {"file": "clips/missing.mp4", "caption": "a row whose file does not exist"})
     with open(tmp_path / "clips.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["file", "caption"])
         writer.writeheader()
         writer.writerows(rows)
-    options = ["--table", "clips.csv", "--path-col", "file", "--caption-col", "caption", "--frames", "4",
-               "--short-side", "32", "--samples-per-shard", "2", "--no-progress"]
+    options = [
+        "--table",
+        "clips.csv",
+        "--path-col",
+        "file",
+        "--caption-col",
+        "caption",
+        "--frames",
+        "4",
+        "--short-side",
+        "32",
+        "--samples-per-shard",
+        "2",
+        "--no-progress",
+    ]
     (tmp_path / "logs").mkdir()
 
     # through slurm/submit.sh with the script's default of 16 CPUs per task: lowered to the nodes' 2
-    job = submit(["--array=0-1", "--time=10", str(REPO / "slurm" / "make_shards.sh"), "csv", *options,
-                  "--out", "array"], cwd=tmp_path)
+    job = submit(
+        ["--array=0-1", "--time=10", str(REPO / "slurm" / "make_shards.sh"), "csv", *options, "--out", "array"],
+        cwd=tmp_path,
+    )
     try:
-        single = subprocess.run([sys.executable, "-m", "shard_tools.cli", "csv", *options, "--out", "single",
-                                 "--workers", "1"], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                                capture_output=True, text=True, timeout=120)
+        single = subprocess.run(
+            [sys.executable, "-m", "shard_tools.cli", "csv", *options, "--out", "single", "--workers", "1"],
+            cwd=tmp_path,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert single.returncode == 0, single.stderr
         wait_jobs([job], time.time() + 120, logs=list((tmp_path / "logs").glob("*")))
     finally:
@@ -199,17 +242,22 @@ def test_make_shards_array_equals_single_process(tmp_path):
 
 # ---- 2-4. the training jobs, submitted together ----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def training(tmp_path_factory):
     """Submit the curriculum (test 2), a stand-alone 1-frame job to preempt (test 3) and a curriculum whose
     1-frame stage fails (test 4); cancel whatever is left at the end."""
     from test_train_fixtures import make_tiny_assets
+
     work = tmp_path_factory.mktemp("slurm_training")
     assets = [f"--set {o}" for o in make_tiny_assets(work / "assets")]
     # 1-frame stage: a model with ONE temporal position (so the 4-frame stage must inflate it), evaluated at 1
     # frame; 4-frame stage: a learning rate so small that its final weights are the inflated start, to 1e-6.
-    args_1f = assets + ["--set model.video.num_frames=1", "--set data.eval[0].num_frames=1",
-                        f"--set optim.total_steps={STEPS_1F}"]
+    args_1f = assets + [
+        "--set model.video.num_frames=1",
+        "--set data.eval[0].num_frames=1",
+        f"--set optim.total_steps={STEPS_1F}",
+    ]
     args_4f = assets + ["--set optim.lr=1e-9"]
     # test 4: the 1-frame stage's text model folder exists (so the check at submission passes) but is empty,
     # so the job fails when it loads it (the last --set wins)
@@ -219,12 +267,21 @@ def training(tmp_path_factory):
     jobs = {}
 
     def curriculum(run_dir: str, stage_1f_args: list[str]) -> dict[str, str]:
-        out = subprocess.run(["bash", str(REPO / "slurm" / "curriculum.sh")], cwd=work, capture_output=True,
-                             text=True, timeout=300,
-                             env=job_env(RUN_DIR=run_dir, CONFIG_1F=str(REPO / "configs" / "tiny_1f.json"),
-                                         CONFIG_4F=str(REPO / "configs" / "tiny_4f.json"),
-                                         ARGS_1F=" ".join(stage_1f_args), ARGS_4F=" ".join(args_4f),
-                                         **CURRICULUM_ENV))
+        out = subprocess.run(
+            ["bash", str(REPO / "slurm" / "curriculum.sh")],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=job_env(
+                RUN_DIR=run_dir,
+                CONFIG_1F=str(REPO / "configs" / "tiny_1f.json"),
+                CONFIG_4F=str(REPO / "configs" / "tiny_4f.json"),
+                ARGS_1F=" ".join(stage_1f_args),
+                ARGS_4F=" ".join(args_4f),
+                **CURRICULUM_ENV,
+            ),
+        )
         assert out.returncode == 0, out.stderr
         ids = dict(line.split() for line in out.stdout.splitlines())
         assert list(ids) == ["pretrain_1f", "pretrain_4f"], out.stdout
@@ -232,9 +289,12 @@ def training(tmp_path_factory):
 
     try:
         jobs["curriculum"] = curriculum("curriculum", args_1f)
-        jobs["preempted"] = sbatch([*CPU_JOB, str(REPO / "slurm" / "pretrain_1f.sh"),
-                                    *" ".join(args_1f).split()], cwd=work,
-                                   CONFIG=str(REPO / "configs" / "tiny_1f.json"), OUTPUT_DIR="preempted")
+        jobs["preempted"] = sbatch(
+            [*CPU_JOB, str(REPO / "slurm" / "pretrain_1f.sh"), *" ".join(args_1f).split()],
+            cwd=work,
+            CONFIG=str(REPO / "configs" / "tiny_1f.json"),
+            OUTPUT_DIR="preempted",
+        )
         jobs["failing"] = curriculum("failing", args_1f_broken)
         yield {"work": work, "jobs": jobs, "deadline": time.time() + TIMEOUT_S}
     finally:
@@ -288,8 +348,7 @@ def test_curriculum_chains_1f_into_4f(training):
 
     run_1f, run_4f = work / "curriculum" / "1f", work / "curriculum" / "4f"
     for run in (run_1f, run_4f):
-        assert json.loads((run / "metrics" / "final.json").read_text())["step"] == (
-            STEPS_1F if run == run_1f else 8)
+        assert json.loads((run / "metrics" / "final.json").read_text())["step"] == (STEPS_1F if run == run_1f else 8)
         assert list((run / "metrics").glob("eval_step_*.json")) and list((run / "tb").glob("events.*"))
     log_4f = logs[1].read_text()
     assert "video_model.temporal_embed: (1, 1, " in log_4f and "(zeros)" in log_4f, log_4f[-3000:]
@@ -301,7 +360,7 @@ def test_curriculum_chains_1f_into_4f(training):
     w1, w4 = final_weights(run_1f), final_weights(run_4f)
     t1, t4 = w1["video_model.temporal_embed"], w4["video_model.temporal_embed"]
     assert (t1.shape[1], t4.shape[1]) == (1, 4)
-    assert t1.abs().max().item() > 1e-4          # trained away from its zero init, so the check below can fail
+    assert t1.abs().max().item() > 1e-4  # trained away from its zero init, so the check below can fail
     assert (t4[:, :1] - t1).abs().max().item() < 1e-6
     assert t4[:, 1:].abs().max().item() < 1e-6
     assert w1.keys() == w4.keys()
@@ -311,8 +370,11 @@ def test_curriculum_chains_1f_into_4f(training):
 
 def test_failed_1f_stage_cancels_the_4f_stage(training):
     ids = training["jobs"]["failing"]
-    wait_jobs(list(ids.values()), training["deadline"],
-              logs=[job_log(training["work"], f"fit-{stage}", job) for stage, job in ids.items()])
+    wait_jobs(
+        list(ids.values()),
+        training["deadline"],
+        logs=[job_log(training["work"], f"fit-{stage}", job) for stage, job in ids.items()],
+    )
     first, second = job_info(ids["pretrain_1f"]), job_info(ids["pretrain_4f"])
     assert first["JobState"] == "FAILED" and first["ExitCode"] != "0:0", first
     assert (second["JobState"], second["Reason"]) == ("CANCELLED", "DependencyNeverSatisfied"), second
@@ -322,38 +384,73 @@ def test_failed_1f_stage_cancels_the_4f_stage(training):
 
 # ---- 5. checks at submission: nothing that cannot start is submitted ---------------------------------------------
 
+
 def test_submission_lowers_defaults_and_refuses_what_cannot_fit(tmp_path):
     (tmp_path / "logs").mkdir()
     make_shards = str(REPO / "slurm" / "make_shards.sh")
-    refused = subprocess.run(["bash", str(REPO / "slurm" / "submit.sh"), "--cpus-per-task=16",
-                              "--job-name=fit-refused-cpus", make_shards, "csv", "--out", "x"], cwd=tmp_path,
-                             env=job_env(), capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        [
+            "bash",
+            str(REPO / "slurm" / "submit.sh"),
+            "--cpus-per-task=16",
+            "--job-name=fit-refused-cpus",
+            make_shards,
+            "csv",
+            "--out",
+            "x",
+        ],
+        cwd=tmp_path,
+        env=job_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode == 2, refused.stderr
     assert "asks --cpus-per-task=16" in refused.stderr and "lower --cpus-per-task to 2" in refused.stderr
     assert jobs_named("fit-refused-cpus") == ""
 
     # the curriculum: a CPU request that cannot fit, then a bad value in the LAST stage's overrides
-    env = dict(GPUS_PER_NODE="0", RUN_DIR="refused", CONFIG_1F=str(REPO / "configs" / "tiny_1f.json"),
-               CONFIG_4F=str(REPO / "configs" / "tiny_4f.json"), CONFIG_FT=str(REPO / "configs" / "tiny_finetune.json"))
+    env = dict(
+        GPUS_PER_NODE="0",
+        RUN_DIR="refused",
+        CONFIG_1F=str(REPO / "configs" / "tiny_1f.json"),
+        CONFIG_4F=str(REPO / "configs" / "tiny_4f.json"),
+        CONFIG_FT=str(REPO / "configs" / "tiny_finetune.json"),
+    )
     from pipeline.demo.tiny_assets import write_tiny_assets
+
     tiny = write_tiny_assets(tmp_path / "assets")
     assets = " ".join(f"--set {o}" for o in tiny.overrides())
-    ft_assets = (f"--set model.text.model={tiny.text_model} --set data.options.tokenizer={tiny.text_model} "
-                 f"--set data.train[0].shards={tiny.shards('videos')} --set data.eval[0].shards={tiny.shards('val')}")
-    cases = [({"CPUS_PER_TASK": "16"}, ["pretrain_1f asks --cpus-per-task=16", "CPUS_PER_TASK=2",
-                                        "stage pretrain_1f: its resources do not fit"]),
-             ({"ARGS_1F": assets, "ARGS_4F": assets, "ARGS_FT": ft_assets + " --set optim.total_steps=0"},
-              ["finetune_msrvtt: ", "optim.total_steps: must be >= 1", "stage finetune_msrvtt: config check failed"])]
+    ft_assets = (
+        f"--set model.text.model={tiny.text_model} --set data.options.tokenizer={tiny.text_model} "
+        f"--set data.train[0].shards={tiny.shards('videos')} --set data.eval[0].shards={tiny.shards('val')}"
+    )
+    cases = [
+        (
+            {"CPUS_PER_TASK": "16"},
+            ["pretrain_1f asks --cpus-per-task=16", "CPUS_PER_TASK=2", "stage pretrain_1f: its resources do not fit"],
+        ),
+        (
+            {"ARGS_1F": assets, "ARGS_4F": assets, "ARGS_FT": ft_assets + " --set optim.total_steps=0"},
+            ["finetune_msrvtt: ", "optim.total_steps: must be >= 1", "stage finetune_msrvtt: config check failed"],
+        ),
+    ]
     for extra, expected in cases:
-        out = subprocess.run(["bash", str(REPO / "slurm" / "curriculum.sh"), "--finetune", "--evaluate",
-                              "--name", "fit-refused"], cwd=tmp_path, env=job_env(**env, **extra),
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            ["bash", str(REPO / "slurm" / "curriculum.sh"), "--finetune", "--evaluate", "--name", "fit-refused"],
+            cwd=tmp_path,
+            env=job_env(**env, **extra),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 2 and out.stdout == "", (extra, out.stdout, out.stderr)
         for text in expected:
             assert text in out.stderr, (text, out.stderr)
         assert "nothing was submitted" in out.stderr
-        assert not subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True,
-                                  timeout=30).stdout.count("fit-refused-")
+        assert not subprocess.run(
+            ["squeue", "-h", "-o", "%j"], capture_output=True, text=True, timeout=30
+        ).stdout.count("fit-refused-")
 
 
 # ---- 6. docs/SLURM.md's first try on a new cluster ----------------------------------------------------------------
@@ -364,15 +461,27 @@ NEVER_STARTS = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "
 def test_first_hour_tiny_curriculum_runs_with_no_overrides(tmp_path):
     """The commands of docs/SLURM.md's first section, from a fresh directory, on the 2-node test cluster."""
     env = job_env(PYTHONPATH=str(REPO))
-    made = subprocess.run(["make", "-f", str(REPO / "Makefile"), "tiny-assets"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    made = subprocess.run(
+        ["make", "-f", str(REPO / "Makefile"), "tiny-assets"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert made.returncode == 0, made.stderr
-    out = subprocess.run(["bash", str(REPO / "slurm" / "curriculum.sh"), "--tiny", "--finetune", "--evaluate"],
-                         cwd=tmp_path, env=dict(env, GPUS_PER_NODE="0"), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        ["bash", str(REPO / "slurm" / "curriculum.sh"), "--tiny", "--finetune", "--evaluate"],
+        cwd=tmp_path,
+        env=dict(env, GPUS_PER_NODE="0"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     ids = dict(line.split() for line in out.stdout.splitlines())
     assert list(ids) == ["pretrain_1f", "pretrain_4f", "finetune_msrvtt", "evaluate"], out.stdout
-    assert "using --cpus-per-task=2" in out.stderr        # the scripts' 8 CPUs per task, lowered to fit
+    assert "using --cpus-per-task=2" in out.stderr  # the scripts' 8 CPUs per task, lowered to fit
     logs = {stage: tmp_path / "logs" / f"fit-{stage}-{job}.out" for stage, job in ids.items()}
     deadline = time.time() + 420
     try:
@@ -380,7 +489,7 @@ def test_first_hour_tiny_curriculum_runs_with_no_overrides(tmp_path):
             waiting = queued(list(ids.values()))
             assert not any(reason in waiting for reason in NEVER_STARTS), waiting
             if time.time() > deadline:
-                wait_jobs(list(ids.values()), deadline, logs=list(logs.values()))   # fails with the logs
+                wait_jobs(list(ids.values()), deadline, logs=list(logs.values()))  # fails with the logs
             time.sleep(1.0)
     finally:
         cancel(list(ids.values()))
@@ -391,7 +500,7 @@ def test_first_hour_tiny_curriculum_runs_with_no_overrides(tmp_path):
     assert json.loads((run / "msrvtt" / "metrics" / "evaluate_final.json").read_text())
     for stage, log in logs.items():
         text = log.read_text()
-        assert "FutureWarning" not in text, (stage, [l for l in text.splitlines() if "FutureWarning" in l][:3])
+        assert "FutureWarning" not in text, (stage, [line for line in text.splitlines() if "FutureWarning" in line][:3])
         if stage != "evaluate":
             assert "train: temporal embedding: 4 row(s)" in text, (stage, text[-3000:])
     assert "row 0 trains, rows 1-3 get no gradient" in logs["pretrain_1f"].read_text()

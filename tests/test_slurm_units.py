@@ -2,6 +2,7 @@
 (pipeline/train/slurm_fit.py), the training stage scripts' commands, log lines and exit codes (with stand-ins for
 srun and scontrol), `launch/train.py --check` on the tiny configs and their assets, and the temporal rows a stage
 trains (pipeline.train.config.describe_temporal_rows) against the gradient the model really gets."""
+
 from __future__ import annotations
 
 import itertools
@@ -22,25 +23,40 @@ SCRIPTS = ["make_shards.sh", "pretrain_1f.sh", "pretrain_4f.sh", "finetune_msrvt
 
 # ---- resources against the partition ---------------------------------------------------------------------------
 
-SCONTROL = ("PartitionName=cpu AllowGroups=ALL Default=YES MaxNodes=UNLIMITED MaxTime=UNLIMITED "
-            "MaxCPUsPerNode=UNLIMITED Nodes=n[1-2] State=UP TotalCPUs=4 TotalNodes=2\n"
-            "PartitionName=gpu Default=NO MaxNodes=4 MaxTime=2-00:00:00 MaxCPUsPerNode=UNLIMITED Nodes=g[1-4] "
-            "State=UP TotalNodes=4\n")
+SCONTROL = (
+    "PartitionName=cpu AllowGroups=ALL Default=YES MaxNodes=UNLIMITED MaxTime=UNLIMITED "
+    "MaxCPUsPerNode=UNLIMITED Nodes=n[1-2] State=UP TotalCPUs=4 TotalNodes=2\n"
+    "PartitionName=gpu Default=NO MaxNodes=4 MaxTime=2-00:00:00 MaxCPUsPerNode=UNLIMITED Nodes=g[1-4] "
+    "State=UP TotalNodes=4\n"
+)
 
 
 def test_parsers_read_what_slurm_prints():
     parts = slurm_fit.parse_partitions(SCONTROL)
     assert slurm_fit.default_partition(parts) == "cpu"
-    gpu = slurm_fit.build_partition(parts["gpu"],
-                                    "g1 64 gpu:a100:8(S:0-1)\ng2 64 gpu:8\ng2 64 gpu:8\ng3 32 gpu:4,shard:2\n")
+    gpu = slurm_fit.build_partition(
+        parts["gpu"], "g1 64 gpu:a100:8(S:0-1)\ng2 64 gpu:8\ng2 64 gpu:8\ng3 32 gpu:4,shard:2\n"
+    )
     assert [(n.name, n.cpus, n.gpus) for n in gpu.nodes] == [("g1", 64, 8), ("g2", 64, 8), ("g3", 32, 4)]
     assert (gpu.max_nodes, gpu.max_time_min) == (4, 2880)
     assert [slurm_fit.parse_time_min(t) for t in ("30", "2:00:00", "1-12", "1-00:30:00", "5:30", "UNLIMITED")] == [
-        30, 120, 2160, 1470, 5.5, None]
-    assert slurm_fit.parse_sbatch_options(["-N", "2", "-c8", "--gres=gpu:4", "--time", "10", "-p", "gpu",
-                                           "--ntasks-per-node=4", "--array=0-3"]) == {
-        "nodes": "2", "cpus_per_task": "8", "gpus_per_node": "4", "time": "10", "partition": "gpu",
-        "ntasks_per_node": "4"}
+        30,
+        120,
+        2160,
+        1470,
+        5.5,
+        None,
+    ]
+    assert slurm_fit.parse_sbatch_options(
+        ["-N", "2", "-c8", "--gres=gpu:4", "--time", "10", "-p", "gpu", "--ntasks-per-node=4", "--array=0-3"]
+    ) == {
+        "nodes": "2",
+        "cpus_per_task": "8",
+        "gpus_per_node": "4",
+        "time": "10",
+        "partition": "gpu",
+        "ntasks_per_node": "4",
+    }
 
 
 def test_every_script_declares_its_resources():
@@ -51,8 +67,12 @@ def test_every_script_declares_its_resources():
 
 
 def _partition(nodes: int, cpus: int, gpus: int, max_nodes=None, max_time=None) -> slurm_fit.Partition:
-    return slurm_fit.Partition("p", max_nodes=max_nodes, max_time_min=max_time,
-                               nodes=[slurm_fit.Node(f"n{i}", cpus, gpus) for i in range(nodes)])
+    return slurm_fit.Partition(
+        "p",
+        max_nodes=max_nodes,
+        max_time_min=max_time,
+        nodes=[slurm_fit.Node(f"n{i}", cpus, gpus) for i in range(nodes)],
+    )
 
 
 def _fits(asked: dict, partition: slurm_fit.Partition) -> bool:
@@ -60,8 +80,11 @@ def _fits(asked: dict, partition: slurm_fit.Partition) -> bool:
     nodes, per_node = int(asked.get("nodes", 1)), int(asked.get("ntasks_per_node", 1))
     cpus, gpus = int(asked.get("cpus_per_task", 1)), int(asked.get("gpus_per_node", 0))
     usable = [n for n in partition.nodes if n.cpus >= per_node * cpus and n.gpus >= gpus]
-    time_ok = (partition.max_time_min is None or "time" not in asked
-               or slurm_fit.parse_time_min(asked["time"]) <= partition.max_time_min)
+    time_ok = (
+        partition.max_time_min is None
+        or "time" not in asked
+        or slurm_fit.parse_time_min(asked["time"]) <= partition.max_time_min
+    )
     return len(usable) >= nodes and (partition.max_nodes is None or nodes <= partition.max_nodes) and time_ok
 
 
@@ -71,11 +94,20 @@ def test_fit_request_never_leaves_a_job_that_cannot_start(script):
     partition, or the error names an option the user gave (defaults alone never stop a submission, except
     GPUs on a partition that has none) and the value to lower it to."""
     defaults = slurm_fit.script_defaults((REPO / "slurm" / script).read_text())
-    partitions = [_partition(n, c, g, mn, mt) for n, c, g, mn, mt in itertools.product(
-        (1, 2, 4), (2, 8, 64), (0, 4, 8), (None, 1), (None, 60))]
-    givens = [{}, {"cpus_per_task": "16"}, {"cpus_per_task": "1"}, {"nodes": "3"}, {"time": "120"},
-              {"gpus_per_node": "0", "ntasks_per_node": "1"}, {"gpus_per_node": "4", "ntasks_per_node": "4"},
-              {"gpus_per_node": "0", "ntasks_per_node": "1", "cpus_per_task": "4", "nodes": "2"}]
+    partitions = [
+        _partition(n, c, g, mn, mt)
+        for n, c, g, mn, mt in itertools.product((1, 2, 4), (2, 8, 64), (0, 4, 8), (None, 1), (None, 60))
+    ]
+    givens = [
+        {},
+        {"cpus_per_task": "16"},
+        {"cpus_per_task": "1"},
+        {"nodes": "3"},
+        {"time": "120"},
+        {"gpus_per_node": "0", "ntasks_per_node": "1"},
+        {"gpus_per_node": "4", "ntasks_per_node": "4"},
+        {"gpus_per_node": "0", "ntasks_per_node": "1", "cpus_per_task": "4", "nodes": "2"},
+    ]
     checked = errors = 0
     for partition, given in itertools.product(partitions, givens):
         try:
@@ -100,13 +132,20 @@ def test_defaults_are_lowered_and_given_values_are_refused_on_a_small_node():
     small = _partition(2, 2, 0)
     fit = slurm_fit.fit_request({"cpus_per_task": "16", "ntasks": "1"}, {}, small, "make_shards.sh")
     assert fit.options == ["--cpus-per-task=2"] and "does not fit" in fit.notes[0]
-    with pytest.raises(slurm_fit.ResourceError, match=r"--cpus-per-task=16 .* lower --cpus-per-task to 2 "
-                                                      r"\(slurm/curriculum.sh: CPUS_PER_TASK=2\)"):
+    with pytest.raises(
+        slurm_fit.ResourceError,
+        match=r"--cpus-per-task=16 .* lower --cpus-per-task to 2 "
+        r"\(slurm/curriculum.sh: CPUS_PER_TASK=2\)",
+    ):
         slurm_fit.fit_request({"cpus_per_task": "16"}, {"cpus_per_task": "16"}, small, "make_shards.sh")
     with pytest.raises(slurm_fit.ResourceError, match="has no GPUs.*GPUS_PER_NODE=0"):
         slurm_fit.fit_request({"gpus_per_node": "8", "ntasks_per_node": "8"}, {}, small, "pretrain_1f.sh")
-    fit = slurm_fit.fit_request({"nodes": "2", "gpus_per_node": "8", "ntasks_per_node": "8", "cpus_per_task": "8"},
-                                {}, _partition(2, 64, 4), "pretrain_1f.sh")   # one task per GPU, 2 x 4 ranks
+    fit = slurm_fit.fit_request(
+        {"nodes": "2", "gpus_per_node": "8", "ntasks_per_node": "8", "cpus_per_task": "8"},
+        {},
+        _partition(2, 64, 4),
+        "pretrain_1f.sh",
+    )  # one task per GPU, 2 x 4 ranks
     assert sorted(fit.options) == ["--gpus-per-node=4", "--ntasks-per-node=4"] and fit.ranks == 8
 
 
@@ -114,10 +153,16 @@ def test_defaults_are_lowered_and_given_values_are_refused_on_a_small_node():
 
 STAGES = {  # script: (stage name in its log lines, what its initial weights are, the note after them)
     "pretrain_1f.sh": ("1-frame pretraining", None, None),
-    "pretrain_4f.sh": ("4-frame pretraining", "the 1-frame stage's weights/final folder",
-                       " (its temporal rows: the 'train: temporal embedding' line below)"),
-    "finetune_msrvtt.sh": ("MSR-VTT fine-tuning", "the pretrained weights (e.g. the 4-frame stage's weights/final)",
-                           ""),
+    "pretrain_4f.sh": (
+        "4-frame pretraining",
+        "the 1-frame stage's weights/final folder",
+        " (its temporal rows: the 'train: temporal embedding' line below)",
+    ),
+    "finetune_msrvtt.sh": (
+        "MSR-VTT fine-tuning",
+        "the pretrained weights (e.g. the 4-frame stage's weights/final)",
+        "",
+    ),
 }
 STAND_INS = {  # each prints how it was called; the "ranks" exit with $RANKS_EXIT
     "srun": 'echo "srun $*"; exit "${RANKS_EXIT:-0}"',
@@ -133,10 +178,24 @@ def _run_stage(tmp_path: Path, script: str, **env: str) -> subprocess.CompletedP
         (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
         (bin_dir / name).chmod(0o755)
     (tmp_path / "init").mkdir(exist_ok=True)
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FIT_ROOT": str(REPO), "PYTHON": "python-stand-in",
-           "SLURM_JOB_ID": "42", "CONFIG": "configs/tiny_1f.json", "OUTPUT_DIR": "out", "INIT_FROM": "init", **env}
-    return subprocess.run(["bash", str(REPO / "slurm" / script), "--set", "optim.lr=1e-4"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "FIT_ROOT": str(REPO),
+        "PYTHON": "python-stand-in",
+        "SLURM_JOB_ID": "42",
+        "CONFIG": "configs/tiny_1f.json",
+        "OUTPUT_DIR": "out",
+        "INIT_FROM": "init",
+        **env,
+    }
+    return subprocess.run(
+        ["bash", str(REPO / "slurm" / script), "--set", "optim.lr=1e-4"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize("script", sorted(STAGES))
@@ -150,14 +209,18 @@ def test_stage_scripts_launch_check_and_requeue_with_their_own_names(tmp_path, s
 
     check = _run_stage(tmp_path, script, FIT_CHECK="1", FIT_CHECK_RANKS="4")
     assert check.returncode == 0, check.stderr
-    assert check.stdout == (f"python {REPO}/launch/train.py --check --ranks 4 --config {config} "
-                            f"--set output_dir={out}{load} --set optim.lr=1e-4\n")
+    assert check.stdout == (
+        f"python {REPO}/launch/train.py --check --ranks 4 --config {config} "
+        f"--set output_dir={out}{load} --set optim.lr=1e-4\n"
+    )
     assert (f"initial weights: {init}{init_note}\n" in check.stderr) == bool(init_what), check.stderr
 
     done = _run_stage(tmp_path, script)
     assert done.returncode == 0, done.stderr
-    assert (f"srun --wait=120 --label python-stand-in -u {REPO}/launch/train.py --config {config} "
-            f"--set output_dir={out} --resume auto{load} --set optim.lr=1e-4\n") in done.stdout
+    assert (
+        f"srun --wait=120 --label python-stand-in -u {REPO}/launch/train.py --config {config} "
+        f"--set output_dir={out} --resume auto{load} --set optim.lr=1e-4\n"
+    ) in done.stdout
     assert f"{stage}: job 42 " in done.stderr and "  job log:      /logs/job.out\n" in done.stderr
     assert done.stderr.endswith(f"] {stage} finished: weights in {out}/weights/final, metrics in {out}/metrics\n")
 
@@ -172,18 +235,25 @@ def test_stage_scripts_launch_check_and_requeue_with_their_own_names(tmp_path, s
     missing = _run_stage(tmp_path, script, INIT_FROM="nowhere")
     if init_what:
         assert missing.returncode == 2 and missing.stdout == "", missing
-        assert missing.stderr.endswith(f"error: initial weights nowhere do not exist ({init_what}; "
-                                       "did that stage finish?)\n"), missing.stderr
+        assert missing.stderr.endswith(
+            f"error: initial weights nowhere do not exist ({init_what}; did that stage finish?)\n"
+        ), missing.stderr
     else:
         assert missing.returncode == 0, missing.stderr
 
 
 # ---- launch/train.py --check: the tiny configs after `make tiny-assets`, with no overrides ---------------------
 
+
 def _check(cwd: Path, config: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), "--config", str(REPO / config),
-                           "--check", *args], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    return subprocess.run(
+        [sys.executable, str(REPO / "launch" / "train.py"), "--config", str(REPO / config), "--check", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
 
 
 def test_tiny_configs_check_after_tiny_assets_and_name_the_step_before(tmp_path, monkeypatch):
@@ -191,6 +261,7 @@ def test_tiny_configs_check_after_tiny_assets_and_name_the_step_before(tmp_path,
     the check names every missing input and the command; after it every tiny config passes, unchanged."""
     from pipeline.demo.tiny_assets import DEFAULT_ROOT, write_tiny_assets
     from pipeline.train.config import check_inputs
+
     monkeypatch.chdir(tmp_path)
     tiny_configs = sorted((REPO / "configs").glob("tiny_*.json"))
     assert {p.name for p in tiny_configs} >= {"tiny_1f.json", "tiny_4f.json", "tiny_finetune.json"}
@@ -201,12 +272,13 @@ def test_tiny_configs_check_after_tiny_assets_and_name_the_step_before(tmp_path,
 
     write_tiny_assets(DEFAULT_ROOT)
     from shard_tools.verify import verify
-    for name in ("images", "videos", "val"):        # shards as make-shards writes them: verify finds no problem
+
+    for name in ("images", "videos", "val"):  # shards as make-shards writes them: verify finds no problem
         report = verify(tmp_path / DEFAULT_ROOT / name)
         assert report.ok and report.members_checked > 0, (name, report.problems[:3])
     for config in tiny_configs:
         assert check_inputs(load_config(config), world_size=2) == [], config.name
-    crowded = check_inputs(load_config(REPO / "configs" / "tiny_1f.json"), world_size=5)   # 4 shards per set
+    crowded = check_inputs(load_config(REPO / "configs" / "tiny_1f.json"), world_size=5)  # 4 shards per set
     assert any(p.startswith("data.train[0].shards: 4 shards for 5 ranks") for p in crowded), crowded
 
     ok = _check(tmp_path, "configs/tiny_finetune.json", "--ranks", "2")
@@ -217,19 +289,26 @@ def test_tiny_configs_check_after_tiny_assets_and_name_the_step_before(tmp_path,
 
 # ---- which temporal rows train, and when inflation applies ------------------------------------------------------
 
+
 @pytest.mark.parametrize("rows,frames", [(4, (1, 1)), (4, (1, 4)), (4, (1, 2)), (1, (1, 1)), (8, (1, 4))])
 def test_described_temporal_rows_are_the_rows_that_get_a_gradient(rows, frames):
     import torch
 
     from models.video_transformer import SpaceTimeTransformer
-    cfg = load_config(REPO / "configs" / "tiny_1f.json", [f"model.video.num_frames={rows}",
-                                                           f"data.train[0].num_frames={frames[0]}",
-                                                           f"data.train[1].num_frames={frames[1]}",
-                                                           "data.train[0].kind=video"])
+
+    cfg = load_config(
+        REPO / "configs" / "tiny_1f.json",
+        [
+            f"model.video.num_frames={rows}",
+            f"data.train[0].num_frames={frames[0]}",
+            f"data.train[1].num_frames={frames[1]}",
+            "data.train[0].kind=video",
+        ],
+    )
     model = SpaceTimeTransformer.from_config(cfg.model.video)
     with torch.no_grad():
         model.temporal_embed.normal_()
-    for spec in cfg.data.train:           # one step's loss over every training set, at its frame count
+    for spec in cfg.data.train:  # one step's loss over every training set, at its frame count
         video = torch.randn(2, spec.num_frames, 3, cfg.model.video.img_size, cfg.model.video.img_size)
         model.forward_features(video).square().sum().backward()
     grad_rows = (model.temporal_embed.grad[0].abs().sum(dim=1) > 0).nonzero().flatten().tolist()
@@ -238,8 +317,9 @@ def test_described_temporal_rows_are_the_rows_that_get_a_gradient(rows, frames):
     if len(grad_rows) == rows:
         assert f"all {rows} row(s) train" in text
     else:
-        assert "get no gradient" in text and (f"rows {len(grad_rows)}-{rows - 1}" in text
-                                              or f"row {len(grad_rows)}" in text), text
+        assert "get no gradient" in text and (
+            f"rows {len(grad_rows)}-{rows - 1}" in text or f"row {len(grad_rows)}" in text
+        ), text
 
 
 @pytest.mark.parametrize("have,expect", [(4, "no inflation"), (1, "inflated to 4"), (None, "only if it has fewer")])
@@ -252,4 +332,5 @@ def test_description_says_when_inflation_applies(tmp_path, have, expect):
     assert expect in describe_temporal_rows(cfg)
     assert "fresh model" in describe_temporal_rows(load_config(REPO / "configs" / "tiny_1f.json"))
     assert "row 0 trains, rows 1-3 get no gradient" in describe_temporal_rows(
-        load_config(REPO / "configs" / "pretrain_1f.json"))
+        load_config(REPO / "configs" / "pretrain_1f.json")
+    )

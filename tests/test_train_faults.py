@@ -2,6 +2,7 @@
 in the log: a corrupt shard (the loader's CorruptDataError) and an exception injected into the reader, on 1 and
 2 ranks. Before, the rank printed the error and then waited forever on its DataLoader worker (workers ignore
 SIGTERM so a preempted rank can save, and Python's exit joined them)."""
+
 import shutil
 import time
 
@@ -11,7 +12,7 @@ from test_train_fixtures import REPO, launch_ranks, make_tiny_assets, read_log, 
 
 pytestmark = pytest.mark.slow
 CONFIG = str(REPO / "configs" / "tiny_1f.json")
-BOUND_S = 60          # from the error in the log to every rank gone
+BOUND_S = 60  # from the error in the log to every rank gone
 
 
 @pytest.fixture(scope="module")
@@ -35,30 +36,45 @@ def _logs(log_dir, world):
 def _run_until_exit(args, world, log_dir, script, error_text):
     procs = launch_ranks(args, world, log_dir, script=script)
     try:
-        deadline = time.time() + 300                 # start-up on a loaded 2-core machine, then the error
+        deadline = time.time() + 300  # start-up on a loaded 2-core machine, then the error
         while error_text not in _logs(log_dir, world) and time.time() < deadline:
             if all(p.poll() is not None for p in procs):
                 break
             time.sleep(0.2)
         seen = time.time()
         assert error_text in _logs(log_dir, world), _logs(log_dir, world)[-4000:]
-        codes = wait_all(procs, BOUND_S)             # kills every rank and raises TimeoutError past the bound
+        codes = wait_all(procs, BOUND_S)  # kills every rank and raises TimeoutError past the bound
     finally:
         if any(p.poll() is None for p in procs):
             wait_all(procs, 1)
     return codes, time.time() - seen
 
 
-@pytest.mark.parametrize("world, fault", [(1, "corrupt_shard"), (2, "corrupt_shard"), (1, "injected_exception"),
-                                          (2, "injected_exception"), (2, "corrupt_eval_shard")])
+@pytest.mark.parametrize(
+    "world, fault",
+    [
+        (1, "corrupt_shard"),
+        (2, "corrupt_shard"),
+        (1, "injected_exception"),
+        (2, "injected_exception"),
+        (2, "corrupt_eval_shard"),
+    ],
+)
 def test_a_data_path_exception_ends_every_rank_quickly(assets, tmp_path, world, fault):
-    common = ["optim.total_steps=200", "eval.every_steps=0", "checkpoint.every_steps=0", "eval.at_start=false",
-              f"output_dir={tmp_path / 'run'}", "data.options.max_corrupt_fraction=0",
-              "data.options.corrupt_check_after=0", "deepspeed.comm_timeout_s=120"]
+    common = [
+        "optim.total_steps=200",
+        "eval.every_steps=0",
+        "checkpoint.every_steps=0",
+        "eval.at_start=false",
+        f"output_dir={tmp_path / 'run'}",
+        "data.options.max_corrupt_fraction=0",
+        "data.options.corrupt_check_after=0",
+        "deepspeed.comm_timeout_s=120",
+    ]
     if fault == "corrupt_shard":
         overrides, script, error = assets["broken"] + common, "launch/train.py", "CorruptDataError"
         prefix = []
-    elif fault == "corrupt_eval_shard":            # the evaluation's loader, in the evaluation at start
+    elif fault == "corrupt_eval_shard":  # the evaluation's loader, in the evaluation at start
         overrides = assets["broken_eval"] + common + ["eval.at_start=true"]
         script, error, prefix = "launch/train.py", "CorruptDataError", []
     else:

@@ -8,6 +8,7 @@
   whose global batch at each step is fixed by the seed and cut into rank slices, so a 2-rank run and a
   1-rank run with the whole batch see exactly the same samples (the real loader splits shards by rank).
 """
+
 from __future__ import annotations
 
 import os
@@ -27,28 +28,48 @@ def make_tiny_assets(root: Path) -> list[str]:
     """Text model + shards for configs/tiny_*.json under `root` (kept if present; the same assets as
     `make tiny-assets`, pipeline/demo/tiny_assets.py); returns the `--set` overrides pointing the configs at them."""
     from pipeline.demo.tiny_assets import write_tiny_assets
+
     return write_tiny_assets(root).overrides()
 
 
 def free_port() -> int:
     from pipeline.train.distributed import free_port as pick
+
     return pick()
 
 
-def launch_ranks(args: list[str], world_size: int, log_dir: Path, script: str = "launch/train.py",
-                 extra_env: dict | None = None) -> list[subprocess.Popen]:
+def launch_ranks(
+    args: list[str], world_size: int, log_dir: Path, script: str = "launch/train.py", extra_env: dict | None = None
+) -> list[subprocess.Popen]:
     """Start `world_size` processes of `python script args` with srun-style rank variables."""
     port = free_port()
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     for rank in range(world_size):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu",
-                   PYTHONPATH=str(REPO), **(extra_env or {}))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+            DS_ACCELERATOR="cpu",
+            PYTHONPATH=str(REPO),
+            **(extra_env or {}),
+        )
         out = open(log_dir / f"rank{rank}.log", "ab")
-        procs.append(subprocess.Popen([sys.executable, str(REPO / script), *args], cwd=REPO, env=env,
-                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(REPO / script), *args],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         out.close()
     return procs
 
@@ -75,6 +96,7 @@ def read_log(log_dir: Path, rank: int = 0) -> str:
 
 def tb_scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
@@ -82,14 +104,24 @@ def tb_scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
+
     return load_file(str(Path(folder) / "weights.safetensors"))
 
 
 class SyntheticSteps:
     """Endless steps {name: batch}; the global batch of step s is a function of (seed, s), cut by rank."""
 
-    def __init__(self, batch_sizes: dict[str, int], frames: dict[str, int], rank: int, world_size: int,
-                 seed: int = 0, res: int = 32, text_len: int = 8, vocab: int = 1000):
+    def __init__(
+        self,
+        batch_sizes: dict[str, int],
+        frames: dict[str, int],
+        rank: int,
+        world_size: int,
+        seed: int = 0,
+        res: int = 32,
+        text_len: int = 8,
+        vocab: int = 1000,
+    ):
         self.batch_sizes, self.frames, self.rank, self.world = batch_sizes, frames, rank, world_size
         self.seed, self.res, self.text_len, self.vocab = seed, res, text_len, vocab
         self.steps = 0
@@ -102,13 +134,17 @@ class SyntheticSteps:
         for n, (name, per_rank) in enumerate(self.batch_sizes.items()):
             g = torch.Generator().manual_seed(self.seed * 100003 + self.steps * 101 + n)
             total = per_rank * self.world
-            video = torch.randint(0, 256, (total, self.frames[name], 3, self.res, self.res), generator=g,
-                                  dtype=torch.uint8)
+            video = torch.randint(
+                0, 256, (total, self.frames[name], 3, self.res, self.res), generator=g, dtype=torch.uint8
+            )
             ids = torch.randint(1000, 1000 + self.vocab, (total, self.text_len), generator=g)
             ids[:, 0] = 101
             mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
-            out[name] = {"video": video[mine], "keys": [f"{name}_{self.steps}_{i}" for i in range(total)][mine],
-                         "text": {"input_ids": ids[mine], "attention_mask": torch.ones_like(ids[mine])}}
+            out[name] = {
+                "video": video[mine],
+                "keys": [f"{name}_{self.steps}_{i}" for i in range(total)][mine],
+                "text": {"input_ids": ids[mine], "attention_mask": torch.ones_like(ids[mine])},
+            }
         self.steps += 1
         return out
 
@@ -122,21 +158,28 @@ class SyntheticSteps:
 def _synthetic_main(argv: list[str]) -> int:
     """Train `--config` (with `--set` overrides) on SyntheticSteps; ranks come from the environment."""
     import argparse
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
+    from foundation.logs import setup_logging
     from pipeline.train.config import load_config
     from pipeline.train.distributed import init_distributed, read_env, shutdown
-    from foundation.logs import setup_logging
     from pipeline.train.trainer import train
+
     env = read_env()
     setup_logging(rank=env.rank)
     cfg = load_config(args.config, args.overrides)
     init_distributed(env, timeout_s=60)
-    loader = SyntheticSteps({s.name: s.batch_size for s in cfg.data.train},
-                            {s.name: s.num_frames for s in cfg.data.train}, env.rank, env.world_size,
-                            seed=cfg.seed, res=cfg.data.options.input_res)
+    loader = SyntheticSteps(
+        {s.name: s.batch_size for s in cfg.data.train},
+        {s.name: s.num_frames for s in cfg.data.train},
+        env.rank,
+        env.world_size,
+        seed=cfg.seed,
+        res=cfg.data.options.input_res,
+    )
     try:
         return train(cfg, env, train_loader=loader)
     finally:

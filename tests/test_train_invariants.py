@@ -9,6 +9,7 @@ gradient accumulation:
 
 tests/train_invariants.py runs the sequence in each rank; fp32 on the CPU, the real shard loader with a worker.
 """
+
 import json
 
 import pytest
@@ -17,9 +18,9 @@ import torch
 from test_train_fixtures import REPO, launch_ranks, make_tiny_assets, read_log, read_weights, tb_scalars, wait_all
 
 pytestmark = pytest.mark.slow
-STEPS, EVAL_EVERY = 7, 3                       # evaluations after steps 3, 6 and 7 (the last)
+STEPS, EVAL_EVERY = 7, 3  # evaluations after steps 3, 6 and 7 (the last)
 RESUME_AT = {1: [1, 2, 3, 4, 5], 2: [1, 3, 4]}  # first step, before / at / right after an evaluation, later
-PREEMPT_AT = {1: [3], 2: [3]}                  # preempted on an evaluation step: it runs after the resume
+PREEMPT_AT = {1: [3], 2: [3]}  # preempted on an evaluation step: it runs after the resume
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +28,28 @@ def assets(tmp_path_factory):
     return make_tiny_assets(tmp_path_factory.mktemp("invariant_assets"))
 
 
-@pytest.fixture(scope="module", params=[(1, 0, 1), (1, 2, 2), (2, 2, 1), (2, 3, 1)],
-                ids=["1rank-zero0", "1rank-zero2-accum2", "2ranks-zero2", "2ranks-zero3"])
+@pytest.fixture(
+    scope="module",
+    params=[(1, 0, 1), (1, 2, 2), (2, 2, 1), (2, 3, 1)],
+    ids=["1rank-zero0", "1rank-zero2-accum2", "2ranks-zero2", "2ranks-zero3"],
+)
 def sweep(request, assets, tmp_path_factory):
     world, zero, accum = request.param
     out = tmp_path_factory.mktemp(f"invariants_{world}_{zero}_{accum}")
-    args = ["--config", str(REPO / "configs" / "tiny_1f.json"), "--out", str(out), "--steps", str(STEPS),
-            "--eval-every", str(EVAL_EVERY), "--resume-at", ",".join(map(str, RESUME_AT[world])),
-            "--preempt-at", ",".join(map(str, PREEMPT_AT[world]))]
+    args = [
+        "--config",
+        str(REPO / "configs" / "tiny_1f.json"),
+        "--out",
+        str(out),
+        "--steps",
+        str(STEPS),
+        "--eval-every",
+        str(EVAL_EVERY),
+        "--resume-at",
+        ",".join(map(str, RESUME_AT[world])),
+        "--preempt-at",
+        ",".join(map(str, PREEMPT_AT[world])),
+    ]
     for override in assets + [f"deepspeed.zero_stage={zero}", f"optim.grad_accum_steps={accum}", "optim.lr=3e-3"]:
         args += ["--set", override]
     procs = launch_ranks(args, world, out / "logs", script="tests/train_invariants.py")
@@ -57,7 +72,7 @@ def _losses(run):
 
 def test_evaluation_and_checkpoints_never_change_training(sweep):
     out = sweep["out"]
-    assert (out / "full" / "metrics" / f"eval_step_{EVAL_EVERY:08d}.json").is_file()   # it did evaluate
+    assert (out / "full" / "metrics" / f"eval_step_{EVAL_EVERY:08d}.json").is_file()  # it did evaluate
     assert not (out / "noeval" / "metrics" / f"eval_step_{EVAL_EVERY:08d}.json").exists()
     _assert_same_weights(out / "full", out / "noeval", "evaluating every 3 steps vs never")
     assert _losses(out / "full") == _losses(out / "noeval")
@@ -74,7 +89,7 @@ def test_resume_is_exact_at_every_step(sweep, position):
         for tag, values in full.items():
             later = {s: v for s, v in values.items() if s > step}
             assert {s: v for s, v in resumed[tag].items() if s > step} == later, (step, tag)
-        if position == "preempt":                  # the evaluation due at the preempted step ran after resuming
+        if position == "preempt":  # the evaluation due at the preempted step ran after resuming
             evaluated = json.loads((run / "metrics" / f"eval_step_{step:08d}.json").read_text())
             reference = json.loads((out / "full" / "metrics" / f"eval_step_{step:08d}.json").read_text())
             assert evaluated["metrics"] == reference["metrics"]
@@ -88,4 +103,4 @@ def test_every_module_is_in_train_mode_for_training_and_eval_mode_for_evaluation
         assert record["forwards"]["train"] > 0, path
         assert record["wrong"] == {"train": [], "eval": []}, (path, record["wrong"])
     full = json.loads((sweep["out"] / "full" / "modes_rank0.json").read_text())
-    assert full["forwards"]["eval"] > 0                                  # evaluations were watched too
+    assert full["forwards"]["eval"] > 0  # evaluations were watched too

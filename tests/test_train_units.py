@@ -1,5 +1,6 @@
 """Trainer building blocks without launching ranks: config, launcher variables, schedules, param groups,
 checkpoint folders, sliding windows, DeepSpeed config."""
+
 import json
 
 import pytest
@@ -29,21 +30,29 @@ def test_configs_in_the_repo_validate():
         cfg = load_config(f"configs/{name}.json")
         assert cfg.optim.total_steps > 0 and cfg.data.train
     cfg = load_config("configs/pretrain_4f.json")
-    assert cfg.checkpoint.load_checkpoint and {s.name: s.num_frames for s in cfg.data.train} == \
-        {"cc3m": 1, "webvid": 4}
+    assert cfg.checkpoint.load_checkpoint and {s.name: s.num_frames for s in cfg.data.train} == {"cc3m": 1, "webvid": 4}
 
 
 def test_config_errors_name_the_key_path(tmp_path):
     raw = json.loads(open(TINY).read())
-    cases = [("optim.lr=-1", "optim.lr"), ("optim.schedule=linear", "optim.schedule"),
-             ("data.train[1].batch_size=0", "data.train[1].batch_size"), ("deepspeed.zero_stage=4", "zero_stage"),
-             ("eval.best_metric=nope/t2v_R1", "eval.best_metric"), ("optim.bogus=1", "optim.bogus"),
-             ("loss.weights.unknown=1", "loss.weights.unknown"), ("deepspeed.extra.gradient_clipping=1", "extra"),
-             ("eval.window_frames=8", "eval.window_frames"), ("eval.window_frames=3", "data.eval[0].num_frames")]
+    cases = [
+        ("optim.lr=-1", "optim.lr"),
+        ("optim.schedule=linear", "optim.schedule"),
+        ("data.train[1].batch_size=0", "data.train[1].batch_size"),
+        ("deepspeed.zero_stage=4", "zero_stage"),
+        ("eval.best_metric=nope/t2v_R1", "eval.best_metric"),
+        ("optim.bogus=1", "optim.bogus"),
+        ("loss.weights.unknown=1", "loss.weights.unknown"),
+        ("deepspeed.extra.gradient_clipping=1", "extra"),
+        ("eval.window_frames=8", "eval.window_frames"),
+        ("eval.window_frames=3", "data.eval[0].num_frames"),
+    ]
     for override, path in cases:
         with pytest.raises(ConfigError, match=path.replace("[", r"\[").replace("]", r"\]")):
-            load_config(_write(tmp_path, raw), [override, "eval.sliding_window_stride=1"] if "window" in override
-                        else [override])
+            load_config(
+                _write(tmp_path, raw),
+                [override, "eval.sliding_window_stride=1"] if "window" in override else [override],
+            )
     with pytest.raises(ConfigError, match=r"--set data.train\[5\]"):
         apply_overrides(raw, ["data.train[5].batch_size=3"])
 
@@ -51,19 +60,35 @@ def test_config_errors_name_the_key_path(tmp_path):
 def test_overrides_parse_json_values_and_defaults_fill_in(tmp_path):
     cfg = load_config(TINY, ["optim.lr=0.5", "data.train[0].batch_size=3", "name=x y", "eval.best_metric=null"])
     assert cfg.optim.lr == 0.5 and cfg.data.train[0].batch_size == 3 and cfg.name == "x y"
-    assert cfg.eval.best_metric == "val/val_loss" and cfg.eval.best_mode == "min"   # the original's monitor
-    assert cfg.raw["optim"]["lr"] == 0.5                                              # what config.json gets
+    assert cfg.eval.best_metric == "val/val_loss" and cfg.eval.best_mode == "min"  # the original's monitor
+    assert cfg.raw["optim"]["lr"] == 0.5  # what config.json gets
 
 
 def test_launcher_variables():
-    torchrun = read_env({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "MASTER_ADDR": "n1",
-                         "MASTER_PORT": "1234"})
-    assert (torchrun.rank, torchrun.local_rank, torchrun.world_size, torchrun.master_addr,
-            torchrun.master_port) == (3, 1, 8, "n1", 1234)
-    slurm = read_env({"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8",
-                      "SLURM_JOB_NODELIST": "gpu[007-009,12],cpu1", "SLURM_JOB_ID": "123456"})
-    assert (slurm.rank, slurm.local_rank, slurm.world_size, slurm.master_addr, slurm.launcher) == \
-        (5, 1, 8, "gpu007", "slurm")
+    torchrun = read_env({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "MASTER_ADDR": "n1", "MASTER_PORT": "1234"})
+    assert (torchrun.rank, torchrun.local_rank, torchrun.world_size, torchrun.master_addr, torchrun.master_port) == (
+        3,
+        1,
+        8,
+        "n1",
+        1234,
+    )
+    slurm = read_env(
+        {
+            "SLURM_PROCID": "5",
+            "SLURM_LOCALID": "1",
+            "SLURM_NTASKS": "8",
+            "SLURM_JOB_NODELIST": "gpu[007-009,12],cpu1",
+            "SLURM_JOB_ID": "123456",
+        }
+    )
+    assert (slurm.rank, slurm.local_rank, slurm.world_size, slurm.master_addr, slurm.launcher) == (
+        5,
+        1,
+        8,
+        "gpu007",
+        "slurm",
+    )
     assert slurm.master_port == slurm_master_port("123456") == 20000 + 123456 % 20000
     assert first_slurm_host("node1,node2") == "node1" and first_slurm_host("a-b[1-2]") == "a-b1"
     assert read_env({}).world_size == 1
@@ -88,6 +113,7 @@ def test_no_weight_decay_on_norms_biases_embeddings():
             self.word_embeddings = torch.nn.Embedding(10, 8)
             self.norm = torch.nn.LayerNorm(8)
             self.fc = torch.nn.Linear(8, 8)
+
     model = M()
     decay, no_decay = param_groups(model, 0.1)
     assert decay["weight_decay"] == 0.1 and [id(p) for p in decay["params"]] == [id(model.fc.weight)]
@@ -97,7 +123,7 @@ def test_no_weight_decay_on_norms_biases_embeddings():
 def test_checkpoint_folders_complete_latest_and_pruning(tmp_path):
     for step in (2, 4, 6, 8):
         (tmp_path / tag_for_step(step)).mkdir()
-        if step != 8:                                       # step 8 died while saving
+        if step != 8:  # step 8 died while saving
             mark_complete(tmp_path / tag_for_step(step), step)
     assert latest_complete(tmp_path).name == "step_00000006"
     assert resolve_resume("auto", tmp_path).name == "step_00000006"
@@ -115,8 +141,7 @@ def test_resume_candidates_are_a_list_for_every_kind_of_resume(tmp_path):
         mark_complete(tmp_path / tag_for_step(step), step)
     universal = tmp_path / "step_00000006_universal"
     (universal / "zero").mkdir(parents=True)
-    assert [p.name for p in resume_candidates("auto", tmp_path)] == ["step_00000006", "step_00000004",
-                                                                          "step_00000002"]
+    assert [p.name for p in resume_candidates("auto", tmp_path)] == ["step_00000006", "step_00000004", "step_00000002"]
     assert resume_candidates(str(tmp_path / "step_00000004"), tmp_path) == [tmp_path / "step_00000004"]
     assert resume_candidates(str(universal), tmp_path) == [universal]
     assert resume_candidates(None, tmp_path) == [] and resume_candidates("auto", tmp_path / "no") == []

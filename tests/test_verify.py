@@ -1,5 +1,6 @@
 """make-shards verify: every damaged member is named (checksums recorded at write time), and no content of
 the folder, however wrong its type or shape, makes verify raise instead of reporting it."""
+
 import io
 import json
 import shutil
@@ -23,8 +24,9 @@ def dataset(tmp_path_factory):
         clip = media.render_clip(root / "media" / f"c{i}.mp4", seconds=1, size=(64, 48), fps=10, pattern="testsrc2")
         rows.append({"key": f"clip{i}", "path": str(clip), "caption": f"clip number {i}"})
     out = root / "shards"
-    report = make_shards(rows, out, ShardOptions(name="v", frames=4, samples_per_shard=2),
-                         RunOptions(workers=0, progress=False))
+    report = make_shards(
+        rows, out, ShardOptions(name="v", frames=4, samples_per_shard=2), RunOptions(workers=0, progress=False)
+    )
     assert report.manifest["total_samples"] == 3
     assert verify(out).ok
     return out
@@ -102,7 +104,7 @@ def test_shards_written_before_checksums_still_verify(folder):
     shard = folder / "v-000000.tar"
     name, offset, size = members_of(shard)[0]
     data = bytearray(shard.read_bytes())
-    data[offset + 200: offset + size] = bytes(size - 200)
+    data[offset + 200 : offset + size] = bytes(size - 200)
     shard.write_bytes(bytes(data))
     assert any(name in p and "does not decode" in p for p in verify(folder).problems)
 
@@ -132,9 +134,11 @@ def json_variants(info: dict):
         if field in REQUIRED:
             yield f"no {field}", json.dumps({k: v for k, v in info.items() if k != field}).encode()
         for value in WRONG_VALUES:
-            if type(value) is not type(info[field]) and not (field in ("duration", "fps") and
-                                                             isinstance(value, (int, float, type(None)))
-                                                             and not isinstance(value, bool)):
+            if type(value) is not type(info[field]) and not (
+                field in ("duration", "fps")
+                and isinstance(value, (int, float, type(None)))
+                and not isinstance(value, bool)
+            ):
                 yield f"{field}={value!r}", json.dumps({**info, field: value}).encode()
     for field in ("captions", "frame_indices", "frame_timestamps"):
         yield f"{field} items", json.dumps({**info, field: [None, {}, "x"][: len(info[field]) or 1]}).encode()
@@ -149,7 +153,7 @@ def test_wrong_json_content_is_reported_never_raised(folder):
     for label, data in json_variants(original):
         shard.write_bytes(pristine)
         rewrite_member(shard, "clip0.json", data)
-        report = verify(folder)                      # must not raise
+        report = verify(folder)  # must not raise
         about = [p for p in report.problems if "clip0" in p and "json" in p and "is damaged" not in p]
         assert about, (label, report.problems)
         checked += 1
@@ -162,23 +166,30 @@ def manifest_variants(manifest: dict):
             yield f"manifest={value!r}", json.dumps(value)
     yield "not json", "{"
     yield "nested a million deep", "[" * 1_000_000 + "]" * 1_000_000
-    for key in MANIFEST_FIELDS:                      # the keys verify reads: each must be present and typed
+    for key in MANIFEST_FIELDS:  # the keys verify reads: each must be present and typed
         yield f"no {key}", json.dumps({k: v for k, v in manifest.items() if k != key})
         for value in WRONG_VALUES:
-            if value != manifest[key] and (type(value) is not type(manifest[key])
-                                           or key in ("shards", "stats", "failed", "format")):
+            if value != manifest[key] and (
+                type(value) is not type(manifest[key]) or key in ("shards", "stats", "failed", "format")
+            ):
                 yield f"{key}={value!r}", json.dumps({**manifest, key: value})
     shard = manifest["shards"][0]
     for key in shard:
-        yield f"shard without {key}", json.dumps({**manifest, "shards": [{k: v for k, v in shard.items()
-                                                                            if k != key}] + manifest["shards"][1:]})
+        yield (
+            f"shard without {key}",
+            json.dumps({**manifest, "shards": [{k: v for k, v in shard.items() if k != key}] + manifest["shards"][1:]}),
+        )
         for value in WRONG_VALUES:
             if type(value) is not type(shard[key]):
-                yield f"shard {key}={value!r}", json.dumps({**manifest, "shards": [{**shard, key: value}]
-                                                            + manifest["shards"][1:]})
+                yield (
+                    f"shard {key}={value!r}",
+                    json.dumps({**manifest, "shards": [{**shard, key: value}] + manifest["shards"][1:]}),
+                )
     for path in ["../v-000000.tar", "/etc/passwd", "sub/v-000000.tar", "", "..", "a" * 300, "a\0b"]:
-        yield f"shard path {path!r}", json.dumps({**manifest, "shards": [{**shard, "path": path}]
-                                                  + manifest["shards"][1:]})
+        yield (
+            f"shard path {path!r}",
+            json.dumps({**manifest, "shards": [{**shard, "path": path}] + manifest["shards"][1:]}),
+        )
     for stats in [[1], ["../x.stats.json"], ["nothere.stats.json"], [None], ["s" * 300], ["a\0b"]]:
         yield f"stats={stats!r}", json.dumps({**manifest, "stats": stats})
     yield "failed counts", json.dumps({**manifest, "failed": {"decode_error": "2"}})
@@ -190,7 +201,7 @@ def test_wrong_manifest_content_is_reported_never_raised(folder):
     checked = 0
     for label, text in manifest_variants(manifest):
         path.write_text(text)
-        report = verify(folder)                      # must not raise
+        report = verify(folder)  # must not raise
         assert not report.ok, label
         checked += 1
     path.write_bytes(b"\xff\xfe")
@@ -198,9 +209,19 @@ def test_wrong_manifest_content_is_reported_never_raised(folder):
     assert checked > 100
 
 
-@pytest.mark.parametrize("content", ["1", "null", "[]", "{", '{"shards": 1}', '{"shards": [1]}',
-                                     '{"shards": [{"path": "v-000000.tar", "crc32": 5}]}',
-                                     '{"shards": [{"path": "v-000000.tar", "crc32": {"a": 1}}]}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "1",
+        "null",
+        "[]",
+        "{",
+        '{"shards": 1}',
+        '{"shards": [1]}',
+        '{"shards": [{"path": "v-000000.tar", "crc32": 5}]}',
+        '{"shards": [{"path": "v-000000.tar", "crc32": {"a": 1}}]}',
+    ],
+)
 def test_damaged_stats_record_is_reported_never_raised(folder, content):
     (folder / "v-000000.stats.json").write_text(content)
     report = verify(folder)
@@ -209,9 +230,10 @@ def test_damaged_stats_record_is_reported_never_raised(folder, content):
 
 def test_the_command_prints_each_damaged_member_and_the_checksum_count(folder, capsys):
     from shard_tools import cli
+
     assert cli.main(["verify", str(folder)]) == 0
     assert "18 members match their checksums: OK" in capsys.readouterr().out
-    name, offset, size = members_of(folder / "v-000001.tar")[-1]          # the last sample's txt
+    name, offset, size = members_of(folder / "v-000001.tar")[-1]  # the last sample's txt
     flip_bit(folder / "v-000001.tar", offset)
     assert cli.main(["verify", str(folder)]) == 1
     out = capsys.readouterr().out

@@ -14,6 +14,7 @@ Each run's final weights land in DIR/<run>/weights/final. Every forward pass of 
 module was in train mode; what disagreed with the phase (training step or evaluation) goes to
 DIR/<run>/modes_rank<R>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.train.config import load_config  # noqa: E402
-from pipeline.train.distributed import init_distributed, read_env, shutdown  # noqa: E402
 from foundation.logs import setup_logging  # noqa: E402
 from foundation.preemption import EXIT_PREEMPTED  # noqa: E402
+from pipeline.train.config import load_config  # noqa: E402
+from pipeline.train.distributed import init_distributed, read_env, shutdown  # noqa: E402
 from pipeline.train.trainer import Trainer  # noqa: E402
 
 
@@ -57,6 +58,7 @@ class ModeRecorder:
                 return evaluate()
             finally:
                 self.phase = "train"
+
         trainer.evaluate = evaluate_in_phase
 
 
@@ -74,8 +76,9 @@ class StopAfter:
         pass
 
 
-def run(config: str, overrides: list[str], env, out: Path, resume: str | None = None,
-        stop_after: int | None = None) -> int:
+def run(
+    config: str, overrides: list[str], env, out: Path, resume: str | None = None, stop_after: int | None = None
+) -> int:
     cfg = load_config(config, overrides + [f"output_dir={out}"])
     trainer = Trainer(cfg, env)
     recorder = ModeRecorder(trainer.model, ("text_model",) if cfg.model.text.freeze else ())
@@ -83,8 +86,9 @@ def run(config: str, overrides: list[str], env, out: Path, resume: str | None = 
     preempt = StopAfter(trainer, stop_after) if stop_after is not None else None
     code = trainer.fit(resume, preempt)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"modes_rank{env.rank}.json").write_text(json.dumps(
-        {"forwards": recorder.forwards, "wrong": recorder.wrong}))
+    (out / f"modes_rank{env.rank}.json").write_text(
+        json.dumps({"forwards": recorder.forwards, "wrong": recorder.wrong})
+    )
     return code
 
 
@@ -105,8 +109,15 @@ def main(argv: list[str]) -> int:
     with_eval = args.overrides + steps + [f"eval.every_steps={args.eval_every}", "checkpoint.every_steps=1"]
     try:
         assert run(args.config, with_eval, env, args.out / "full") == 0
-        assert run(args.config, args.overrides + steps + ["eval.every_steps=0", "checkpoint.every_steps=0"], env,
-                   args.out / "noeval") == 0
+        assert (
+            run(
+                args.config,
+                args.overrides + steps + ["eval.every_steps=0", "checkpoint.every_steps=0"],
+                env,
+                args.out / "noeval",
+            )
+            == 0
+        )
         for step in [int(s) for s in args.resume_at.split(",") if s]:
             checkpoint = args.out / "full" / "checkpoints" / f"step_{step:08d}"
             assert run(args.config, with_eval, env, args.out / f"resume_{step}", resume=str(checkpoint)) == 0

@@ -5,6 +5,7 @@
 On rank 0 the loader's reader raises RuntimeError("injected data-path fault") when asked for its BATCHES-th
 batch, inside the DataLoader worker (a fork of this process, so the patch is inherited); other ranks run clean.
 """
+
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ def inject(after_batches: int) -> None:
         if calls[0] >= after_batches:
             raise RuntimeError("injected data-path fault")
         return make_batch(self, samples)
+
     streams.DatasetReader.make_batch = failing_make_batch
 
 

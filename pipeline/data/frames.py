@@ -16,6 +16,7 @@ the shape [B, T, ...]. The original zero-padded instead (black frames with no ma
 'Bugs' 8); repeating matches what make-shards does for clips with fewer decodable frames than K. The loader counts such
 samples (`short` in its counters) so a misconfigured T shows up in the logs.
 """
+
 import numpy as np
 import simplejpeg
 

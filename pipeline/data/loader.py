@@ -12,6 +12,7 @@ in a deterministic order, without padding.
 
 The per-reader work (shard reading, shuffling, decoding, batching) lives in `pipeline.data.streams`.
 """
+
 import copy
 import itertools
 import time
@@ -30,18 +31,33 @@ STATE_VERSION = 1
 def _reader_config(spec: DatasetSpec, options: LoaderOptions, train: bool) -> ReaderConfig:
     shard_set = spec.resolve()
     return ReaderConfig(
-        name=spec.name, urls=shard_set.urls, counts=shard_set.counts, kind=spec.kind, num_frames=spec.num_frames,
-        batch_size=spec.batch_size, train=train, caption_mode=spec.caption_mode, options=options,
-        frames_per_sample=shard_set.frames_per_sample)
+        name=spec.name,
+        urls=shard_set.urls,
+        counts=shard_set.counts,
+        kind=spec.kind,
+        num_frames=spec.num_frames,
+        batch_size=spec.batch_size,
+        train=train,
+        caption_mode=spec.caption_mode,
+        options=options,
+        frames_per_sample=shard_set.frames_per_sample,
+    )
 
 
 def _data_loader(dataset: IterableDataset, options: LoaderOptions):
     """Batches are made inside the readers, so the DataLoader only moves them (batch_size=None)."""
     if options.num_workers == 0:
         return iter(dataset)
-    return iter(DataLoader(dataset, batch_size=None, num_workers=options.num_workers,
-                           prefetch_factor=options.prefetch_factor, pin_memory=options.pin_memory,
-                           worker_init_fn=ignore_preemption_signals))
+    return iter(
+        DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=options.num_workers,
+            prefetch_factor=options.prefetch_factor,
+            pin_memory=options.pin_memory,
+            worker_init_fn=ignore_preemption_signals,
+        )
+    )
 
 
 def _stop_workers(batches) -> None:
@@ -51,10 +67,10 @@ def _stop_workers(batches) -> None:
     iterator alive until the interpreter exits, and then multiprocessing SIGTERMs the workers -- which ignore
     SIGTERM so that a preempted rank can save -- and joins them forever: the rank would never exit.
     """
-    shutdown = getattr(batches, "_shutdown_workers", None)     # torch's DataLoader iterator (None: no workers)
+    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's DataLoader iterator (None: no workers)
     if shutdown is None:
         return
-    shutdown()                                                   # asks each worker to exit, joins with a timeout
+    shutdown()  # asks each worker to exit, joins with a timeout
     for worker in batches._workers:
         if worker.is_alive():
             worker.kill()
@@ -76,8 +92,14 @@ def _flat_counters(per_dataset: dict, steps: int, wait_s: float) -> dict:
     for TensorBoard."""
     flat = {"steps": steps, "wait_s": wait_s}
     for name, c in per_dataset.items():
-        flat.update({f"{name}/seen": c["seen"], f"{name}/used": c["used"], f"{name}/short": c["short"],
-                     f"{name}/skipped": sum(c["skipped"].values())})
+        flat.update(
+            {
+                f"{name}/seen": c["seen"],
+                f"{name}/used": c["used"],
+                f"{name}/short": c["short"],
+                f"{name}/skipped": sum(c["skipped"].values()),
+            }
+        )
         flat.update({f"{name}/skipped/{reason}": n for reason, n in sorted(c["skipped"].items())})
     return flat
 
@@ -108,8 +130,9 @@ class _TrainSteps(IterableDataset):
             streams.append(reader.train_samples(reader_index, readers_total, positions[cfg.name]))
         while True:
             step = {reader.cfg.name: reader.make_batch(stream) for reader, stream in zip(readers, streams)}
-            after = {r.cfg.name: {"position": list(positions[r.cfg.name]), "counters": r.counters.to_dict()}
-                     for r in readers}
+            after = {
+                r.cfg.name: {"position": list(positions[r.cfg.name]), "counters": r.counters.to_dict()} for r in readers
+            }
             yield step, {"reader": logical, "state": after}
 
 
@@ -152,8 +175,14 @@ class TrainLoader:
 
     def __next__(self) -> dict:
         if self._iterator is None:
-            dataset = _TrainSteps(self.configs, self.rank, self.world_size, self.options.num_workers,
-                                  self._steps % self.readers, self._reader_states)
+            dataset = _TrainSteps(
+                self.configs,
+                self.rank,
+                self.world_size,
+                self.options.num_workers,
+                self._steps % self.readers,
+                self._reader_states,
+            )
             self._iterator = _data_loader(dataset, self.options)
         start = time.perf_counter()
         step, meta = next(self._iterator)
@@ -167,10 +196,17 @@ class TrainLoader:
 
     def state_dict(self) -> dict:
         """Small, JSON-serialisable: the steps consumed and each reader's position after its last consumed step."""
-        return {"version": STATE_VERSION, "rank": self.rank, "world_size": self.world_size,
-                "num_workers": self.options.num_workers, "seed": self.options.seed,
-                "datasets": {c.name: len(c.urls) for c in self.configs}, "steps": self._steps,
-                "readers": copy.deepcopy(self._reader_states), "wait_s": self._wait_s}
+        return {
+            "version": STATE_VERSION,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "num_workers": self.options.num_workers,
+            "seed": self.options.seed,
+            "datasets": {c.name: len(c.urls) for c in self.configs},
+            "steps": self._steps,
+            "readers": copy.deepcopy(self._reader_states),
+            "wait_s": self._wait_s,
+        }
 
     def load_state_dict(self, state: dict | list) -> None:
         """Continue from a saved state; accepts this rank's state or the list of every rank's states."""
@@ -181,17 +217,18 @@ class TrainLoader:
         mine = self.state_dict()
         for key in ("version", "rank", "world_size", "num_workers", "seed", "datasets"):
             if state.get(key) != mine[key]:
-                raise ValueError(f"cannot resume the loader exactly: saved {key}={state.get(key)!r}, this run "
-                                 f"has {mine[key]!r}. Exact resume needs the same shards, seed, ranks and "
-                                 f"data.options.num_workers.")
+                raise ValueError(
+                    f"cannot resume the loader exactly: saved {key}={state.get(key)!r}, this run "
+                    f"has {mine[key]!r}. Exact resume needs the same shards, seed, ranks and "
+                    f"data.options.num_workers."
+                )
         self.close()
         self._steps, self._wait_s = state["steps"], state.get("wait_s", 0.0)
         self._reader_states = copy.deepcopy(state["readers"])
 
     def counters(self) -> dict:
         """Counts over the steps consumed so far: see `_flat_counters`."""
-        per_dataset = {c.name: _sum_counters(r[c.name]["counters"] for r in self._reader_states)
-                       for c in self.configs}
+        per_dataset = {c.name: _sum_counters(r[c.name]["counters"] for r in self._reader_states) for c in self.configs}
         return _flat_counters(per_dataset, self._steps, self._wait_s)
 
     def close(self) -> None:
@@ -225,12 +262,14 @@ class _EvalBatches(IterableDataset):
         shards = range(len(self.config.urls))
         if len(shards) >= readers_total:
             samples = itertools.chain.from_iterable(
-                reader.read_shard(s, 0) for s in shards[reader_index::readers_total])
+                reader.read_shard(s, 0) for s in shards[reader_index::readers_total]
+            )
         else:
             order = itertools.count()
             keep = lambda _ordinal: next(order) % readers_total == reader_index  # noqa: E731 (global order)
             samples = itertools.chain.from_iterable(
-                reader.read_shard(s, 0, keep, count_loss=reader_index == 0) for s in shards)
+                reader.read_shard(s, 0, keep, count_loss=reader_index == 0) for s in shards
+            )
         while (batch := reader.make_batch(samples)) is not None:
             yield batch, {"reader": worker, "counters": reader.counters.to_dict()}
         # skips after the last batch (a broken last shard, a reader with no good sample) count too
@@ -265,7 +304,7 @@ class EvalLoader:
                 self._snapshots[meta["reader"]] = meta["counters"]
                 if batch is not None:
                     yield batch
-        finally:                         # also when the pass ends early: an exception, or the caller stops
+        finally:  # also when the pass ends early: an exception, or the caller stops
             _stop_workers(batches)
 
     def counters(self) -> dict:

@@ -3,6 +3,7 @@
 Imports no torch, so that reading a run config does not load it (pipeline.train.config). Both are checked by
 `Cls.from_dict(data, where)` (foundation.schema); errors name the key path (docs/LOADER.md lists the keys).
 """
+
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -17,14 +18,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass
 class DatasetSpec(Section):
     """One dataset of a run: where its shards are and how to batch it (config `data.train[i]` / `data.eval[i]`)."""
+
     name: str
     shards: str | list[str]
-    batch_size: int                  # per rank, per step
-    kind: Literal["video", "image"] | None = None   # from the manifest when absent
-    num_frames: int = 1              # T frames per sample fed to the model (images: 1)
-    caption_mode: Literal["primary", "all"] = "primary"   # eval: "primary" caption, or "all" in batch["captions"]
-    num_samples: int | None = None   # total samples; only needed when no manifest gives the counts
-    where: str = field(default="data", metadata=INTERNAL)   # the key path, for errors found by resolve()
+    batch_size: int  # per rank, per step
+    kind: Literal["video", "image"] | None = None  # from the manifest when absent
+    num_frames: int = 1  # T frames per sample fed to the model (images: 1)
+    caption_mode: Literal["primary", "all"] = "primary"  # eval: "primary" caption, or "all" in batch["captions"]
+    num_samples: int | None = None  # total samples; only needed when no manifest gives the counts
+    where: str = field(default="data", metadata=INTERNAL)  # the key path, for errors found by resolve()
     _resolved: shardlists.ShardSet | None = field(default=None, repr=False, compare=False, metadata=INTERNAL)
 
     def check(self, where: str) -> None:
@@ -45,18 +47,24 @@ class DatasetSpec(Section):
             shard_set = shardlists.resolve_shards(self.shards, f"{self.where}.shards")
             kind = self.kind or shard_set.kind
             if kind is None:
-                raise ConfigError(f"{self.where}.kind: no manifest gives the kind of {shard_set.origin}; "
-                                  f"set kind to 'video' or 'image'")
+                raise ConfigError(
+                    f"{self.where}.kind: no manifest gives the kind of {shard_set.origin}; "
+                    f"set kind to 'video' or 'image'"
+                )
             if self.kind and shard_set.kind and self.kind != shard_set.kind:
-                raise ConfigError(f"{self.where}.kind: {self.kind!r}, but {shard_set.origin} holds "
-                                  f"{shard_set.kind!r} samples")
+                raise ConfigError(
+                    f"{self.where}.kind: {self.kind!r}, but {shard_set.origin} holds {shard_set.kind!r} samples"
+                )
             if kind == "image" and self.num_frames != 1:
-                raise ConfigError(f"{self.where}.num_frames: an image dataset has 1 frame per sample, "
-                                  f"got {self.num_frames}")
+                raise ConfigError(
+                    f"{self.where}.num_frames: an image dataset has 1 frame per sample, got {self.num_frames}"
+                )
             if shard_set.counts is None and self.num_samples is None:
-                raise ConfigError(f"{self.where}.num_samples: no manifest.json beside {shard_set.origin} gives "
-                                  f"sample counts; give num_samples (the total) or point shards at the "
-                                  f"make-shards folder")
+                raise ConfigError(
+                    f"{self.where}.num_samples: no manifest.json beside {shard_set.origin} gives "
+                    f"sample counts; give num_samples (the total) or point shards at the "
+                    f"make-shards folder"
+                )
             self.kind = kind
             self._resolved = shard_set
         return self._resolved
@@ -77,9 +85,10 @@ def check_unique_names(specs: list[DatasetSpec], where: str) -> None:
 class LoaderOptions(Section):
     """Options shared by all datasets (config `data.options`); the evaluation transform settings (input_res,
     eval_resize, eval_crop, mean, std, tokenizer, max_text_length) also serve search (pipeline.search.inference)."""
+
     num_workers: int = 4
     input_res: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN   # used by the trainer: normalize_video(video, mean, std)
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # used by the trainer: normalize_video(video, mean, std)
     std: tuple[float, float, float] = IMAGENET_STD
     crop_scale: tuple[float, float] = (0.5, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -102,8 +111,15 @@ class LoaderOptions(Section):
         for key in ("num_workers", "seed", "corrupt_check_after"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
-        for key in ("input_res", "eval_resize", "eval_crop", "max_text_length", "shuffle_buffer", "shards_per_block",
-                    "prefetch_factor"):
+        for key in (
+            "input_res",
+            "eval_resize",
+            "eval_crop",
+            "max_text_length",
+            "shuffle_buffer",
+            "shards_per_block",
+            "prefetch_factor",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
         if not 0 <= self.hflip_p <= 1:

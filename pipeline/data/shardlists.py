@@ -4,6 +4,7 @@ A dataset is given as a make-shards output folder, its manifest.json, a brace-ex
 URLs (anything `webdataset.gopen` opens: local paths, `pipe:` commands, http(s) via curl). Sample counts
 come from the manifest; a pattern picks up the manifest in the shards' folder when there is one.
 """
+
 import os
 import zlib
 from dataclasses import dataclass
@@ -19,10 +20,10 @@ from shard_tools.format import MANIFEST, ManifestError, read_manifest
 @dataclass(frozen=True)
 class ShardSet:
     urls: tuple[str, ...]
-    counts: tuple[int, ...] | None   # samples per shard, when a manifest says so
-    kind: str | None                 # "video" | "image", from the manifest
-    frames_per_sample: int | None    # K, from the manifest
-    origin: str                      # what the user gave, for messages
+    counts: tuple[int, ...] | None  # samples per shard, when a manifest says so
+    kind: str | None  # "video" | "image", from the manifest
+    frames_per_sample: int | None  # K, from the manifest
+    origin: str  # what the user gave, for messages
 
     @property
     def total_samples(self) -> int | None:
@@ -46,8 +47,10 @@ def manifest_shards(path: Path, where: str) -> ShardSet:
         raise ConfigError(f"{where}: {path}: bad 'shards' entry ({err}); each needs 'path' and 'samples'") from err
     for i, (_, n) in enumerate(entries):  # the loader checks every shard against this count
         if type(n) is not int or n < 0:
-            raise ConfigError(f"{where}: {path}: shards[{i}].samples is {n!r}, not a sample count; rewrite the "
-                              f"manifest with make-shards (make-shards manifest DIR)")
+            raise ConfigError(
+                f"{where}: {path}: shards[{i}].samples is {n!r}, not a sample count; rewrite the "
+                f"manifest with make-shards (make-shards manifest DIR)"
+            )
     if not entries:
         raise ConfigError(f"{where}: {path} lists no shards")
     urls = tuple(str(path.parent / p) for p, _ in entries)
@@ -65,9 +68,11 @@ def resolve_shards(shards: str | list[str], where: str) -> ShardSet:
     if isinstance(shards, str) and _is_local(shards) and os.path.isdir(shards):
         manifest = Path(shards) / MANIFEST
         if not manifest.is_file():
-            raise ConfigError(f"{where}: {shards} holds no {MANIFEST}; make-shards writes it last, once every "
-                              f"shard is complete: finish (or rerun) make-shards, or give a shard pattern "
-                              f"and num_samples")
+            raise ConfigError(
+                f"{where}: {shards} holds no {MANIFEST}; make-shards writes it last, once every "
+                f"shard is complete: finish (or rerun) make-shards, or give a shard pattern "
+                f"and num_samples"
+            )
         return manifest_shards(manifest, where)
     if isinstance(shards, str) and shards.endswith(MANIFEST) and _is_local(shards):
         return manifest_shards(Path(shards), where)
@@ -108,10 +113,14 @@ def check_enough_shards(num_shards: int, world_size: int, num_workers: int, wher
     """Every reader (rank x DataLoader worker) needs at least one shard, or it would have nothing to stream."""
     readers = world_size * max(num_workers, 1)
     if num_shards < readers:
-        fewer = (f"lower data.options.num_workers to {num_shards // world_size}"
-                 if num_shards >= world_size else "use fewer ranks")
+        fewer = (
+            f"lower data.options.num_workers to {num_shards // world_size}"
+            if num_shards >= world_size
+            else "use fewer ranks"
+        )
         raise ConfigError(
             f"{where}.shards: {num_shards} shards for {world_size} ranks x {max(num_workers, 1)} workers = "
             f"{readers} readers. Each reader streams whole shards, so every reader needs at least one (and "
             f"several shuffle better); a reader without shards would leave its rank without data while the "
-            f"others wait on it. Write more, smaller shards (make-shards), or {fewer}.")
+            f"others wait on it. Write more, smaller shards (make-shards), or {fewer}."
+        )

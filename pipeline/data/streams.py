@@ -13,6 +13,7 @@ Frames and caption are chosen when a sample is read, before the shuffle buffer, 
 T JPEGs a sample will use (not all K) plus its caption: memory per reader is about
 `shuffle_buffer x T x frame bytes`.
 """
+
 import json
 import logging
 from dataclasses import dataclass, field
@@ -31,9 +32,9 @@ from shard_tools.format import frame_index
 
 log = logging.getLogger(__name__)
 
-LOG_FIRST = 20          # log every skip up to this many per reason and reader, then every LOG_EVERY-th
+LOG_FIRST = 20  # log every skip up to this many per reason and reader, then every LOG_EVERY-th
 LOG_EVERY = 1000
-MAX_FRAME_PIXELS = 4096 * 4096   # make-shards stores short side 256; anything this large is damage
+MAX_FRAME_PIXELS = 4096 * 4096  # make-shards stores short side 256; anything this large is damage
 
 
 class CorruptDataError(RuntimeError):
@@ -81,21 +82,23 @@ def _shape(value) -> str:
 @dataclass
 class RawSample:
     """A sample as read from its shard, reduced to what the batch needs (before JPEG decoding)."""
+
     key: str
     shard: str
     jpegs: list[bytes]
     caption: str
     captions: list[str]
-    seed: list[int]       # per-sample RNG seed for augmentation
-    short: bool           # fewer stored frames than T
+    seed: list[int]  # per-sample RNG seed for augmentation
+    short: bool  # fewer stored frames than T
 
 
 @dataclass
 class Counters:
     """Per-reader accounting for one dataset; summed over readers by the loader."""
-    seen: int = 0                       # samples (and unreadable shards) met
-    used: int = 0                       # samples delivered in batches
-    short: int = 0                      # used samples with fewer stored frames than T (frames repeated)
+
+    seen: int = 0  # samples (and unreadable shards) met
+    used: int = 0  # samples delivered in batches
+    short: int = 0  # used samples with fewer stored frames than T (frames repeated)
     skipped: dict = field(default_factory=dict)  # reason -> count
 
     def to_dict(self) -> dict:
@@ -110,6 +113,7 @@ class Counters:
 class ReaderConfig:
     """One dataset as a reader sees it: the spec's per-dataset settings, its resolved shards, and the shared
     options (picklable for workers)."""
+
     name: str
     urls: tuple[str, ...]
     counts: tuple[int, ...] | None
@@ -119,7 +123,7 @@ class ReaderConfig:
     train: bool
     caption_mode: str
     options: LoaderOptions
-    frames_per_sample: int | None = None   # K from the manifest: every sample stores exactly K frames
+    frames_per_sample: int | None = None  # K from the manifest: every sample stores exactly K frames
 
 
 class DatasetReader:
@@ -132,8 +136,7 @@ class DatasetReader:
         self.quiet = False
 
     # ---- accounting -------------------------------------------------------------------------------------
-    def skip(self, reason: str, shard: str, key: str | None, detail: str, count: int = 1,
-             unseen: bool = False) -> None:
+    def skip(self, reason: str, shard: str, key: str | None, detail: str, count: int = 1, unseen: bool = False) -> None:
         """Count and log `count` unusable samples; `unseen` when they were never counted as seen (a broken
         shard's lost tail). Raises CorruptDataError once the unusable fraction passes the limit."""
         if self.quiet:
@@ -144,15 +147,17 @@ class DatasetReader:
         c.skipped[reason] = c.skipped.get(reason, 0) + count
         n = c.skipped[reason]
         if n <= LOG_FIRST or n % LOG_EVERY == 0:
-            log.warning("%s: skipped %s (%s) in %s: %s [%d so far]", self.cfg.name, key or "-", reason, shard,
-                        detail, n)
+            log.warning(
+                "%s: skipped %s (%s) in %s: %s [%d so far]", self.cfg.name, key or "-", reason, shard, detail, n
+            )
         bad = sum(c.skipped.values())
         if c.seen >= self.cfg.options.corrupt_check_after and bad > self.cfg.options.max_corrupt_fraction * c.seen:
             raise CorruptDataError(
                 f"dataset {self.cfg.name!r}: {bad} of {c.seen} samples unusable ({bad / c.seen:.1%} > "
                 f"max_corrupt_fraction {self.cfg.options.max_corrupt_fraction:.1%}); by reason: {c.skipped}. "
                 f"Last: {reason} at {shard} key {key}: {detail}. Check the shards (make-shards verify) or "
-                f"raise data.options.max_corrupt_fraction if this is expected.")
+                f"raise data.options.max_corrupt_fraction if this is expected."
+            )
 
     # ---- reading ----------------------------------------------------------------------------------------
     def prepare(self, sample: Sample, shard: str, seed: list[int]) -> RawSample | None:
@@ -178,8 +183,10 @@ class DatasetReader:
             self.skip("missing_frames", shard, key, f"frames present: {[s for _, s in numbered]}")
             return None
         stored = len(numbered)
-        for source, count in (("the manifest's frames_per_sample", cfg.frames_per_sample),
-                              ("its json num_frames", meta.get("num_frames"))):
+        for source, count in (
+            ("the manifest's frames_per_sample", cfg.frames_per_sample),
+            ("its json num_frames", meta.get("num_frames")),
+        ):
             if count is not None and stored != count:
                 self.skip("wrong_frame_count", shard, key, f"{stored} frames stored, {source} says {count}")
                 return None
@@ -193,8 +200,7 @@ class DatasetReader:
         wanted = 1 if cfg.kind == "image" else cfg.num_frames
         picks = frame_ops.frame_indices(stored, wanted, "rand" if cfg.train else "uniform", rng)
         caption = captions[int(rng.integers(len(captions)))] if cfg.train else (primary or captions[0])
-        return RawSample(key, shard, [members[numbered[i][1]] for i in picks], caption, captions, seed,
-                         stored < wanted)
+        return RawSample(key, shard, [members[numbered[i][1]] for i in picks], caption, captions, seed, stored < wanted)
 
     def read_shard(self, shard_index: int, epoch: int, keep=lambda ordinal: True, count_loss: bool = True):
         """Yield RawSamples of one shard in tar order.
@@ -231,16 +237,27 @@ class DatasetReader:
             # without a manifest the loss is unknown: at least the sample being read when it broke
             lost = max(expected - found, 0) if expected is not None else 1
             after = printable(failure.after_key) if failure.after_key is not None else None
-            self.skip("truncated_tar", url, after, f"{lost} samples lost: {failure.__cause__}",
-                      count=lost, unseen=True)
+            self.skip("truncated_tar", url, after, f"{lost} samples lost: {failure.__cause__}", count=lost, unseen=True)
         elif expected is not None and found < expected:
-            self.skip("missing_samples", url, None, f"the tar ends properly after {found} samples but the "
-                      f"manifest lists {expected}: the shard was replaced or the manifest is stale "
-                      f"(make-shards verify)", count=expected - found, unseen=True)
+            self.skip(
+                "missing_samples",
+                url,
+                None,
+                f"the tar ends properly after {found} samples but the "
+                f"manifest lists {expected}: the shard was replaced or the manifest is stale "
+                f"(make-shards verify)",
+                count=expected - found,
+                unseen=True,
+            )
         if expected is not None and found > expected and not self.quiet:
-            log.warning("%s: shard %s holds %d samples, more than the %d its manifest entry lists; the manifest "
-                        "is stale or the tar repeats keys (make-shards verify)", self.cfg.name, url, found,
-                        expected)
+            log.warning(
+                "%s: shard %s holds %d samples, more than the %d its manifest entry lists; the manifest "
+                "is stale or the tar repeats keys (make-shards verify)",
+                self.cfg.name,
+                url,
+                found,
+                expected,
+            )
 
     def block_samples(self, epoch: int, shard_ids: list[int], rng: np.random.Generator):
         """Interleave the block's shards through a shuffle buffer, all driven by `rng`."""
@@ -275,12 +292,14 @@ class DatasetReader:
         while True:
             shards = worker_shards(epoch_order(len(cfg.urls), cfg.options.seed, cfg.name, epoch), reader, readers)
             per_block = cfg.options.shards_per_block
-            blocks = [shards[i:i + per_block] for i in range(0, len(shards), per_block)]
+            blocks = [shards[i : i + per_block] for i in range(0, len(shards), per_block)]
             if block >= len(blocks):
                 if not produced:  # unusable samples trip max_corrupt_fraction; this catches empty shards
-                    raise CorruptDataError(f"dataset {cfg.name!r}: reader {reader} went through a whole epoch "
-                                           f"of its shards {[cfg.urls[s] for s in shards]} without one "
-                                           f"sample; counters: {self.counters.to_dict()}")
+                    raise CorruptDataError(
+                        f"dataset {cfg.name!r}: reader {reader} went through a whole epoch "
+                        f"of its shards {[cfg.urls[s] for s in shards]} without one "
+                        f"sample; counters: {self.counters.to_dict()}"
+                    )
                 epoch, block, emitted, produced = epoch + 1, 0, 0, False
                 position[:] = [epoch, block, emitted]
                 continue
@@ -311,8 +330,9 @@ class DatasetReader:
         if self.cfg.train:
             # its own stream (seed + tag), independent of the frame and caption draws made in `prepare`
             rng = np.random.default_rng(sample.seed + [1])
-            return transforms.train_clip(clip, rng, options.input_res, options.crop_scale, options.crop_ratio,
-                                        options.hflip_p)
+            return transforms.train_clip(
+                clip, rng, options.input_res, options.crop_scale, options.crop_ratio, options.hflip_p
+            )
         return transforms.eval_clip(clip, options.input_res, options.eval_resize, options.eval_crop)
 
     def make_batch(self, samples, limit: int | None = None) -> dict | None:
@@ -331,9 +351,12 @@ class DatasetReader:
         self.counters.used += len(used)
         self.counters.short += sum(s.short for s in used)
         tokenizer = load_tokenizer(self.cfg.options.tokenizer)
-        batch = {"video": torch.stack(clips), "text": tokenize(tokenizer, [s.caption for s in used],
-                                                                self.cfg.options.max_text_length),
-                 "keys": [s.key for s in used], "dataset": self.cfg.name}
+        batch = {
+            "video": torch.stack(clips),
+            "text": tokenize(tokenizer, [s.caption for s in used], self.cfg.options.max_text_length),
+            "keys": [s.key for s in used],
+            "dataset": self.cfg.name,
+        }
         if not self.cfg.train:
             batch["captions"] = [s.captions if self.cfg.caption_mode == "all" else [s.caption] for s in used]
         return batch

@@ -11,6 +11,7 @@ Damage is sorted by how much it costs:
   than `MAX_MEMBER_BYTES`, its name is unsafe or appears twice in a sample): the reader skips its bytes and
   marks the sample it belongs to with a `(reason, detail)` problem, and reading goes on.
 """
+
 import re
 from dataclasses import dataclass
 from typing import Iterator
@@ -21,8 +22,8 @@ from shard_tools.format import split_member_name
 
 BLOCK = 512
 EMPTY = bytes(BLOCK)
-MAX_MEMBER_BYTES = 64 << 20   # a stored frame is ~40 KB; a bigger member is damage, never read into memory
-READ_CHUNK = 1 << 20          # reads are chunked so a hostile size field never allocates more than exists
+MAX_MEMBER_BYTES = 64 << 20  # a stored frame is ~40 KB; a bigger member is damage, never read into memory
+READ_CHUNK = 1 << 20  # reads are chunked so a hostile size field never allocates more than exists
 _OCTAL = re.compile(rb"[0-7]*")
 _REGULAR = (b"0", b"\0", b"7")
 
@@ -44,6 +45,7 @@ class ShardReadError(Exception):
 class Member:
     """A regular file of the tar. `name` is None when its name record was damaged (the name is unknown);
     `data` is None when `problem` = (reason, detail) says why the member is unusable."""
+
     name: str | None
     data: bytes | None
     problem: tuple[str, str] | None = None
@@ -52,6 +54,7 @@ class Member:
 @dataclass
 class Sample:
     """The members of one sample ({suffix: bytes}); `problem` = (reason, detail) when it must be skipped."""
+
     key: str
     members: dict
     problem: tuple[str, str] | None = None
@@ -84,7 +87,7 @@ def _decode_name(raw: bytes) -> str:
 
 def _number(field: bytes, what: str) -> int:
     """A numeric header field: octal digits (NUL/space padded) or GNU base-256 (sizes >= 8 GiB)."""
-    if field[:1] == b"\x80":          # base-256, positive
+    if field[:1] == b"\x80":  # base-256, positive
         return int.from_bytes(field[1:], "big")
     if field[:1] and field[0] & 0x80:  # base-256 negative (0xff) or nonsense: never a valid size or checksum
         raise TarFormatError(f"negative or invalid {what} field {field!r}")
@@ -138,9 +141,9 @@ def _pax_records(data: bytes) -> dict[bytes, bytes]:
         if not digits or not digits.isdigit():
             raise TarFormatError(f"pax record at byte {pos} has no length")
         end = pos + int(digits)
-        record = data[space + 1:end]
+        record = data[space + 1 : end]
         if end <= space + 1 or end > len(data) or not record.endswith(b"\n") or b"=" not in record:
-            raise TarFormatError(f"pax record at byte {pos} is malformed: {data[pos:pos + 40]!r}")
+            raise TarFormatError(f"pax record at byte {pos} is malformed: {data[pos : pos + 40]!r}")
         key, _, value = record[:-1].partition(b"=")
         records[key] = value
         pos = end
@@ -154,18 +157,20 @@ def iter_members(stream) -> Iterator[Member]:
     machinery, which was ~40% of the loader's time at T=1. Raises TarFormatError when the archive structure
     is broken (see the module docstring); damage confined to one member comes back as `Member.problem`.
     """
-    next_name, next_size, next_problem = None, None, None   # from a GNU long-name or pax header
+    next_name, next_size, next_problem = None, None, None  # from a GNU long-name or pax header
     while True:
         header = stream.read(BLOCK)
         if header[:2] == b"\x1f\x8b":
             raise TarFormatError("the shard is gzip-compressed; write shards uncompressed (as make-shards does)")
         if len(header) < BLOCK:
-            raise TarFormatError("the data ends without the end-of-archive blocks (the shard is truncated)"
-                                 if not header else f"unexpected end of data in a header ({len(header)} bytes)")
+            raise TarFormatError(
+                "the data ends without the end-of-archive blocks (the shard is truncated)"
+                if not header
+                else f"unexpected end of data in a header ({len(header)} bytes)"
+            )
         if header == EMPTY:  # end of archive: two zero blocks; a cut-off tar lacks them
             if stream.read(BLOCK) != EMPTY:
-                raise TarFormatError("a zero block not followed by a second one (the shard is truncated or "
-                                     "corrupt)")
+                raise TarFormatError("a zero block not followed by a second one (the shard is truncated or corrupt)")
             return
         if not _checksum_ok(header):
             raise TarFormatError("bad header checksum (corrupt or not a tar)")
@@ -180,11 +185,11 @@ def iter_members(stream) -> Iterator[Member]:
         else:
             data, problem = _read_exact(stream, size), None
             _read_exact(stream, padding)
-        if kind == b"L":                      # GNU long name for the next member
+        if kind == b"L":  # GNU long name for the next member
             next_name, next_problem = None, problem and ("bad_tar_header", f"GNU long name: {problem[1]}")
             if data is not None:
                 next_name = _decode_name(data.split(b"\0", 1)[0])
-        elif kind == b"x":                    # pax extended header for the next member
+        elif kind == b"x":  # pax extended header for the next member
             try:
                 if data is None:
                     raise TarFormatError(problem[1])
@@ -195,7 +200,7 @@ def iter_members(stream) -> Iterator[Member]:
                     if not records[b"size"].isdigit():
                         raise TarFormatError(f"pax size {records[b'size'][:40]!r} is not a number")
                     next_size = int(records[b"size"])
-            except TarFormatError as err:     # the next member's name is unknown; the archive is still intact
+            except TarFormatError as err:  # the next member's name is unknown; the archive is still intact
                 next_name, next_problem = None, ("bad_tar_header", f"damaged pax header: {err}")
         elif kind in _REGULAR:
             if next_problem is not None:
@@ -208,7 +213,7 @@ def iter_members(stream) -> Iterator[Member]:
                         name = _decode_name(header[345:500].split(b"\0", 1)[0]) + "/" + name
                 yield Member(name, data, problem)
             next_name, next_size, next_problem = None, None, None
-        elif kind != b"g":                    # directories, links: nothing to read; global pax headers: ignored
+        elif kind != b"g":  # directories, links: nothing to read; global pax headers: ignored
             next_name, next_size, next_problem = None, None, None
 
 
@@ -228,7 +233,7 @@ def iter_samples(url: str) -> Iterator[Sample]:
         for member in iter_members(stream):
             if member.name is None:
                 if current is None:
-                    unnamed.append(member.problem)   # before the shard's first named member: goes to the first
+                    unnamed.append(member.problem)  # before the shard's first named member: goes to the first
                 else:
                     current.flag(member.problem)
                 continue

@@ -1,4 +1,5 @@
 """Caption tokenization, once per batch, with a Hugging Face tokenizer (hub name or local folder)."""
+
 import functools
 
 import torch

@@ -14,6 +14,7 @@ Differences, on purpose:
 - Crop parameters come from an explicit numpy Generator (seeded per sample by the loader), not torch's
   global RNG, so augmentation is reproducible across workers and resumes.
 """
+
 import math
 
 import numpy as np
@@ -23,8 +24,9 @@ import torch.nn.functional as F
 from pipeline.data.options import IMAGENET_MEAN, IMAGENET_STD
 
 
-def random_resized_crop_box(height: int, width: int, rng: np.random.Generator, scale=(0.5, 1.0),
-                            ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+    height: int, width: int, rng: np.random.Generator, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
     """(top, left, h, w) of a crop covering `scale` of the area with aspect ratio in `ratio`.
 
     Same algorithm as torchvision's RandomResizedCrop.get_params: 10 tries, then a centre crop clamped to
@@ -61,7 +63,7 @@ def center_crop_box(height: int, width: int, resize: int, crop: int) -> tuple[in
 def crop_resize(frames: np.ndarray, box: tuple[int, int, int, int], res: int, flip: bool = False) -> torch.Tensor:
     """Crop the same box out of every frame [T, H, W, 3] uint8, resize to res x res -> uint8 [T, 3, res, res]."""
     top, left, h, w = box
-    clip = torch.from_numpy(frames[:, top:top + h, left:left + w]).permute(0, 3, 1, 2)  # [T, 3, h, w] channels-last
+    clip = torch.from_numpy(frames[:, top : top + h, left : left + w]).permute(0, 3, 1, 2)  # [T, 3, h, w] channels-last
     if (h, w) != (res, res):
         # uint8 bilinear with antialias has a fast channels-last kernel (what torchvision's Resize uses)
         clip = F.interpolate(clip, size=(res, res), mode="bilinear", antialias=True, align_corners=False)
@@ -70,8 +72,14 @@ def crop_resize(frames: np.ndarray, box: tuple[int, int, int, int], res: int, fl
     return clip.contiguous()
 
 
-def train_clip(frames: np.ndarray, rng: np.random.Generator, res: int = 224, scale=(0.5, 1.0),
-               ratio=(3 / 4, 4 / 3), flip_p: float = 0.5) -> torch.Tensor:
+def train_clip(
+    frames: np.ndarray,
+    rng: np.random.Generator,
+    res: int = 224,
+    scale=(0.5, 1.0),
+    ratio=(3 / 4, 4 / 3),
+    flip_p: float = 0.5,
+) -> torch.Tensor:
     """Training augmentation: one RandomResizedCrop box and one flip decision for all frames of the clip."""
     box = random_resized_crop_box(frames.shape[1], frames.shape[2], rng, scale, ratio)
     return crop_resize(frames, box, res, flip=bool(rng.random() < flip_p))

@@ -14,6 +14,7 @@ colour and motion:
 Ranks are 0-based, ties broken optimistically (as `pipeline.train.metrics.t2v_ranks`); R@K = 100 * mean(rank < K),
 MedR = median(rank) + 1. Chance levels are exact expectations for a random ordering.
 """
+
 from __future__ import annotations
 
 from math import comb
@@ -62,9 +63,9 @@ def chance_uniform(n: int) -> dict[str, float]:
 
 def chance_first_of(n: int, good: int) -> dict[str, float]:
     """The first of `good` hits among n candidates in random order: P(rank >= r) = C(n-r, good) / C(n, good)."""
-    survive = np.array([comb(n - r, good) / comb(n, good) for r in range(n + 1)])   # P(first hit rank >= r)
+    survive = np.array([comb(n - r, good) / comb(n, good) for r in range(n + 1)])  # P(first hit rank >= r)
     out = {f"R{k}": 100.0 * (1 - survive[min(k, n)]) for k in RECALLS}
-    cdf = 1 - survive[1:]                                                           # P(rank <= r - 1), r = 1..n
+    cdf = 1 - survive[1:]  # P(rank <= r - 1), r = 1..n
     out["MedR"] = float(np.argmax(cdf >= 0.5) + 1)
     return out
 
@@ -80,8 +81,10 @@ def demo_query_metrics(text_emb: np.ndarray, video_emb: np.ndarray, rows: list[d
     appearance = [f"{r['shape']}/{r['colour']}" for r in rows]
     sizes = {g: appearance.count(g) for g in appearance}
     if len(set(sizes.values())) != 1:
-        raise ValueError(f"motion-only groups differ in size ({sorted(set(sizes.values()))}); the demo test "
-                         "split has one clip per (shape, colour, motion)")
+        raise ValueError(
+            f"motion-only groups differ in size ({sorted(set(sizes.values()))}); the demo test "
+            "split has one clip per (shape, colour, motion)"
+        )
     group = next(iter(sizes.values()))
     n = len(rows)
     overall = t2v_ranks(sims, np.arange(n))

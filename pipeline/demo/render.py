@@ -30,6 +30,7 @@ encodes all of its clips from a rawvideo pipe and cuts them into one H.264 mp4 p
 muxer (a keyframe at every clip start), which costs ~6 ms per clip instead of ~60-130 ms for one ffmpeg
 start per clip. The mp4s then go through the normal CSV path of make-shards (decode -> frames -> tar).
 """
+
 import csv
 import json
 import logging
@@ -51,8 +52,14 @@ from shard_tools.sources import table_rows
 log = logging.getLogger("pipeline.demo.render")
 
 SHAPES = ("square", "triangle", "cross", "bar")
-COLOURS = {"red": (222, 38, 38), "green": (40, 186, 64), "blue": (48, 92, 232),
-           "yellow": (238, 212, 40), "purple": (158, 58, 204), "orange": (246, 138, 28)}
+COLOURS = {
+    "red": (222, 38, 38),
+    "green": (40, 186, 64),
+    "blue": (48, 92, 232),
+    "yellow": (238, 212, 40),
+    "purple": (158, 58, 204),
+    "orange": (246, 138, 28),
+}
 MOTIONS = ("left", "right", "up", "down", "grow", "shrink", "rotate", "still")
 
 # Caption grammar: "{subject} {motion phrase}". The first phrase of each motion is the canonical one, used
@@ -69,15 +76,19 @@ MOTION_PHRASES = {
     "still": ("stands still", "stays in place", "does not move", "stays still"),
 }
 SUBJECTS = ("{a} {colour} {shape}", "the {colour} {shape}", "{a} {colour} {shape}", "one {colour} {shape}")
-IMAGE_CAPTIONS = ("{a} {colour} {shape}", "a picture of {a} {colour} {shape}", "{a} {colour} {shape} on a plain "
-                  "background", "a single {colour} {shape}")
+IMAGE_CAPTIONS = (
+    "{a} {colour} {shape}",
+    "a picture of {a} {colour} {shape}",
+    "{a} {colour} {shape} on a plain background",
+    "a single {colour} {shape}",
+)
 
 # Motion amplitudes over the clip (t from -1/2 to 1/2), relative to the frame size.
-TRAVEL = 0.30                       # translation distance
-GROWTH = math.log(1.8)              # size ratio end / start of grow and shrink
-SPIN = math.radians(50)             # rotation; below every shape's symmetry angle (bar: 180, square/cross: 90)
-ANGLE_SPREAD = math.radians(8)      # the angle at t = 0 is uniform in +-ANGLE_SPREAD
-HALF_SIZE = (0.125, 0.16)           # a shape's half-size at t = 0 (log-uniform)
+TRAVEL = 0.30  # translation distance
+GROWTH = math.log(1.8)  # size ratio end / start of grow and shrink
+SPIN = math.radians(50)  # rotation; below every shape's symmetry angle (bar: 180, square/cross: 90)
+ANGLE_SPREAD = math.radians(8)  # the angle at t = 0 is uniform in +-ANGLE_SPREAD
+HALF_SIZE = (0.125, 0.16)  # a shape's half-size at t = 0 (log-uniform)
 EXTENT = {"square": math.sqrt(2), "triangle": 1.25, "cross": 1.25, "bar": 1.44}  # bounding radius / half-size
 
 SPLIT_CODES = {"train": 1, "test": 2, "images": 3}
@@ -86,22 +97,23 @@ SPLIT_CODES = {"train": 1, "test": 2, "images": 3}
 @dataclass(frozen=True)
 class Scene:
     """Everything needed to render one sample; a pure function of (seed, split, index)."""
+
     key: str
     split: str
     shape: str
     colour: str
-    motion: str                      # "" for images
+    motion: str  # "" for images
     caption: str
     rgb: tuple[int, int, int]
     background: dict = field(hash=False)
-    centre: tuple[float, float]      # (x, y) at t = 0, pixels
-    half_size: float                 # at t = 0, pixels
-    angle: float                     # at t = 0, radians
-    offset_axis: int                 # for clips that do not translate: 0 = x, 1 = y
-    offset: float                    # u in [-1/2, 1/2]: fixed position offset (travel * u) / log-size offset
+    centre: tuple[float, float]  # (x, y) at t = 0, pixels
+    half_size: float  # at t = 0, pixels
+    angle: float  # at t = 0, radians
+    offset_axis: int  # for clips that do not translate: 0 = x, 1 = y
+    offset: float  # u in [-1/2, 1/2]: fixed position offset (travel * u) / log-size offset
     size_offset: float
-    angle_offset: float              # u in [-1/2, 1/2]: fixed angle offset (SPIN * u) of samples that do not spin
-    spin_sign: int                   # rotation direction of "rotate" clips (the caption does not say which)
+    angle_offset: float  # u in [-1/2, 1/2]: fixed angle offset (SPIN * u) of samples that do not spin
+    spin_sign: int  # rotation direction of "rotate" clips (the caption does not say which)
 
     @property
     def held_out(self) -> bool:
@@ -143,15 +155,22 @@ def _article(word: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- scenes
 
+
 def _background(rng: np.random.Generator) -> dict:
     """Two dull colours (low saturation, mid-dark) blended along a random direction, plus a faint texture."""
+
     def dull():
         grey = rng.uniform(40, 150)
         return [float(np.clip(grey + rng.uniform(-28, 28), 0, 255)) for _ in range(3)]
-    return {"colours": [dull(), dull()], "direction": float(rng.uniform(0, 2 * math.pi)),
-            "texture": str(rng.choice(["plain", "stripes", "checker", "noise"])),
-            "period": float(rng.uniform(6, 16)), "amplitude": float(rng.uniform(6, 18)),
-            "noise_seed": int(rng.integers(2**31))}
+
+    return {
+        "colours": [dull(), dull()],
+        "direction": float(rng.uniform(0, 2 * math.pi)),
+        "texture": str(rng.choice(["plain", "stripes", "checker", "noise"])),
+        "period": float(rng.uniform(6, 16)),
+        "amplitude": float(rng.uniform(6, 18)),
+        "noise_seed": int(rng.integers(2**31)),
+    }
 
 
 def make_scene(seed: int, split: str, index: int, size: int, shape: str, colour: str, motion: str) -> Scene:
@@ -174,15 +193,30 @@ def make_scene(seed: int, split: str, index: int, size: int, shape: str, colour:
     for axis in (0, 1):
         reach = radius + (TRAVEL * size / 2 if axis == travel_axis and split != "images" else 0)
         if 2 * reach > size:
-            raise ValueError(f"demo frames of {size} px are too small to keep a {shape} of half-size {half:.1f} px "
-                             f"in frame; use --size 32 or more")
+            raise ValueError(
+                f"demo frames of {size} px are too small to keep a {shape} of half-size {half:.1f} px "
+                f"in frame; use --size 32 or more"
+            )
         centre.append(float(rng.uniform(reach, size - reach)))
     base = np.array(COLOURS[colour]) + rng.integers(-14, 15, size=3)
-    return Scene(key=f"demo_{split}_{index:06d}", split=split, shape=shape, colour=colour, motion=motion,
-                 caption=caption, rgb=tuple(int(v) for v in np.clip(base, 0, 255)),
-                 background=_background(rng), centre=(centre[0], centre[1]), half_size=half,
-                 angle=float(rng.uniform(-ANGLE_SPREAD, ANGLE_SPREAD)), offset_axis=offset_axis, offset=offset,
-                 size_offset=size_offset, angle_offset=angle_offset, spin_sign=int(rng.choice([-1, 1])))
+    return Scene(
+        key=f"demo_{split}_{index:06d}",
+        split=split,
+        shape=shape,
+        colour=colour,
+        motion=motion,
+        caption=caption,
+        rgb=tuple(int(v) for v in np.clip(base, 0, 255)),
+        background=_background(rng),
+        centre=(centre[0], centre[1]),
+        half_size=half,
+        angle=float(rng.uniform(-ANGLE_SPREAD, ANGLE_SPREAD)),
+        offset_axis=offset_axis,
+        offset=offset,
+        size_offset=size_offset,
+        angle_offset=angle_offset,
+        spin_sign=int(rng.choice([-1, 1])),
+    )
 
 
 def plan_scenes(seed: int, split: str, count: int, size: int) -> list[Scene]:
@@ -214,6 +248,7 @@ def plan_scenes(seed: int, split: str, count: int, size: int) -> list[Scene]:
 
 
 # ------------------------------------------------------------------------------------------- rendering
+
 
 def clip_times(num_frames: int, stored_frames: int) -> np.ndarray:
     """Time of each rendered frame, t in [-1/2, 1/2], zero at the centre of the frames make-shards stores
@@ -250,8 +285,10 @@ def shape_distance(shape: str, x: np.ndarray, y: np.ndarray, half: float) -> np.
         return np.minimum(np.maximum(abs(x) - arm, abs(y) - width), np.maximum(abs(x) - width, abs(y) - arm))
     if shape == "triangle":
         inradius = 1.25 * half / 2
-        dists = [math.cos(a) * x + math.sin(a) * y for a in (math.pi / 2, math.pi / 2 + 2 * math.pi / 3,
-                                                            math.pi / 2 + 4 * math.pi / 3)]
+        dists = [
+            math.cos(a) * x + math.sin(a) * y
+            for a in (math.pi / 2, math.pi / 2 + 2 * math.pi / 3, math.pi / 2 + 4 * math.pi / 3)
+        ]
         return np.maximum(np.maximum(dists[0], dists[1]), dists[2]) - inradius
     raise ValueError(f"unknown shape {shape!r}")
 
@@ -296,11 +333,13 @@ def ffmpeg_exe() -> str:
     if found:
         return found
     import imageio_ffmpeg
+
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def encode_clips(scenes: list[Scene], folder: Path, size: int, num_frames: int, fps: int,
-                 times: np.ndarray) -> list[Path]:
+def encode_clips(
+    scenes: list[Scene], folder: Path, size: int, num_frames: int, fps: int, times: np.ndarray
+) -> list[Path]:
     """Render every scene and encode each as its own mp4 through ONE ffmpeg process (segment muxer).
 
     A keyframe is forced at every clip start and the segment length equals one clip, so segment i is
@@ -308,12 +347,48 @@ def encode_clips(scenes: list[Scene], folder: Path, size: int, num_frames: int, 
     """
     folder.mkdir(parents=True, exist_ok=True)
     pattern = folder / ".part-%06d.mp4"
-    cmd = [ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
-           "-s", f"{size}x{size}", "-r", str(fps), "-i", "pipe:0",
-           "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", "-threads", "1",
-           "-g", str(num_frames), "-sc_threshold", "0", "-force_key_frames", f"expr:eq(mod(n,{num_frames}),0)",
-           "-an", "-f", "segment", "-segment_time", f"{num_frames / fps}", "-reset_timestamps", "1",
-           "-segment_format", "mp4", str(pattern)]
+    cmd = [
+        ffmpeg_exe(),
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{size}x{size}",
+        "-r",
+        str(fps),
+        "-i",
+        "pipe:0",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-crf",
+        "18",
+        "-pix_fmt",
+        "yuv420p",
+        "-threads",
+        "1",
+        "-g",
+        str(num_frames),
+        "-sc_threshold",
+        "0",
+        "-force_key_frames",
+        f"expr:eq(mod(n,{num_frames}),0)",
+        "-an",
+        "-f",
+        "segment",
+        "-segment_time",
+        f"{num_frames / fps}",
+        "-reset_timestamps",
+        "1",
+        "-segment_format",
+        "mp4",
+        str(pattern),
+    ]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         for scene in scenes:
@@ -323,15 +398,19 @@ def encode_clips(scenes: list[Scene], folder: Path, size: int, num_frames: int, 
         pass
     err = proc.stderr.read().decode(errors="replace")
     if proc.wait() != 0:
-        raise RuntimeError(f"ffmpeg failed encoding demo clips into {folder} (exit {proc.returncode}): "
-                           f"{err.strip()[-2000:]}\ncommand: {' '.join(cmd)}")
+        raise RuntimeError(
+            f"ffmpeg failed encoding demo clips into {folder} (exit {proc.returncode}): "
+            f"{err.strip()[-2000:]}\ncommand: {' '.join(cmd)}"
+        )
     paths = []
     for i, scene in enumerate(scenes):
         part, final = folder / f".part-{i:06d}.mp4", folder / f"{scene.key}.mp4"
         if not part.exists():
-            raise RuntimeError(f"ffmpeg wrote no segment {part.name} for {scene.key} in {folder}; "
-                               f"expected {len(scenes)} clips (stderr: {err.strip()[-500:]})")
-        part.replace(final)   # the rename is what makes a clip visible under its final name
+            raise RuntimeError(
+                f"ffmpeg wrote no segment {part.name} for {scene.key} in {folder}; "
+                f"expected {len(scenes)} clips (stderr: {err.strip()[-500:]})"
+            )
+        part.replace(final)  # the rename is what makes a clip visible under its final name
         paths.append(final)
     return paths
 
@@ -340,13 +419,31 @@ def write_images(scenes: list[Scene], folder: Path, size: int) -> list[Path]:
     """One PNG per image scene (lossless; make-shards makes the JPEG), written through ffmpeg as well."""
     folder.mkdir(parents=True, exist_ok=True)
     pattern = folder / ".part-%06d.png"
-    cmd = [ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
-           "-s", f"{size}x{size}", "-r", "1", "-i", "pipe:0", "-start_number", "0", str(pattern)]
+    cmd = [
+        ffmpeg_exe(),
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{size}x{size}",
+        "-r",
+        "1",
+        "-i",
+        "pipe:0",
+        "-start_number",
+        "0",
+        str(pattern),
+    ]
     frames = b"".join(render_frames(s, size, np.zeros(1)).tobytes() for s in scenes)
     done = subprocess.run(cmd, input=frames, capture_output=True)
     if done.returncode != 0:
-        raise RuntimeError(f"ffmpeg failed writing demo images into {folder}: "
-                           f"{done.stderr.decode(errors='replace')[-2000:]}")
+        raise RuntimeError(
+            f"ffmpeg failed writing demo images into {folder}: {done.stderr.decode(errors='replace')[-2000:]}"
+        )
     paths = []
     for i, scene in enumerate(scenes):
         final = folder / f"{scene.key}.png"
@@ -357,16 +454,18 @@ def write_images(scenes: list[Scene], folder: Path, size: int) -> list[Path]:
 
 # ---------------------------------------------------------------------------------------- the command
 
+
 @dataclass(frozen=True)
 class DemoSpec:
     """Sizes of the demo data; part of what decides its bytes (with the seed)."""
+
     seed: int = 0
     train_clips: int = 4800
     images: int = 6000
-    size: int = 96                  # rendered frame size (square)
-    num_frames: int = 16            # rendered frames per clip
+    size: int = 96  # rendered frame size (square)
+    num_frames: int = 16  # rendered frames per clip
     fps: int = 8
-    stored_frames: int = 8          # K, frames make-shards keeps per clip
+    stored_frames: int = 8  # K, frames make-shards keeps per clip
 
 
 COLUMNS = ("key", "path", "caption", "split", "shape", "colour", "motion", "held_out")
@@ -380,8 +479,18 @@ def write_table(path: Path, scenes: list[Scene], media: list[Path]) -> None:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
         for scene, file in zip(scenes, media):
-            writer.writerow([scene.key, file.relative_to(path.parent).as_posix(), scene.caption, scene.split,
-                             scene.shape, scene.colour, scene.motion, int(scene.held_out)])
+            writer.writerow(
+                [
+                    scene.key,
+                    file.relative_to(path.parent).as_posix(),
+                    scene.caption,
+                    scene.split,
+                    scene.shape,
+                    scene.colour,
+                    scene.motion,
+                    int(scene.held_out),
+                ]
+            )
 
 
 def read_table(path: Path) -> list[dict]:
@@ -405,28 +514,41 @@ def generate_media(out: Path, spec: DemoSpec) -> dict[str, Path]:
         tables[split] = out / f"{split}.csv"
         write_table(tables[split], scenes, media)
         took = time.time() - started
-        log.info("rendered %d %s samples in %.1f s (%.0f/s) -> %s", len(scenes), split, took,
-                 len(scenes) / max(took, 1e-9), folder)
+        log.info(
+            "rendered %d %s samples in %.1f s (%.0f/s) -> %s",
+            len(scenes),
+            split,
+            took,
+            len(scenes) / max(took, 1e-9),
+            folder,
+        )
     return tables
 
 
-def shard_split(table: Path, shards_dir: Path, split: str, spec: DemoSpec, workers: int,
-                progress: bool = True) -> dict:
+def shard_split(table: Path, shards_dir: Path, split: str, spec: DemoSpec, workers: int, progress: bool = True) -> dict:
     """The normal make-shards CSV path (the rows `make-shards csv --path-col path --key-col key` reads);
     returns the manifest. Any failed row is an error here: the demo's own media must all decode."""
     kind = SPLIT_KINDS[split]
     rows = table_rows(table, path_col="path", caption_col="caption", key_col="key", kind=kind)
-    options = ShardOptions(name=f"demo_{split}", kind=kind, frames=spec.stored_frames, short_side=spec.size,
-                           quality=90, samples_per_shard=samples_per_shard(count_rows(table)))
+    options = ShardOptions(
+        name=f"demo_{split}",
+        kind=kind,
+        frames=spec.stored_frames,
+        short_side=spec.size,
+        quality=90,
+        samples_per_shard=samples_per_shard(count_rows(table)),
+    )
     report = make_shards(rows, shards_dir, options, RunOptions(workers=workers, progress=progress))
     if report.failed or report.manifest is None:
-        raise RuntimeError(f"make-shards could not shard every demo {split} sample from {table} into "
-                           f"{shards_dir}: {report.summary()} (see the *.stats.json files there)")
+        raise RuntimeError(
+            f"make-shards could not shard every demo {split} sample from {table} into "
+            f"{shards_dir}: {report.summary()} (see the *.stats.json files there)"
+        )
     log.info("%s: %s -> %s", split, report.summary(), shards_dir)
     return report.manifest
 
 
-MIN_SHARDS = 8           # every split feeds up to 2 ranks x 2 loader workers, each reading whole shards
+MIN_SHARDS = 8  # every split feeds up to 2 ranks x 2 loader workers, each reading whole shards
 MAX_SAMPLES_PER_SHARD = 250
 
 
@@ -456,16 +578,22 @@ def generate(out: str | Path, spec: DemoSpec, workers: int = 2, progress: bool =
     folders = {split: shards_path(out, split) for split in SPLIT_KINDS}
     # fit-demo/3: near-upright shapes, larger, shorter travel; a folder made by an older generator is
     # re-rendered rather than reused
-    wanted = {"format": "fit-demo/3", "spec": asdict(spec), "complete": True,
-              "sharding": {"min_shards": MIN_SHARDS, "max_samples_per_shard": MAX_SAMPLES_PER_SHARD}}
+    wanted = {
+        "format": "fit-demo/3",
+        "spec": asdict(spec),
+        "complete": True,
+        "sharding": {"min_shards": MIN_SHARDS, "max_samples_per_shard": MAX_SAMPLES_PER_SHARD},
+    }
     previous = json.loads(stamp.read_text()) if stamp.is_file() else None
     if previous == wanted and all((f / MANIFEST).is_file() for f in folders.values()):
         log.info("demo data in %s is up to date (seed %d); reusing it", out, spec.seed)
         return folders
     if previous is None and out.is_dir() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty and holds no demo.json: give the demo an empty "
-                              f"or new --out folder (it replaces media/ and shards/ inside it)")
-    for old in [out / "media", out / "shards"]:     # another spec or an interrupted run: start over
+        raise FileExistsError(
+            f"{out} is not empty and holds no demo.json: give the demo an empty "
+            f"or new --out folder (it replaces media/ and shards/ inside it)"
+        )
+    for old in [out / "media", out / "shards"]:  # another spec or an interrupted run: start over
         if old.exists():
             shutil.rmtree(old)
     atomic_write_json(stamp, dict(wanted, complete=False))
@@ -474,6 +602,10 @@ def generate(out: str | Path, spec: DemoSpec, workers: int = 2, progress: bool =
     for split, table in tables.items():
         shard_split(table, folders[split], split, spec, workers, progress)
     atomic_write_json(stamp, wanted)
-    log.info("demo data (seed %d) ready in %.1f s: %s", spec.seed, time.time() - started,
-             ", ".join(f"{s} -> {p}" for s, p in folders.items()))
+    log.info(
+        "demo data (seed %d) ready in %.1f s: %s",
+        spec.seed,
+        time.time() - started,
+        ", ".join(f"{s} -> {p}" for s, p in folders.items()),
+    )
     return folders

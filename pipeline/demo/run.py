@@ -15,6 +15,7 @@ Every step runs the code users run on a cluster (docs/DEMO.md):
 
 Every stage's output (config.json, TensorBoard events, checkpoints, weights, logs) stays under `{out}`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,7 +48,7 @@ from pipeline.train.distributed import free_port
 log = logging.getLogger(__name__)
 
 STAGES = ("1f", "4f")
-MARGIN = 20.0     # the learning check: 4-frame motion-only R@1 >= 1-frame's + MARGIN points
+MARGIN = 20.0  # the learning check: 4-frame motion-only R@1 >= 1-frame's + MARGIN points
 
 # One intra-op thread in every process of the demo: the training ranks, launch/evaluate.py and the demo's own
 # embedding. A float sum split over another number of threads rounds differently (the video embeddings of
@@ -81,13 +82,13 @@ DEMO_TEXT_MODEL = {"arch": "bert", "hidden": 128, "layers": 2, "heads": 4, "max_
 
 @dataclass
 class DemoOptions:
-    checkout: Path                                    # the repository whose launch/ the children run
+    checkout: Path  # the repository whose launch/ the children run
     out: Path = Path("demo_run")
     seed: int = 0
-    data: object = None                               # pipeline.demo.render.DemoSpec (default sizes when None)
-    configs: dict | None = None                       # {stage: config}; default checkout/configs/demo_{stage}.json
-    nproc: int = 2                                    # training ranks (torchrun, one per core)
-    overrides: dict = field(default_factory=lambda: {"1f": [], "4f": []})   # extra --set per stage
+    data: object = None  # pipeline.demo.render.DemoSpec (default sizes when None)
+    configs: dict | None = None  # {stage: config}; default checkout/configs/demo_{stage}.json
+    nproc: int = 2  # training ranks (torchrun, one per core)
+    overrides: dict = field(default_factory=lambda: {"1f": [], "4f": []})  # extra --set per stage
     text_model: dict = field(default_factory=lambda: dict(DEMO_TEXT_MODEL))
     shard_workers: int = 2
     progress: bool = True
@@ -98,8 +99,8 @@ def stage_dir(out: Path, stage: str) -> Path:
 
 
 def _run(cmd: list[str], log_path: Path, what: str, checkout: Path) -> None:
-    """Run a child process in the repository root `checkout` (with `child_env`), its output copied into `log_path` and its
-    progress lines into our log; raise naming the log when it fails.
+    """Run a child process in the repository root `checkout` (with `child_env`), its output copied into
+    `log_path` and its progress lines into our log; raise naming the log when it fails.
 
     Children run the entry points as modules (`python -m launch.train`) from the repository root, so they
     import this checkout whether or not it is pip-installed.
@@ -108,8 +109,9 @@ def _run(cmd: list[str], log_path: Path, what: str, checkout: Path) -> None:
     log.info("%s: %s (log: %s)", what, " ".join(cmd), log_path)
     started = time.time()
     with open(log_path, "ab") as sink:
-        proc = subprocess.Popen(cmd, cwd=checkout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=child_env(os.environ))
+        proc = subprocess.Popen(
+            cmd, cwd=checkout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env(os.environ)
+        )
         try:
             for line in proc.stdout:
                 sink.write(line)
@@ -138,14 +140,22 @@ def train_command(config: Path, overrides: list[str], nproc: int) -> list[str]:
         script += ["--set", item]
     if nproc == 1:
         return [sys.executable] + script
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(free_port())] + script
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+    ] + script
 
 
 def environment() -> dict:
     """What besides the seed decides the numbers: versions of what renders, packs and trains, the CPU and the
     kernels torch picked for it (docs/DEMO.md, "Reproducibility"). Two runs can only match when these do."""
-
 
     versions = {}
     for package in ("torch", "numpy", "deepspeed", "transformers", "av", "simplejpeg"):
@@ -154,12 +164,18 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             versions[package] = None
     try:
-        ffmpeg = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True,
-                                timeout=30).stdout.split("\n")[0]
+        ffmpeg = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True, timeout=30).stdout.split(
+            "\n"
+        )[0]
     except (OSError, subprocess.SubprocessError) as err:
         ffmpeg = f"unknown ({err})"
-    return {"versions": versions, "ffmpeg": ffmpeg, "cpu": cpu_model(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads_per_process": THREADS}
+    return {
+        "versions": versions,
+        "ffmpeg": ffmpeg,
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads_per_process": THREADS,
+    }
 
 
 def cpu_model() -> str:
@@ -169,10 +185,12 @@ def cpu_model() -> str:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             if not key.strip():
-                break                                  # the first processor's block is enough
+                break  # the first processor's block is enough
             fields.setdefault(key.strip(), value.strip())
-        return (f"{fields['model name']} (family {fields['cpu family']}, model {fields['model']}, "
-                f"stepping {fields.get('stepping', '?')})")
+        return (
+            f"{fields['model name']} (family {fields['cpu family']}, model {fields['model']}, "
+            f"stepping {fields.get('stepping', '?')})"
+        )
     except (OSError, KeyError):
         return platform.processor() or platform.machine()
 
@@ -183,9 +201,15 @@ def train_stage(config: Path, sets: list[str], nproc: int, log_path: Path, stage
 
 
 def common_overrides(out: Path, folders: dict, text_model: Path, seed: int) -> list[str]:
-    return [f"seed={seed}", f"data.options.seed={seed}", f"model.text.model={text_model}",
-            f"data.options.tokenizer={text_model}", f"data.train[0].shards={folders['images']}",
-            f"data.train[1].shards={folders['train']}", f"data.eval[0].shards={folders['test']}"]
+    return [
+        f"seed={seed}",
+        f"data.options.seed={seed}",
+        f"model.text.model={text_model}",
+        f"data.options.tokenizer={text_model}",
+        f"data.train[0].shards={folders['images']}",
+        f"data.train[1].shards={folders['train']}",
+        f"data.eval[0].shards={folders['test']}",
+    ]
 
 
 def run_demo(opts: DemoOptions) -> dict:
@@ -216,8 +240,12 @@ def run_demo(opts: DemoOptions) -> dict:
             sets.append(f"checkpoint.load_checkpoint={start}")
         sets += list(opts.overrides.get(stage, []))
         if not trained_earlier and stage_is_current(run_dir, load_config_raw(configs[stage], sets), data_stamp):
-            log.info("stage %s already trained in %s on this data with this config; reusing it (delete the folder "
-                     "to retrain)", stage, run_dir)
+            log.info(
+                "stage %s already trained in %s on this data with this config; reusing it (delete the folder "
+                "to retrain)",
+                stage,
+                run_dir,
+            )
         else:
             if run_dir.exists():
                 # its TensorBoard events and checkpoints belong to other data or another config
@@ -225,7 +253,7 @@ def run_demo(opts: DemoOptions) -> dict:
                 shutil.rmtree(run_dir)
             train_stage(configs[stage], sets, opts.nproc, out / "logs" / f"train_{stage}.log", stage, checkout)
             atomic_write_json(run_dir / DATA_STAMP, data_stamp)
-            trained_earlier = True      # a later stage starts from these weights: it must be retrained too
+            trained_earlier = True  # a later stage starts from these weights: it must be retrained too
         timings[f"train_{stage}"] = time.time() - t
 
     results = {"seed": opts.seed, "environment": environment(), "stages": {}}
@@ -234,9 +262,22 @@ def run_demo(opts: DemoOptions) -> dict:
         run_dir = stage_dir(out, stage)
         weights = run_dir / "weights" / "final"
         metrics_file = out / "eval" / f"evaluate_{stage}.json"
-        _run([sys.executable, "-m", "launch.evaluate", "--checkpoint", str(weights),
-              "--config", str(run_dir / "config.json"), "--out", str(metrics_file)],
-             out / "logs" / f"evaluate_{stage}.log", f"stage {stage} evaluation", checkout)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "launch.evaluate",
+                "--checkpoint",
+                str(weights),
+                "--config",
+                str(run_dir / "config.json"),
+                "--out",
+                str(metrics_file),
+            ],
+            out / "logs" / f"evaluate_{stage}.log",
+            f"stage {stage} evaluation",
+            checkout,
+        )
         evaluated = json.loads(metrics_file.read_text())["metrics"]
         queries = query_metrics(weights, run_dir / "config.json", out / "data" / "test.csv")
         _check_agreement(evaluated, queries, stage)
@@ -253,7 +294,7 @@ def run_demo(opts: DemoOptions) -> dict:
     return results
 
 
-DATA_STAMP = "demo_data.json"     # in a stage folder: the data/demo.json its weights were trained on
+DATA_STAMP = "demo_data.json"  # in a stage folder: the data/demo.json its weights were trained on
 
 
 def load_config_raw(config: Path, sets: list[str]) -> dict:
@@ -266,9 +307,11 @@ def stage_is_current(run_dir: Path, wanted_config: dict, data_stamp: dict) -> bo
     Both matter: the config names the data folders, not their contents, and re-rendered data (another
     generator version or other sizes) lands in the same folders."""
     try:
-        return ((run_dir / "weights" / "final" / "weights.safetensors").is_file()
-                and json.loads((run_dir / "config.json").read_text()) == wanted_config
-                and json.loads((run_dir / DATA_STAMP).read_text()) == data_stamp)
+        return (
+            (run_dir / "weights" / "final" / "weights.safetensors").is_file()
+            and json.loads((run_dir / "config.json").read_text()) == wanted_config
+            and json.loads((run_dir / DATA_STAMP).read_text()) == data_stamp
+        )
     except (OSError, ValueError):
         return False
 
@@ -288,7 +331,6 @@ def embed_eval_set(weights: Path, config: Path):
     """(keys, text embeddings, video embeddings) of the run's first eval dataset, sorted by key, computed with
     THREADS torch threads whatever the caller's count (as launch/evaluate.py under `child_env`)."""
 
-
     cfg = load_config(config)
     spec = cfg.data.eval[0]
     model = load_model(weights, cfg.model)
@@ -306,28 +348,41 @@ def embed_eval_set(weights: Path, config: Path):
 
 def _check_agreement(evaluated: dict, queries: dict, stage: str) -> None:
     """launch/evaluate.py and the in-process embedding must agree on the overall text-to-video numbers."""
-    (name, metrics), = evaluated.items()
+    ((name, metrics),) = evaluated.items()
     for ours, theirs in (("R1", "t2v_R1"), ("R5", "t2v_R5"), ("MedR", "t2v_MedR")):
         if abs(queries["overall"][ours] - metrics[theirs]) > 1e-6:
-            raise RuntimeError(f"stage {stage}: launch/evaluate.py gives {theirs} {metrics[theirs]} on {name} but "
-                               f"the demo's own embedding gives {queries['overall'][ours]}: the two paths differ")
+            raise RuntimeError(
+                f"stage {stage}: launch/evaluate.py gives {theirs} {metrics[theirs]} on {name} but "
+                f"the demo's own embedding gives {queries['overall'][ours]}: the two paths differ"
+            )
 
 
 def learning_check(results: dict) -> dict:
     one = results["stages"]["1f"]["queries"]["motion_only"]["R1"]
     four = results["stages"]["4f"]["queries"]["motion_only"]["R1"]
-    return {"motion_only_R1_1f": one, "motion_only_R1_4f": four, "margin": four - one, "required": MARGIN,
-            "passed": bool(four - one >= MARGIN)}
+    return {
+        "motion_only_R1_1f": one,
+        "motion_only_R1_4f": four,
+        "margin": four - one,
+        "required": MARGIN,
+        "passed": bool(four - one >= MARGIN),
+    }
 
 
-QUERY_SETS = (("overall", "all held-out clips"), ("motion_only", "motion-only (same shape+colour)"),
-              ("motion_only_unseen", "motion-only, unseen combinations"), ("appearance", "shape+colour"))
+QUERY_SETS = (
+    ("overall", "all held-out clips"),
+    ("motion_only", "motion-only (same shape+colour)"),
+    ("motion_only_unseen", "motion-only, unseen combinations"),
+    ("appearance", "shape+colour"),
+)
 
 
 def results_table(results: dict) -> str:
     """Markdown table: R@1 / R@5 / MedR per stage and query set, with chance levels."""
-    lines = ["| model | queries (text -> video) | n | candidates | R@1 | R@5 | MedR | chance R@1 / R@5 / MedR |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | queries (text -> video) | n | candidates | R@1 | R@5 | MedR | chance R@1 / R@5 / MedR |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for stage in STAGES:
         queries = results["stages"][stage]["queries"]
         for key, label in QUERY_SETS:
@@ -335,11 +390,15 @@ def results_table(results: dict) -> str:
                 continue
             q, c = queries[key], queries[key]["chance"]
             candidates = {"overall": "all", "appearance": "all"}.get(key, "8")
-            lines.append(f"| {stage[0]}-frame | {label} | {q['queries']} | {candidates} | {q['R1']:.1f} | "
-                         f"{q['R5']:.1f} | {q['MedR']:g} | {c['R1']:.1f} / {c['R5']:.1f} / {c['MedR']:g} |")
+            lines.append(
+                f"| {stage[0]}-frame | {label} | {q['queries']} | {candidates} | {q['R1']:.1f} | "
+                f"{q['R5']:.1f} | {q['MedR']:g} | {c['R1']:.1f} / {c['R5']:.1f} / {c['MedR']:g} |"
+            )
     check = results["check"]
     lines.append("")
-    lines.append(f"Learning check (4-frame motion-only R@1 >= 1-frame + {check['required']:g}): "
-                 f"{check['motion_only_R1_4f']:.1f} vs {check['motion_only_R1_1f']:.1f} -> margin "
-                 f"{check['margin']:+.1f} points: {'PASSED' if check['passed'] else 'FAILED'}")
+    lines.append(
+        f"Learning check (4-frame motion-only R@1 >= 1-frame + {check['required']:g}): "
+        f"{check['motion_only_R1_4f']:.1f} vs {check['motion_only_R1_1f']:.1f} -> margin "
+        f"{check['margin']:+.1f} points: {'PASSED' if check['passed'] else 'FAILED'}"
+    )
     return "\n".join(lines)

@@ -9,6 +9,7 @@ shards are written by make-shards' own chunk writer (deterministic tar members, 
 fit-shards/1 manifest written last, so a folder with a manifest is complete; finished folders are kept.
 The tests (tests/test_train_fixtures.make_tiny_assets) use the same assets.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,12 +25,14 @@ from shard_tools.format import FORMAT, MANIFEST
 from shard_tools.writer import ChunkWriter, sample_members
 
 DEFAULT_ROOT = "runs/tiny_assets"
-FRAME_SIZE = 40        # pixels; the tiny configs crop 32
-STORED_FRAMES = 8      # frames stored per clip (the loader samples 1 or 4 of them)
+FRAME_SIZE = 40  # pixels; the tiny configs crop 32
+STORED_FRAMES = 8  # frames stored per clip (the loader samples 1 or 4 of them)
 # name, kind, samples per shard, captions per sample
-DATASETS = (("images", "image", (12, 12, 12, 12), 1),
-            ("videos", "video", (12, 12, 12, 12), 1),
-            ("val", "video", (6, 6), 2))
+DATASETS = (
+    ("images", "image", (12, 12, 12, 12), 1),
+    ("videos", "video", (12, 12, 12, 12), 1),
+    ("val", "video", (6, 6), 2),
+)
 
 
 @dataclass
@@ -46,9 +49,13 @@ class TinyAssets:
     def overrides(self) -> list[str]:
         """`--set` overrides that point configs/tiny_*.json at these assets (when they are not in the
         default place)."""
-        return [f"model.text.model={self.text_model}", f"data.options.tokenizer={self.text_model}",
-                f"data.train[0].shards={self.shards('images')}", f"data.train[1].shards={self.shards('videos')}",
-                f"data.eval[0].shards={self.shards('val')}"]
+        return [
+            f"model.text.model={self.text_model}",
+            f"data.options.tokenizer={self.text_model}",
+            f"data.train[0].shards={self.shards('images')}",
+            f"data.train[1].shards={self.shards('videos')}",
+            f"data.eval[0].shards={self.shards('val')}",
+        ]
 
 
 def noise_frame(name: str, shard: int, index: int, frame: int, size: int = FRAME_SIZE) -> bytes:
@@ -59,8 +66,15 @@ def noise_frame(name: str, shard: int, index: int, frame: int, size: int = FRAME
     return simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality=95)
 
 
-def write_noise_shards(folder: Path, name: str, kind: str, shard_sizes, captions_per_sample: int = 1,
-                       num_frames: int = STORED_FRAMES, size: int = FRAME_SIZE) -> Path:
+def write_noise_shards(
+    folder: Path,
+    name: str,
+    kind: str,
+    shard_sizes,
+    captions_per_sample: int = 1,
+    num_frames: int = STORED_FRAMES,
+    size: int = FRAME_SIZE,
+) -> Path:
     """fit-shards/1 shards of noise samples, keys `{name}_{shard}_{index}`, captions `caption {j} of {key}`;
     manifest.json last. A folder that already has its manifest is left as it is."""
     folder = Path(folder)
@@ -74,18 +88,41 @@ def write_noise_shards(folder: Path, name: str, kind: str, shard_sizes, captions
         writer = ChunkWriter(folder, name, s, list(range(row, row + count)), max_bytes=None)
         for i in range(count):
             key = f"{name}_{s}_{i}"
-            sample = SimpleNamespace(key=key, kind=kind, extra={}, source=lambda: {"generator": "tiny_assets"},
-                                     captions=[f"caption {j} of {key}" for j in range(captions_per_sample)])
+            sample = SimpleNamespace(
+                key=key,
+                kind=kind,
+                extra={},
+                source=lambda: {"generator": "tiny_assets"},
+                captions=[f"caption {j} of {key}" for j in range(captions_per_sample)],
+            )
             decoded = SimpleNamespace(
                 jpegs=[noise_frame(name, s, i, f, size) for f in range(frames)],
-                meta={"frame_indices": list(range(frames)), "frame_timestamps": [f / 10 for f in range(frames)],
-                      "duration": frames / 10, "fps": 10.0, "width": size, "height": size})
+                meta={
+                    "frame_indices": list(range(frames)),
+                    "frame_timestamps": [f / 10 for f in range(frames)],
+                    "duration": frames / 10,
+                    "fps": 10.0,
+                    "width": size,
+                    "height": size,
+                },
+            )
             writer.add_sample(row + i, key, sample_members(sample, row + i, decoded))
         # the same stats record make-shards writes per chunk (member checksums for verify), then its manifest
-        records.write_stats(folder, {
-            "format": FORMAT, "name": name, "chunk": s, "num_chunks": len(shard_sizes), "input_rows": total,
-            "rows": [row, row + count], "options": options, "shards": writer.commit(),
-            "samples": [list(x) for x in writer.written], "failures": writer.failures})
+        records.write_stats(
+            folder,
+            {
+                "format": FORMAT,
+                "name": name,
+                "chunk": s,
+                "num_chunks": len(shard_sizes),
+                "input_rows": total,
+                "rows": [row, row + count],
+                "options": options,
+                "shards": writer.commit(),
+                "samples": [list(x) for x in writer.written],
+                "failures": writer.failures,
+            },
+        )
         row += count
     manifest, missing = records.finalize(folder, name)
     if manifest is None:

@@ -4,6 +4,7 @@
 `features.json`); the index, the query CLI and the web page read it through `Collection`. Frames are read
 straight from the shards by the byte ranges the items record, so nothing is unpacked.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,11 @@ def read_frame(shard: str | Path, byte_range: tuple[int, int]) -> bytes:
     with open(shard, "rb") as f:
         f.seek(offset)
         data = f.read(size)
-    if len(data) != size:   # a short read is not a frame: the shard was truncated or replaced after extraction
-        raise OSError(f"{shard}: the frame at byte {offset} should be {size} bytes but the file holds {len(data)} "
-                      f"there (shard truncated or replaced after extraction? re-run extract)")
+    if len(data) != size:  # a short read is not a frame: the shard was truncated or replaced after extraction
+        raise OSError(
+            f"{shard}: the frame at byte {offset} should be {size} bytes but the file holds {len(data)} "
+            f"there (shard truncated or replaced after extraction? re-run extract)"
+        )
     return data
 
 
@@ -42,8 +45,10 @@ class Collection:
         self.folder = Path(folder)
         info_path = self.folder / INFO_FILE
         if not info_path.is_file():
-            raise FeaturesMissingError(f"no extracted features in {self.folder} ({INFO_FILE} is missing); "
-                                       f"run `python launch/search.py extract --out {self.folder} ...` first")
+            raise FeaturesMissingError(
+                f"no extracted features in {self.folder} ({INFO_FILE} is missing); "
+                f"run `python launch/search.py extract --out {self.folder} ...` first"
+            )
         self.info = json.loads(info_path.read_text())
         self.shards_dir = Path(self.info["shards_dir"])
         with open(self.folder / ITEMS_FILE, encoding="utf-8") as f:
@@ -52,10 +57,11 @@ class Collection:
     def vectors(self) -> np.ndarray:
         path = self.folder / FEATURES_FILE
         try:
-            return np.load(path, mmap_mode="r", allow_pickle=False)   # never a pickle: an object array is refused
+            return np.load(path, mmap_mode="r", allow_pickle=False)  # never a pickle: an object array is refused
         except (ValueError, OSError, EOFError) as err:
-            raise DamagedFileError(path, f"is not a features array ({type(err).__name__}: {err})",
-                                   "run extract again into a new folder") from err
+            raise DamagedFileError(
+                path, f"is not a features array ({type(err).__name__}: {err})", "run extract again into a new folder"
+            ) from err
 
     def __len__(self):
         return len(self.items)
@@ -66,4 +72,3 @@ class Collection:
         if not 0 <= index < len(item["frames"]):
             raise IndexError(f"item {item_id} has {len(item['frames'])} stored frames, not {index + 1}")
         return read_frame(self.shards_dir / item["shard"], item["frames"][index])
-

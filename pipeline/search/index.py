@@ -9,6 +9,7 @@ with where real embeddings live, so most lists stayed empty and recall collapsed
 On disk an index is two files in one folder: `index.faiss` and `index.json` (kind, sizes, search
 settings), both written atomically.
 """
+
 import json
 import logging
 import math
@@ -41,12 +42,12 @@ class IndexMissingError(FileNotFoundError):
 
 @dataclass
 class IndexInfo:
-    kind: str           # flat | ivf | ivfpq
+    kind: str  # flat | ivf | ivfpq
     dim: int
     count: int
-    nlist: int = 0      # inverted lists (ivf*)
-    nprobe: int = 0     # lists visited per query (ivf*)
-    pq_m: int = 0       # sub-quantisers (ivfpq)
+    nlist: int = 0  # inverted lists (ivf*)
+    nprobe: int = 0  # lists visited per query (ivf*)
+    pq_m: int = 0  # sub-quantisers (ivfpq)
     train_size: int = 0  # real feature vectors the quantiser was trained on
     build_seconds: float = 0.0
 
@@ -78,9 +79,17 @@ def default_nprobe(nlist: int) -> int:
     return min(nlist, max(16, nlist // 8))
 
 
-def build_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | None = None,
-                nprobe: int | None = None, pq_m: int | None = None, train_size: int | None = None,
-                exact_max: int = EXACT_MAX_DEFAULT, seed: int = 0):
+def build_index(
+    vectors: np.ndarray,
+    kind: str = "auto",
+    *,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    pq_m: int | None = None,
+    train_size: int | None = None,
+    exact_max: int = EXACT_MAX_DEFAULT,
+    seed: int = 0,
+):
     """Build an inner-product index over the L2-normalised `vectors` [N, D]; return (index, IndexInfo).
 
     Row i of `vectors` gets id i, so ids index the feature table's metadata directly.
@@ -99,8 +108,10 @@ def build_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | None = 
     else:
         info.nlist = nlist or default_nlist(count)
         if info.nlist > count:
-            raise ValueError(f"nlist={info.nlist} is larger than the collection ({count} vectors); "
-                             f"use a smaller nlist or kind='flat'")
+            raise ValueError(
+                f"nlist={info.nlist} is larger than the collection ({count} vectors); "
+                f"use a smaller nlist or kind='flat'"
+            )
         info.nprobe = min(nprobe or default_nprobe(info.nlist), info.nlist)
         if kind == "ivfpq":
             info.pq_m = pq_m or _default_pq_m(dim)
@@ -124,9 +135,16 @@ def build_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | None = 
         index.nprobe = info.nprobe
     index.add(data)
     info.build_seconds = round(time.perf_counter() - start, 3)
-    log.info("built %s index over %d x %d vectors in %.2f s%s", kind, count, dim, info.build_seconds,
-             f" (nlist={info.nlist}, nprobe={info.nprobe}, trained on {info.train_size} real vectors)"
-             if kind != "flat" else "")
+    log.info(
+        "built %s index over %d x %d vectors in %.2f s%s",
+        kind,
+        count,
+        dim,
+        info.build_seconds,
+        f" (nlist={info.nlist}, nprobe={info.nprobe}, trained on {info.train_size} real vectors)"
+        if kind != "flat"
+        else "",
+    )
     return index, info
 
 
@@ -154,13 +172,17 @@ def load_index(folder: str | Path, nprobe: int | None = None):
     folder = Path(folder)
     index_path, info_path = folder / INDEX_FILE, folder / INFO_FILE
     if not index_path.is_file() or not info_path.is_file():
-        raise IndexMissingError(f"no search index in {folder} (expected {INDEX_FILE} and {INFO_FILE}); "
-                                f"build one with `python launch/search.py build-index --features DIR`")
+        raise IndexMissingError(
+            f"no search index in {folder} (expected {INDEX_FILE} and {INFO_FILE}); "
+            f"build one with `python launch/search.py build-index --features DIR`"
+        )
     info = IndexInfo(**json.loads(info_path.read_text()))
     index = faiss.read_index(str(index_path))
     if index.ntotal != info.count or index.d != info.dim:
-        raise ValueError(f"{index_path} holds {index.ntotal} x {index.d} vectors but {info_path} says "
-                         f"{info.count} x {info.dim}; rebuild the index")
+        raise ValueError(
+            f"{index_path} holds {index.ntotal} x {index.d} vectors but {info_path} says "
+            f"{info.count} x {info.dim}; rebuild the index"
+        )
     if info.kind != "flat":
         info.nprobe = min(nprobe or info.nprobe, info.nlist)
         index.nprobe = info.nprobe
@@ -183,6 +205,7 @@ def recall_at_k(exact_ids: np.ndarray, approx_ids: np.ndarray, k: int) -> float:
 
 # ------------------------------------------------------------------------- a collection folder's index
 
+
 def build_collection_index(folder: str | Path, kind: str = "auto", **options) -> IndexInfo:
     """Index the merged features of a collection folder (pipeline.search.features) and save beside them."""
 
@@ -197,7 +220,7 @@ class Hit:
     rank: int
     id: int
     score: float
-    item: dict          # the collection's metadata row: key, caption, source, ...
+    item: dict  # the collection's metadata row: key, caption, source, ...
 
 
 class Searcher:
@@ -209,11 +232,16 @@ class Searcher:
         self.collection = Collection(folder)
         self.index, self.info = load_index(folder, nprobe)
         if self.info.count != len(self.collection):
-            raise ValueError(f"the index in {folder} holds {self.info.count} vectors but the collection has "
-                             f"{len(self.collection)} items (features re-extracted?); rebuild the index")
+            raise ValueError(
+                f"the index in {folder} holds {self.info.count} vectors but the collection has "
+                f"{len(self.collection)} items (features re-extracted?); rebuild the index"
+            )
 
     def search(self, query: np.ndarray, k: int = 10) -> list[Hit]:
         """Top-k items for one query embedding [D] (normalised here)."""
         scores, ids = search(self.index, np.asarray(query, dtype=np.float32).reshape(1, -1), k)
-        return [Hit(rank=r + 1, id=int(i), score=float(s), item=self.collection.items[int(i)])
-                for r, (s, i) in enumerate(zip(scores[0], ids[0])) if i >= 0]
+        return [
+            Hit(rank=r + 1, id=int(i), score=float(s), item=self.collection.items[int(i)])
+            for r, (s, i) in enumerate(zip(scores[0], ids[0]))
+            if i >= 0
+        ]

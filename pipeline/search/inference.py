@@ -11,6 +11,7 @@ segments (`shard_tools.decode`), JPEG at the shards' quality, the evaluation cro
 (`pipeline.data.transforms.eval_clip`) and ImageNet normalisation. Every embedding returned is L2-normalised,
 so a dot product is the cosine similarity the model was trained with.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,13 +32,14 @@ from shard_tools.decode import IMAGE_SUFFIXES, FrameSpec, SampleError, decode_sa
 
 log = logging.getLogger(__name__)
 
-STORED_FRAMES = FrameSpec().frames       # make-shards' default K
+STORED_FRAMES = FrameSpec().frames  # make-shards' default K
 
 
 @dataclass(frozen=True)
 class Preprocess:
     """How frames and captions become model inputs: T frames and the run's evaluation settings."""
-    num_frames: int                  # T frames per clip (the run's first eval dataset, else the model's max)
+
+    num_frames: int  # T frames per clip (the run's first eval dataset, else the model's max)
     # the run's data.options; input_res, eval_resize, eval_crop, mean, std, tokenizer (hub name or folder) and
     # max_text_length are used here as the evaluation loader uses them
     options: LoaderOptions
@@ -45,15 +47,19 @@ class Preprocess:
     @classmethod
     def for_model(cls, config, tokenizer: str | None = None) -> "Preprocess":
         """Defaults when no run config is known: the model's T and size, the loader's default crop."""
-        return cls(num_frames=config.video.num_frames,
-                   options=LoaderOptions(input_res=config.video.img_size, tokenizer=tokenizer or config.text.model))
+        return cls(
+            num_frames=config.video.num_frames,
+            options=LoaderOptions(input_res=config.video.img_size, tokenizer=tokenizer or config.text.model),
+        )
 
     @classmethod
     def from_run_config(cls, path: str | Path, config) -> "Preprocess":
         """From a run's config.json (what `launch/train.py` wrote to its output_dir)."""
         path = Path(path)
         run = load_config(path)
-        options = dataclasses.replace(run.data.options, tokenizer=_run_relative(run.data.options.tokenizer, path, run.output_dir))
+        options = dataclasses.replace(
+            run.data.options, tokenizer=_run_relative(run.data.options.tokenizer, path, run.output_dir)
+        )
         videos = [d for d in run.data.eval if d.kind != "image"]
         return cls(num_frames=videos[0].num_frames if videos else config.video.num_frames, options=options)
 
@@ -87,8 +93,9 @@ def default_device() -> torch.device:
 class Embedder:
     """A FrozenInTime model on one device with the preprocessing its run used."""
 
-    def __init__(self, model, prep: Preprocess | None = None, device: str | torch.device | None = None,
-                 source: str = ""):
+    def __init__(
+        self, model, prep: Preprocess | None = None, device: str | torch.device | None = None, source: str = ""
+    ):
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         self.config = model.config
@@ -97,8 +104,9 @@ class Embedder:
         self.tokenizer = load_tokenizer(self.prep.options.tokenizer)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None,
-             run_config: str | Path | None = None) -> "Embedder":
+    def load(
+        cls, path: str | Path, device: str | torch.device | None = None, run_config: str | Path | None = None
+    ) -> "Embedder":
         """Weights + preprocessing. The run config is `run_config`, else RUN/config.json beside an exported
         weights folder; without one, the model's own sizes and the loader's defaults are used."""
         path = Path(path)
@@ -127,8 +135,7 @@ class Embedder:
     @torch.inference_mode()
     def embed_clips(self, clips: torch.Tensor) -> np.ndarray:
         """uint8 clips [B, T, 3, res, res] (Preprocess.clip) -> unit vectors [B, D] float32."""
-        video = normalize_video(clips.to(self.device, non_blocking=True), self.prep.options.mean,
-                                self.prep.options.std)
+        video = normalize_video(clips.to(self.device, non_blocking=True), self.prep.options.mean, self.prep.options.std)
         return _unit(self.model.encode_video(video))
 
     @torch.inference_mode()
@@ -138,7 +145,7 @@ class Embedder:
             raise TypeError("embed_texts takes a list of captions; wrap a single caption in a list")
         out = [np.zeros((0, self.dim), np.float32)]
         for start in range(0, len(captions), batch_size):
-            tokens = tokenize(self.tokenizer, captions[start:start + batch_size], self.prep.options.max_text_length)
+            tokens = tokenize(self.tokenizer, captions[start : start + batch_size], self.prep.options.max_text_length)
             tokens = {k: v.to(self.device) for k, v in tokens.items()}
             out.append(_unit(self.model.encode_text(tokens["input_ids"], tokens["attention_mask"])))
         return np.concatenate(out)
@@ -162,7 +169,7 @@ class Embedder:
         out = [np.zeros((0, self.dim), np.float32)]
         image_prep = dataclasses.replace(self.prep, num_frames=1)
         for start in range(0, len(paths), batch_size):
-            clips = [image_prep.clip(read_image(p)[None]) for p in paths[start:start + batch_size]]
+            clips = [image_prep.clip(read_image(p)[None]) for p in paths[start : start + batch_size]]
             out.append(self.embed_clips(torch.stack(clips)))
         return np.concatenate(out)
 

@@ -1,4 +1,5 @@
 """A folder of video and image files -> shards, so `launch/search.py extract --media DIR` can embed it."""
+
 import logging
 from pathlib import Path
 
@@ -25,9 +26,15 @@ def shards_from_media(media: Path, out: Path, frames: int) -> Path:
     if (shards / MANIFEST).is_file():
         log.info("reusing the shards in %s (delete it to re-read %s)", shards, media)
         return shards
-    rows = [{"key": safe_key(str(p.relative_to(media).with_suffix(""))), "path": str(p.resolve()),
-             "caption": p.stem.replace("_", " ").replace("-", " "),
-             "kind": "image" if p.suffix.lower() in IMAGE_SUFFIXES else "video"} for p in files]
+    rows = [
+        {
+            "key": safe_key(str(p.relative_to(media).with_suffix(""))),
+            "path": str(p.resolve()),
+            "caption": p.stem.replace("_", " ").replace("-", " "),
+            "kind": "image" if p.suffix.lower() in IMAGE_SUFFIXES else "video",
+        }
+        for p in files
+    ]
     report = make_shards(rows, shards, ShardOptions(name="media", frames=frames), RunOptions(progress=False))
     log.info("made shards of %s: %s", media, report.summary())
     if report.manifest is None:

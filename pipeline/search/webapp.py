@@ -21,6 +21,7 @@ at once, and queries that arrive together are embedded as one batch.
 Numbers in addresses (item ids, frame numbers, k) are ASCII digits only: `str.isdigit` accepts '²' (which
 `int` then refuses) and `int` accepts '٣', so neither decides what a number is here.
 """
+
 from __future__ import annotations
 
 import html
@@ -44,22 +45,22 @@ logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 DEFAULT_K = 12
 MAX_K = 100
 MAX_QUERY_CHARS = 500
-MAX_PARAMS = 50                 # query-string fields; more is not a request this page makes
-NUMBER = re.compile(r"[0-9]{1,9}")                  # ids, frame numbers, k: ASCII digits, bounded length
+MAX_PARAMS = 50  # query-string fields; more is not a request this page makes
+NUMBER = re.compile(r"[0-9]{1,9}")  # ids, frame numbers, k: ASCII digits, bounded length
 FRAME_NAME = re.compile(r"([0-9]{1,9})(?:\.jpg)?")  # /frame/<id>/<i> or /frame/<id>/<i>.jpg
 
 # Server settings (make_server, `launch/search.py serve`)
 # Workers. A worker waits on the encoder while its query is embedded, so workers bound the batch size:
 # with 32, 100 clients cost 0.9 ms of server CPU per query against 1.6-2.0 ms with 8 (docs/bench/search.md).
 DEFAULT_THREADS = 32
-DEFAULT_IDLE_TIMEOUT = 30       # seconds a connection may stay silent (keep-alive or an unfinished request)
+DEFAULT_IDLE_TIMEOUT = 30  # seconds a connection may stay silent (keep-alive or an unfinished request)
 DEFAULT_MAX_CONNECTIONS = 1000  # open connections; past it the server stops accepting until some close
-BACKLOG = 1024                  # connections the kernel queues before they are accepted
-MAX_BATCH = 32                  # queries embedded in one forward pass
+BACKLOG = 1024  # connections the kernel queues before they are accepted
+MAX_BATCH = 32  # queries embedded in one forward pass
 
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'self'; form-action 'self'; "
-                               "base-uri 'none'; frame-ancestors 'none'",
+    "base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
@@ -76,7 +77,8 @@ input[type=search] { flex: 1; min-width: 0; font-size: 1.1rem; padding: .4rem .6
 button { font-size: 1.1rem; padding: .4rem 1rem; }
 .error { background: #fde8e8; border: 1px solid #e0a0a0; padding: .6rem .8rem; }
 .meta { color: #666; font-size: .9rem; }
-ol.results { list-style: none; padding: 0; display: grid; grid-template-columns: repeat(auto-fill, minmax(14rem, 1fr)); gap: 1rem; }
+ol.results { list-style: none; padding: 0; display: grid; gap: 1rem;
+             grid-template-columns: repeat(auto-fill, minmax(14rem, 1fr)); }
 ol.results li { border: 1px solid #ddd; border-radius: 6px; padding: .5rem; min-width: 0; }
 ol.results img { width: 100%; height: 9rem; object-fit: cover; background: #eee; }
 .caption { margin: .3rem 0; }
@@ -97,6 +99,7 @@ def shown(text: str, limit: int = 60) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- encoder
+
 
 @dataclass
 class _Job:
@@ -161,7 +164,7 @@ class QueryEncoder:
                 raise ValueError(f"{len(batch)} queries gave {len(vectors)} vectors")
             for job, vector in zip(batch, vectors):
                 job.vector = vector
-        except Exception as e:   # every waiting request gets the error (and answers 500); the thread goes on
+        except Exception as e:  # every waiting request gets the error (and answers 500); the thread goes on
             for job in batch:
                 job.error = e
         finally:
@@ -170,6 +173,7 @@ class QueryEncoder:
 
 
 # ---------------------------------------------------------------------------------------------- the app
+
 
 class BadRequest(Exception):
     def __init__(self, status: HTTPStatus, message: str):
@@ -198,8 +202,13 @@ class SearchApp:
     """The search site as a WSGI application: a Searcher (pipeline.search.index) and a function embedding a list
     of queries (`Embedder.embed_texts`)."""
 
-    def __init__(self, searcher, embed_texts: Callable[[list[str]], np.ndarray], title: str = "Video search",
-                 max_batch: int = MAX_BATCH):
+    def __init__(
+        self,
+        searcher,
+        embed_texts: Callable[[list[str]], np.ndarray],
+        title: str = "Video search",
+        max_batch: int = MAX_BATCH,
+    ):
         self.searcher = searcher
         self.encoder = QueryEncoder(embed_texts, max_batch)
         self.title = title
@@ -217,34 +226,47 @@ class SearchApp:
         response = self.respond(method, path, environ.get("QUERY_STRING", ""))
         level = logging.INFO if response.status >= 400 else logging.DEBUG
         log.log(level, "%s %s %s -> %d", environ.get("REMOTE_ADDR", "-"), method, shown(path, 200), response.status)
-        headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body))),
-                   *HEADERS.items(), *response.headers.items()]
+        headers = [
+            ("Content-Type", response.content_type),
+            ("Content-Length", str(len(response.body))),
+            *HEADERS.items(),
+            *response.headers.items(),
+        ]
         start_response(f"{response.status.value} {response.status.phrase}", headers)
         return [] if method == "HEAD" else [response.body]
 
     def respond(self, method: str, path: str, query_string: str) -> Response:
         """The answer to one request: a page, a frame, JSON, or an error that says what is wrong."""
         if method not in ("GET", "HEAD"):
-            return Response(HTTPStatus.METHOD_NOT_ALLOWED, f"{shown(method)} is not served here; use GET.\n".encode(),
-                            "text/plain; charset=utf-8", {"Allow": "GET, HEAD"})
+            return Response(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                f"{shown(method)} is not served here; use GET.\n".encode(),
+                "text/plain; charset=utf-8",
+                {"Allow": "GET, HEAD"},
+            )
         params: dict = {}
         try:
             try:
                 params = parse_qs(query_string, keep_blank_values=True, max_num_fields=MAX_PARAMS)
             except ValueError:
-                raise BadRequest(HTTPStatus.BAD_REQUEST, f"The address has more than {MAX_PARAMS} parameters; "
-                                                         f"this site reads only q and k.") from None
+                raise BadRequest(
+                    HTTPStatus.BAD_REQUEST,
+                    f"The address has more than {MAX_PARAMS} parameters; this site reads only q and k.",
+                ) from None
             return self._route(path, params)
         except BadRequest as e:
             if path == "/api/search":
                 return json_response(e.status, {"error": e.message})
-            return html_response(e.status, self._page(self.title, f'<p class="error" id="error">'
-                                                                  f'{escape(e.message)}</p>', _first(params, "q")))
+            return html_response(
+                e.status,
+                self._page(self.title, f'<p class="error" id="error">{escape(e.message)}</p>', _first(params, "q")),
+            )
         except Exception:
             log.exception("GET %s?%s failed", shown(path, 200), shown(query_string, 200))
-            return html_response(HTTPStatus.INTERNAL_SERVER_ERROR,
-                                 self._page(self.title, '<p class="error" id="error">The search failed; '
-                                                        'the server log says why.</p>'))
+            return html_response(
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                self._page(self.title, '<p class="error" id="error">The search failed; the server log says why.</p>'),
+            )
 
     def _route(self, path: str, params: dict) -> Response:
         parts = [p for p in path.split("/") if p]
@@ -256,8 +278,9 @@ class SearchApp:
             return self._api(params)
         if len(parts) == 2 and parts[0] == "item":
             item_id = self._item_id(parts[1])
-            return html_response(HTTPStatus.OK, self._page(self.title, self._item_html(item_id, params),
-                                                           _first(params, "q")))
+            return html_response(
+                HTTPStatus.OK, self._page(self.title, self._item_html(item_id, params), _first(params, "q"))
+            )
         if len(parts) == 3 and parts[0] == "frame":
             return self._frame(self._item_id(parts[1]), parts[2])
         raise BadRequest(HTTPStatus.NOT_FOUND, f"No page at {shown(path)}.")
@@ -266,21 +289,37 @@ class SearchApp:
 
     def _home(self, params: dict) -> Response:
         if "q" not in params:
-            body = (f'<p class="meta">{len(self.searcher.collection)} items indexed. '
-                    f'Type a description of a clip.</p>')
+            body = f'<p class="meta">{len(self.searcher.collection)} items indexed. Type a description of a clip.</p>'
             return html_response(HTTPStatus.OK, self._page(self.title, body))
         query, k = parse_query(params)
         hits = self.search(query, k)
-        return html_response(HTTPStatus.OK, self._page(f"{query} - {self.title}",
-                                                       self._results_html(query, k, hits), query))
+        return html_response(
+            HTTPStatus.OK, self._page(f"{query} - {self.title}", self._results_html(query, k, hits), query)
+        )
 
     def _api(self, params: dict) -> Response:
         query, k = parse_query(params)
         hits = self.search(query, k)
-        return json_response(HTTPStatus.OK, {"query": query, "k": k, "results": [
-            {"rank": h.rank, "id": h.id, "score": h.score, "key": h.item["key"],
-             "caption": h.item.get("caption"), "source": h.item.get("source"),
-             "thumbnail": f"/frame/{h.id}/0", "page": f"/item/{h.id}"} for h in hits]})
+        return json_response(
+            HTTPStatus.OK,
+            {
+                "query": query,
+                "k": k,
+                "results": [
+                    {
+                        "rank": h.rank,
+                        "id": h.id,
+                        "score": h.score,
+                        "key": h.item["key"],
+                        "caption": h.item.get("caption"),
+                        "source": h.item.get("source"),
+                        "thumbnail": f"/frame/{h.id}/0",
+                        "page": f"/item/{h.id}",
+                    }
+                    for h in hits
+                ],
+            },
+        )
 
     def _item_id(self, text: str) -> int:
         count = len(self.searcher.collection)
@@ -292,31 +331,38 @@ class SearchApp:
         stored = len(self.searcher.collection.items[item_id]["frames"])
         match = FRAME_NAME.fullmatch(name)
         if not match or int(match[1]) >= stored:
-            raise BadRequest(HTTPStatus.NOT_FOUND, f"Item {item_id} has no stored frame {shown(name)} "
-                                                   f"(it has {stored}, numbered from 0).")
+            raise BadRequest(
+                HTTPStatus.NOT_FOUND,
+                f"Item {item_id} has no stored frame {shown(name)} (it has {stored}, numbered from 0).",
+            )
         index = int(match[1])
         try:
             data = self.searcher.collection.frame(item_id, index)
-        except OSError as e:   # the shard was truncated, replaced or deleted after extraction
+        except OSError as e:  # the shard was truncated, replaced or deleted after extraction
             log.warning("frame %d of item %d: %s", index, item_id, e)
-            raise BadRequest(HTTPStatus.NOT_FOUND, f"The stored frame {index} of item {item_id} cannot be read: "
-                                                   f"its shard changed or went missing after extraction "
-                                                   f"(the server log names the file).") from None
+            raise BadRequest(
+                HTTPStatus.NOT_FOUND,
+                f"The stored frame {index} of item {item_id} cannot be read: "
+                f"its shard changed or went missing after extraction "
+                f"(the server log names the file).",
+            ) from None
         return Response(HTTPStatus.OK, data, "image/jpeg")
 
     # ------------------------------------------------------------------------------------------ html
 
     @staticmethod
     def _page(title: str, body: str, query: str = "") -> str:
-        return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(shown(title, 200))}'
-                f'</title><link rel="stylesheet" href="/style.css"></head><body><header><form action="/" '
-                f'method="get" role="search"><input type="search" id="q" name="q" '
-                f'value="{escape(query[:MAX_QUERY_CHARS])}" autofocus placeholder="Describe a clip, e.g. a red '
-                f'square moves to the left" aria-label="query"><button id="go" type="submit">Search</button>'
-                f'</form></header><main>{body}</main></body></html>')
+        return (
+            f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(shown(title, 200))}'
+            f'</title><link rel="stylesheet" href="/style.css"></head><body><header><form action="/" '
+            f'method="get" role="search"><input type="search" id="q" name="q" '
+            f'value="{escape(query[:MAX_QUERY_CHARS])}" autofocus placeholder="Describe a clip, e.g. a red '
+            f'square moves to the left" aria-label="query"><button id="go" type="submit">Search</button>'
+            f'</form></header><main>{body}</main></body></html>'
+        )
 
     def _results_html(self, query: str, k: int, hits) -> str:
-        back = escape(f"q={quote(query)}&k={k}")   # the item page links back to these results
+        back = escape(f"q={quote(query)}&k={k}")  # the item page links back to these results
         items = []
         for hit in hits:
             item = hit.item
@@ -330,9 +376,12 @@ class SearchApp:
                 f'{escape(caption) if caption else "<em>(no caption)</em>"}</p>'
                 f'<p class="meta"><span class="rank">#{hit.rank}</span> \u00b7 score '
                 f'<span class="score">{hit.score:.4f}</span> \u00b7 id {hit.id} \u00b7 {escape(item["key"])}<br>'
-                f'<span class="source">{escape(where)}</span></p></li>')
-        summary = (f'<p class="meta" id="summary">{len(hits)} results for \u201c{escape(query)}\u201d in '
-                   f'{len(self.searcher.collection)} items ({escape(self.searcher.info.kind)} index)</p>')
+                f'<span class="source">{escape(where)}</span></p></li>'
+            )
+        summary = (
+            f'<p class="meta" id="summary">{len(hits)} results for \u201c{escape(query)}\u201d in '
+            f'{len(self.searcher.collection)} items ({escape(self.searcher.info.kind)} index)</p>'
+        )
         return summary + f'<ol class="results" id="results">{"".join(items)}</ol>'
 
     def _item_html(self, item_id: int, params: dict) -> str:
@@ -342,16 +391,23 @@ class SearchApp:
         if query:
             k = _first(params, "k")
             k = k if NUMBER.fullmatch(k) and 1 <= int(k) <= MAX_K else str(DEFAULT_K)
-            back = (f'<a class="back" id="back" href="/?{escape(f"q={quote(query[:MAX_QUERY_CHARS])}&k={k}")}">'
-                    f'\u2190 results for \u201c{escape(shown(query, MAX_QUERY_CHARS))}\u201d</a>')
+            back = (
+                f'<a class="back" id="back" href="/?{escape(f"q={quote(query[:MAX_QUERY_CHARS])}&k={k}")}">'
+                f'\u2190 results for \u201c{escape(shown(query, MAX_QUERY_CHARS))}\u201d</a>'
+            )
         source = item.get("source") or {}
-        frames = "".join(f'<figure><img src="/frame/{item_id}/{i}" alt="stored frame {i}"><figcaption class="meta">'
-                         f'frame {i}</figcaption></figure>' for i in range(len(item["frames"])))
+        frames = "".join(
+            f'<figure><img src="/frame/{item_id}/{i}" alt="stored frame {i}"><figcaption class="meta">'
+            f'frame {i}</figcaption></figure>'
+            for i in range(len(item["frames"]))
+        )
         captions = "".join(f"<li>{escape(c)}</li>" for c in item.get("captions") or [])
-        return (f'{back}<h2 class="caption">{escape(item.get("caption") or item["key"])}</h2>'
-                f'<p class="meta">id {item_id} \u00b7 key {escape(item["key"])} \u00b7 {escape(item.get("kind"))}'
-                f' \u00b7 source {escape(source.get("path") or "")} {escape(source.get("url") or "")}</p>'
-                f'<div class="frames" id="frames">{frames}</div><ul>{captions}</ul>')
+        return (
+            f'{back}<h2 class="caption">{escape(item.get("caption") or item["key"])}</h2>'
+            f'<p class="meta">id {item_id} \u00b7 key {escape(item["key"])} \u00b7 {escape(item.get("kind"))}'
+            f' \u00b7 source {escape(source.get("path") or "")} {escape(source.get("url") or "")}</p>'
+            f'<div class="frames" id="frames">{frames}</div><ul>{captions}</ul>'
+        )
 
 
 def _first(params: dict, name: str) -> str:
@@ -362,49 +418,60 @@ def parse_query(params: dict) -> tuple[str, int]:
     """(query, k) from the query-string fields; BadRequest saying what to fix."""
     query = _first(params, "q").strip()
     if not query:
-        raise BadRequest(HTTPStatus.BAD_REQUEST, "Type a few words to search for, e.g. "
-                                                 "\u201ca red square moves to the left\u201d.")
+        raise BadRequest(
+            HTTPStatus.BAD_REQUEST, "Type a few words to search for, e.g. \u201ca red square moves to the left\u201d."
+        )
     if len(query) > MAX_QUERY_CHARS:
-        raise BadRequest(HTTPStatus.BAD_REQUEST, f"The query is {len(query)} characters long; "
-                                                 f"keep it under {MAX_QUERY_CHARS}.")
+        raise BadRequest(
+            HTTPStatus.BAD_REQUEST, f"The query is {len(query)} characters long; keep it under {MAX_QUERY_CHARS}."
+        )
     raw_k = params.get("k", [str(DEFAULT_K)])[0]
     if not NUMBER.fullmatch(raw_k) or not 1 <= int(raw_k) <= MAX_K:
-        raise BadRequest(HTTPStatus.BAD_REQUEST, f"k must be a whole number between 1 and {MAX_K}, "
-                                                 f"got \u201c{shown(raw_k)}\u201d.")
+        raise BadRequest(
+            HTTPStatus.BAD_REQUEST, f"k must be a whole number between 1 and {MAX_K}, got \u201c{shown(raw_k)}\u201d."
+        )
     return query, int(raw_k)
 
 
 # ---------------------------------------------------------------------------------------------- the server
 
+
 class SearchServer:
     """waitress serving a SearchApp, driven like socketserver's servers: `serve_forever()` (blocks; run it
     on a thread to stop it from another), `shutdown()`, `server_close()`, `server_address`."""
 
-    def __init__(self, app: SearchApp, host: str, port: int, threads: int, idle_timeout: int,
-                 max_connections: int):
+    def __init__(self, app: SearchApp, host: str, port: int, threads: int, idle_timeout: int, max_connections: int):
         from waitress.server import create_server
         from waitress.trigger import trigger
 
         self.app = app
         self._map: dict = {}
         self._server = create_server(
-            app, map=self._map, host=host, port=port, threads=threads, backlog=BACKLOG,
-            connection_limit=max_connections, channel_timeout=idle_timeout,
-            cleanup_interval=max(1, min(30, idle_timeout)),   # how often idle connections are looked for
-            asyncore_use_poll=True,          # select() cannot watch sockets numbered past 1024
-            max_request_body_size=1 << 16,   # GET only: no request needs a body
-            ident="fit-search", clear_untrusted_proxy_headers=True)
-        self._wake = trigger(self._map)      # runs a function on the I/O thread (shutdown)
-        listening = getattr(self._server, "effective_listen", None)   # several when `host` names several
+            app,
+            map=self._map,
+            host=host,
+            port=port,
+            threads=threads,
+            backlog=BACKLOG,
+            connection_limit=max_connections,
+            channel_timeout=idle_timeout,
+            cleanup_interval=max(1, min(30, idle_timeout)),  # how often idle connections are looked for
+            asyncore_use_poll=True,  # select() cannot watch sockets numbered past 1024
+            max_request_body_size=1 << 16,  # GET only: no request needs a body
+            ident="fit-search",
+            clear_untrusted_proxy_headers=True,
+        )
+        self._wake = trigger(self._map)  # runs a function on the I/O thread (shutdown)
+        listening = getattr(self._server, "effective_listen", None)  # several when `host` names several
         host, port = listening[0] if listening else (self._server.effective_host, self._server.effective_port)
-        self.server_address = (host, int(port))   # waitress gives the port as text
+        self.server_address = (host, int(port))  # waitress gives the port as text
         self._serving = threading.Event()
         self._stopped = threading.Event()
 
     def serve_forever(self) -> None:
         self._serving.set()
         try:
-            self._server.run()               # returns when every socket is closed (shutdown) or on Ctrl-C
+            self._server.run()  # returns when every socket is closed (shutdown) or on Ctrl-C
         finally:
             self._server.task_dispatcher.shutdown()
             self._stopped.set()
@@ -415,7 +482,7 @@ class SearchServer:
 
         if self._stopped.is_set():
             return
-        self._wake.pull_trigger(lambda: wasyncore.close_all(self._map))   # a loop about to start runs it first
+        self._wake.pull_trigger(lambda: wasyncore.close_all(self._map))  # a loop about to start runs it first
         if self._serving.is_set():
             self._stopped.wait()
 
@@ -428,9 +495,15 @@ class SearchServer:
         self.app.close()
 
 
-def make_server(app: SearchApp, host: str = "127.0.0.1", port: int = 8000, *, threads: int = DEFAULT_THREADS,
-                idle_timeout: int = DEFAULT_IDLE_TIMEOUT,
-                max_connections: int = DEFAULT_MAX_CONNECTIONS) -> SearchServer:
+def make_server(
+    app: SearchApp,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    threads: int = DEFAULT_THREADS,
+    idle_timeout: int = DEFAULT_IDLE_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+) -> SearchServer:
     """A server bound to host:port (port 0 picks a free one: read `server.server_address`)."""
     return SearchServer(app, host, port, threads, idle_timeout, max_connections)
 

@@ -15,6 +15,7 @@ DeepSpeed itself reads them (`deepspeed_loads_restricted`); the JSON files as JS
 `verify_checkpoint` checks a whole folder before anything is loaded from it, so a damaged file is reported
 by name (and `--resume auto` can fall back to the previous checkpoint) instead of failing half-way.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -64,9 +65,11 @@ def rank_state_path(path: Path, rank: int) -> Path:
 def rng_state() -> dict:
     # numpy's key array as a tensor, so the file loads with weights_only=True
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos,
-                                                    has_gauss, cached),
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -95,8 +98,9 @@ RANK_STATE_KEYS = ("step", "loader", "rng") + PROGRESS_KEYS
 def load_rank_state(path: Path, rank: int, mmap: bool = False) -> dict:
     file = rank_state_path(path, rank)
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: this rank's trainer state is missing from the checkpoint; "
-                                f"{damaged_advice(path)}")
+        raise FileNotFoundError(
+            f"{file}: this rank's trainer state is missing from the checkpoint; {damaged_advice(path)}"
+        )
     state = load_torch_file(file, advice=damaged_advice(path), zip_only=True, mmap=mmap)
     missing = [k for k in RANK_STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
@@ -107,9 +111,11 @@ def load_rank_state(path: Path, rank: int, mmap: bool = False) -> dict:
 def damaged_advice(path: Path) -> str:
     """What to do about a damaged file in checkpoint folder `path`."""
     path = Path(path)
-    return (f"the checkpoint {path.name} cannot be used: resume from an earlier one (--resume auto falls back to "
-            f"the previous complete checkpoint by itself), or evaluate the run's weights/final or weights/best "
-            f"instead; delete {path} once you no longer need it")
+    return (
+        f"the checkpoint {path.name} cannot be used: resume from an earlier one (--resume auto falls back to "
+        f"the previous complete checkpoint by itself), or evaluate the run's weights/final or weights/best "
+        f"instead; delete {path} once you no longer need it"
+    )
 
 
 def write_run_info(path: Path, info: dict) -> None:
@@ -122,15 +128,22 @@ RUN_INFO_FIELDS = {"step": int, "world_size": int, "zero_stage": int, "config": 
 def read_run_info(path: Path) -> dict:
     path = Path(path)
     if not (path / "trainer.json").is_file() and path.name.endswith(UNIVERSAL_SUFFIX):
-        path = path.with_name(path.name[:-len(UNIVERSAL_SUFFIX)])     # the checkpoint it was converted from
+        path = path.with_name(path.name[: -len(UNIVERSAL_SUFFIX)])  # the checkpoint it was converted from
     file = path / "trainer.json"
     if not file.is_file():
         raise FileNotFoundError(f"{file}: missing; {path} was not written by pipeline.train.trainer")
     info = read_json(file, damaged_advice(path), RUN_INFO_FIELDS)
-    if info["world_size"] < 1 or info["zero_stage"] not in (0, 1, 2, 3) or not isinstance(
-            info["config"].get("model"), dict):
-        raise DamagedFileError(file, f"world_size {info['world_size']}, zero_stage {info['zero_stage']} or the "
-                                     f"config's model section is not what the trainer writes", damaged_advice(path))
+    if (
+        info["world_size"] < 1
+        or info["zero_stage"] not in (0, 1, 2, 3)
+        or not isinstance(info["config"].get("model"), dict)
+    ):
+        raise DamagedFileError(
+            file,
+            f"world_size {info['world_size']}, zero_stage {info['zero_stage']} or the "
+            f"config's model section is not what the trainer writes",
+            damaged_advice(path),
+        )
     return info
 
 
@@ -146,14 +159,16 @@ def deepspeed_globals() -> tuple:
     from deepspeed.runtime.fp16.loss_scaler import LossScaler  # optimizer state: the (static) scale
     from deepspeed.runtime.zero.config import ZeroStageEnum  # optimizer state: the ZeRO stage
     from deepspeed.utils.tensor_fragment import fragment_address  # ZeRO 1/2 param_slice_mappings
+
     return LossScaler, ZeroStageEnum, fragment_address
 
 
 def load_deepspeed_file(file: Path, mmap: bool = False):
     """One of DeepSpeed's .pt files of a checkpoint folder, read without running code."""
     file = Path(file)
-    return load_torch_file(file, deepspeed_globals(), DEEPSPEED_ALLOWED, damaged_advice(file.parent),
-                           zip_only=True, mmap=mmap)
+    return load_torch_file(
+        file, deepspeed_globals(), DEEPSPEED_ALLOWED, damaged_advice(file.parent), zip_only=True, mmap=mmap
+    )
 
 
 @contextlib.contextmanager
@@ -191,8 +206,11 @@ def verify_checkpoint(path: Path) -> dict:
     else:
         marker = read_json(path / MARKER, damaged_advice(path), {"step": int})
         if marker["step"] != info["step"] or (TAG_PATTERN.match(path.name) and step_of(path.name) != info["step"]):
-            raise DamagedFileError(path / MARKER, f"says step {marker['step']}, trainer.json step {info['step']}, "
-                                                  f"folder {path.name}: they must agree", damaged_advice(path))
+            raise DamagedFileError(
+                path / MARKER,
+                f"says step {marker['step']}, trainer.json step {info['step']}, folder {path.name}: they must agree",
+                damaged_advice(path),
+            )
         for names in expected_files(info):
             if not any((path / name).is_file() for name in names):
                 raise FileNotFoundError(f"{path / names[0]}: missing from the checkpoint; {damaged_advice(path)}")
@@ -220,5 +238,6 @@ def consolidated_state_dict(checkpoint_dir: Path, info: dict | None = None) -> d
             raise DamagedFileError(file, "holds no 'module' state dict", damaged_advice(checkpoint_dir))
         return {k: v.float() for k, v in module.items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
     with deepspeed_loads_restricted(checkpoint_dir):
         return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir.parent), tag=checkpoint_dir.name)

@@ -11,6 +11,7 @@ pipeline/train/checkpoint_format.py.
 `load_model(source)` is the one way to get a trained model for evaluation, search, the demo, tests and
 benchmarks, from an exported weights folder, a finished checkpoint folder or the original's released file.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,13 +38,17 @@ log = logging.getLogger(__name__)
 
 # ---- the checkpoints of a run ---------------------------------------------------------------------------
 
+
 def list_checkpoints(root: Path, complete_only: bool = True) -> list[Path]:
     """Checkpoint folders under `root`, oldest first."""
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and fmt.TAG_PATTERN.match(p.name)
-             and (not complete_only or (p / MARKER).is_file())]
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and fmt.TAG_PATTERN.match(p.name) and (not complete_only or (p / MARKER).is_file())
+    ]
     return sorted(found, key=lambda p: step_of(p.name))
 
 
@@ -70,8 +75,10 @@ def resume_candidates(resume: str | None, root: Path) -> list[Path]:
     if fmt.is_universal(path):
         return [path]
     if not (path / MARKER).is_file():
-        raise FileNotFoundError(f"--resume {resume}: no {MARKER} marker in that folder; it is not a finished "
-                                f"checkpoint (use --resume auto to take the newest finished one)")
+        raise FileNotFoundError(
+            f"--resume {resume}: no {MARKER} marker in that folder; it is not a finished "
+            f"checkpoint (use --resume auto to take the newest finished one)"
+        )
     return [path]
 
 
@@ -82,8 +89,11 @@ def prune(root: Path, keep_last: int) -> list[Path]:
         return []
     doomed = complete[:-keep_last] if keep_last > 0 else []
     newest = step_of(complete[-1].name)
-    doomed += [p for p in list_checkpoints(root, complete_only=False)
-               if not (p / MARKER).is_file() and step_of(p.name) < newest]
+    doomed += [
+        p
+        for p in list_checkpoints(root, complete_only=False)
+        if not (p / MARKER).is_file() and step_of(p.name) < newest
+    ]
     for path in doomed:
         # the marker goes first, so a deletion cut short leaves a folder that is no longer "complete"
         (path / MARKER).unlink(missing_ok=True)
@@ -93,8 +103,9 @@ def prune(root: Path, keep_last: int) -> list[Path]:
     return doomed
 
 
-def first_sound_checkpoint(resume: str, candidates: list[Path], any_rank_failed=lambda failed: failed,
-                           set_aside: bool = False) -> Path:
+def first_sound_checkpoint(
+    resume: str, candidates: list[Path], any_rank_failed=lambda failed: failed, set_aside: bool = False
+) -> Path:
     """The first of `candidates` (resume_candidates' order) whose files check out (verify_checkpoint) on every
     rank, found before anything is loaded, so a damaged file never fails a load half-way or on one rank only.
 
@@ -113,20 +124,28 @@ def first_sound_checkpoint(resume: str, candidates: list[Path], any_rank_failed=
             problem = err
         if not any_rank_failed(problem is not None):
             if set_aside:
-                for damaged in candidates[:len(problems)]:
+                for damaged in candidates[: len(problems)]:
                     _set_aside(Path(damaged))
             return path
-        problem = problem or DamagedFileError(path, "another rank found a damaged file in it (see that rank's log)",
-                                              fmt.damaged_advice(path))
+        problem = problem or DamagedFileError(
+            path, "another rank found a damaged file in it (see that rank's log)", fmt.damaged_advice(path)
+        )
         if resume != "auto":
             raise problem
         problems.append(problem)
-        log.warning("--resume auto: %s\n-> %s", problem, "falling back to the previous complete checkpoint"
-                    if path != candidates[-1] else "no earlier complete checkpoint is left")
-    raise DamagedFileError(Path(candidates[0]).parent,
-                           f"none of the {len(candidates)} finished checkpoints can be loaded:\n  "
-                           + "\n  ".join(str(p) for p in problems),
-                           "move the damaged folders away (or delete them) to start from step 0")
+        log.warning(
+            "--resume auto: %s\n-> %s",
+            problem,
+            "falling back to the previous complete checkpoint"
+            if path != candidates[-1]
+            else "no earlier complete checkpoint is left",
+        )
+    raise DamagedFileError(
+        Path(candidates[0]).parent,
+        f"none of the {len(candidates)} finished checkpoints can be loaded:\n  "
+        + "\n  ".join(str(p) for p in problems),
+        "move the damaged folders away (or delete them) to start from step 0",
+    )
 
 
 def _set_aside(path: Path) -> Path:
@@ -142,6 +161,7 @@ def _set_aside(path: Path) -> Path:
 
 # ---- the trainer's side ---------------------------------------------------------------------------------
 
+
 class CheckpointManager:
     """Checkpoint work for one rank of a run: every method is called on every rank at the same point.
 
@@ -151,8 +171,8 @@ class CheckpointManager:
     def __init__(self, engine, cfg: RunConfig, env: DistEnv, root: Path, precision: str, any_rank_failed):
         self.engine, self.cfg, self.env = engine, cfg, env
         self.root = Path(root)
-        self.precision = precision                  # "bf16" | "fp32", recorded in trainer.json
-        self.any_rank_failed = any_rank_failed      # local bool -> whether it holds on any rank (an all-reduce)
+        self.precision = precision  # "bf16" | "fp32", recorded in trainer.json
+        self.any_rank_failed = any_rank_failed  # local bool -> whether it holds on any rank (an all-reduce)
 
     def save(self, step: int, loader, progress: dict) -> Path:
         """DeepSpeed state + each rank's loader/RNG state at `step`; COMPLETE once every rank has written,
@@ -160,17 +180,25 @@ class CheckpointManager:
         tag = fmt.tag_for_step(step)
         path = self.root / tag
         if (path / MARKER).is_file():
-            return path                                     # already saved at this step (e.g. preempted at end)
+            return path  # already saved at this step (e.g. preempted at end)
         started = time.time()
         self.engine.save_checkpoint(str(self.root), tag=tag, save_latest=False)
-        fmt.save_rank_state(path, self.env.rank, {"step": step, "loader": loader.state_dict(),
-                                                  "rng": fmt.rng_state(), **progress})
+        fmt.save_rank_state(
+            path, self.env.rank, {"step": step, "loader": loader.state_dict(), "rng": fmt.rng_state(), **progress}
+        )
         if self.env.is_main:
-            fmt.write_run_info(path, {"step": step, "world_size": self.env.world_size,
-                                      "zero_stage": self.cfg.deepspeed.zero_stage, "precision": self.precision,
-                                      "config": self.cfg.raw})
+            fmt.write_run_info(
+                path,
+                {
+                    "step": step,
+                    "world_size": self.env.world_size,
+                    "zero_stage": self.cfg.deepspeed.zero_stage,
+                    "precision": self.precision,
+                    "config": self.cfg.raw,
+                },
+            )
         if self.env.world_size > 1:
-            dist.barrier()                                  # every rank's files are on disk
+            dist.barrier()  # every rank's files are on disk
         if self.env.is_main:
             fmt.mark_complete(path, step)
             prune(self.root, self.cfg.checkpoint.keep_last)
@@ -185,13 +213,14 @@ class CheckpointManager:
         RNG stays as seeded."""
         found = [[str(p) for p in resume_candidates(resume, self.root)]] if self.env.is_main else [None]
         if self.env.world_size > 1:
-            dist.broadcast_object_list(found, src=0)       # every rank tries the checkpoints rank 0 found
+            dist.broadcast_object_list(found, src=0)  # every rank tries the checkpoints rank 0 found
         if not found[0]:
             log.info("--resume %s: no finished checkpoint under %s; starting from step 0", resume, self.root)
             return None
         # every file checked before anything is loaded; auto falls back past damaged checkpoints
-        path = first_sound_checkpoint(resume, [Path(p) for p in found[0]], self.any_rank_failed,
-                                      set_aside=self.env.is_main)
+        path = first_sound_checkpoint(
+            resume, [Path(p) for p in found[0]], self.any_rank_failed, set_aside=self.env.is_main
+        )
         universal = fmt.is_universal(path)
         info = fmt.read_run_info(path)
         if info["world_size"] != self.env.world_size and not universal:
@@ -201,11 +230,17 @@ class CheckpointManager:
                 f"  python -m deepspeed.checkpoint.ds_to_universal --input_folder {path} "
                 f"--output_folder {path}_universal --inject_missing_state\n"
                 f"then resume with --resume {path}_universal (model, optimizer and schedule carry over; the "
-                f"loader starts a fresh pass).")
+                f"loader starts a fresh pass)."
+            )
         # DeepSpeed's torch.load: weights_only, allow-listed
         with loading_universal_checkpoint(self.engine, universal), fmt.deepspeed_loads_restricted(path):
-            loaded, _ = self.engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True,
-                                                    load_optimizer_states=True, load_lr_scheduler_states=True)
+            loaded, _ = self.engine.load_checkpoint(
+                str(path.parent),
+                tag=path.name,
+                load_module_strict=True,
+                load_optimizer_states=True,
+                load_lr_scheduler_states=True,
+            )
         if loaded is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
         step, progress = int(info["step"]), None
@@ -216,9 +251,13 @@ class CheckpointManager:
             fmt.set_rng_state(state["rng"])
             progress = {key: state[key] for key in fmt.PROGRESS_KEYS}
         else:
-            log.warning("resumed the universal checkpoint %s (saved by %d ranks) on %d: model, optimizer and "
-                        "schedule restored; the loader starts a fresh pass and the RNG from the seed", path,
-                        info["world_size"], self.env.world_size)
+            log.warning(
+                "resumed the universal checkpoint %s (saved by %d ranks) on %d: model, optimizer and "
+                "schedule restored; the loader starts a fresh pass and the RNG from the seed",
+                path,
+                info["world_size"],
+                self.env.world_size,
+            )
         log.info("resumed from %s at step %d", path, step)
         return step, progress
 
@@ -229,9 +268,13 @@ class CheckpointManager:
         master weights stay in the DeepSpeed checkpoint (checkpoint_format.consolidated_state_dict).
         """
         import deepspeed
+
         module = self.engine.module
-        gather = (deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
-                  if self.cfg.deepspeed.zero_stage == 3 else contextlib.nullcontext())
+        gather = (
+            deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+            if self.cfg.deepspeed.zero_stage == 3
+            else contextlib.nullcontext()
+        )
         with gather:
             if self.env.is_main:
                 model = module
@@ -245,6 +288,7 @@ class CheckpointManager:
 
 
 # ---- loading a trained model ----------------------------------------------------------------------------
+
 
 def find_run_config(weights: Path) -> Path | None:
     """RUN/config.json for a weights folder the trainer exported (RUN/weights/final, RUN/weights/best)."""
@@ -274,22 +318,28 @@ def load_model(source: str | Path, model_cfg: ModelConfig | None = None) -> Froz
         return load_pretrained(path).eval()
     if path.is_dir() and (path / MARKER).is_file():
         info = fmt.verify_checkpoint(path)
-        model = FrozenInTime(ModelConfig.from_dict(info["config"]["model"], f"{path}/trainer.json: model"),
-                             init_weights=False)
+        model = FrozenInTime(
+            ModelConfig.from_dict(info["config"]["model"], f"{path}/trainer.json: model"), init_weights=False
+        )
         missing, unexpected = model.load_state_dict(fmt.consolidated_state_dict(path, info), strict=False)
         # DeepSpeed's consolidation leaves out non-persistent buffers only; any missing parameter is an error
         params = {name for name, _ in model.named_parameters()}
         if set(missing) & params or unexpected:
-            raise ValueError(f"{path}: checkpoint does not match the model: missing {sorted(set(missing) & params)}"
-                             f", unexpected {sorted(unexpected)}")
+            raise ValueError(
+                f"{path}: checkpoint does not match the model: missing {sorted(set(missing) & params)}"
+                f", unexpected {sorted(unexpected)}"
+            )
         return model.eval()
     if path.is_dir():
-        raise FileNotFoundError(f"{path}: neither a weights folder ({CONFIG_FILE}) nor a finished checkpoint "
-                                f"({MARKER} marker)")
+        raise FileNotFoundError(
+            f"{path}: neither a weights folder ({CONFIG_FILE}) nor a finished checkpoint ({MARKER} marker)"
+        )
     if not path.is_file():
-        raise FileNotFoundError(f"model {path} not found: give a weights folder (weights.safetensors + "
-                                f"{CONFIG_FILE}, e.g. RUN/weights/final), a finished checkpoint folder "
-                                f"(RUN/checkpoints/step_N) or the original's .pth.tar file")
+        raise FileNotFoundError(
+            f"model {path} not found: give a weights folder (weights.safetensors + "
+            f"{CONFIG_FILE}, e.g. RUN/weights/final), a finished checkpoint folder "
+            f"(RUN/checkpoints/step_N) or the original's .pth.tar file"
+        )
     if model_cfg is None:
         model_cfg = model_config_from_original(read_original_checkpoint(path)[1])
     model = FrozenInTime(model_cfg, init_weights=False)

@@ -5,6 +5,7 @@ loader options, pipeline.data.options), optim, loss, deepspeed, log, eval, check
 path (`optim.lr`, `data.train[1].batch_size`). `--set a.b=value` overrides are applied to the JSON before
 validation, so they are checked like the file.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,17 @@ from pipeline.train.metrics import METRIC_NAMES
 
 EVAL_METRICS = tuple(f"{d}_{m}" for d in ("t2v", "v2t") for m in METRIC_NAMES) + ("val_loss",)
 # set by the trainer from the optim / data / deepspeed sections, so not allowed in deepspeed.extra
-TRAINER_DEEPSPEED_KEYS = ("optimizer", "scheduler", "gradient_clipping", "train_batch_size", "zero_optimization",
-                          "bf16", "fp16", "gradient_accumulation_steps", "train_micro_batch_size_per_gpu")
+TRAINER_DEEPSPEED_KEYS = (
+    "optimizer",
+    "scheduler",
+    "gradient_clipping",
+    "train_batch_size",
+    "zero_optimization",
+    "bf16",
+    "fp16",
+    "gradient_accumulation_steps",
+    "train_micro_batch_size_per_gpu",
+)
 
 
 @dataclass
@@ -36,9 +46,9 @@ class OptimConfig(Section):
     eps: float = 1e-6
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
-    min_lr_ratio: float = 0.0         # cosine ends at min_lr_ratio * lr
-    grad_clip: float = 0.0            # max global grad norm; 0 disables (DeepSpeed's own default is 1.0)
-    grad_accum_steps: int = 1         # loader steps per optimizer step
+    min_lr_ratio: float = 0.0  # cosine ends at min_lr_ratio * lr
+    grad_clip: float = 0.0  # max global grad norm; 0 disables (DeepSpeed's own default is 1.0)
+    grad_accum_steps: int = 1  # loader steps per optimizer step
 
     def check(self, where: str) -> None:
         if self.total_steps < 1:
@@ -57,15 +67,16 @@ class OptimConfig(Section):
 @dataclass
 class DeepSpeedSection(Section):
     zero_stage: Literal[0, 1, 2, 3] = 2
-    precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 on GPU, fp32 on CPU
-    extra: dict = field(default_factory=dict)   # raw DeepSpeed keys merged last (e.g. overlap_comm)
-    comm_timeout_s: float = 600.0     # a collective waiting this long on a dead rank raises
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    extra: dict = field(default_factory=dict)  # raw DeepSpeed keys merged last (e.g. overlap_comm)
+    comm_timeout_s: float = 600.0  # a collective waiting this long on a dead rank raises
 
     def check(self, where: str) -> None:
         for key in TRAINER_DEEPSPEED_KEYS:
             if key in self.extra:
-                raise ConfigError(f"{where}.extra.{key}: set by the trainer from optim / data / deepspeed; "
-                                  "use those sections instead")
+                raise ConfigError(
+                    f"{where}.extra.{key}: set by the trainer from optim / data / deepspeed; use those sections instead"
+                )
 
 
 @dataclass
@@ -80,29 +91,31 @@ class LogConfig(Section):
 
 @dataclass
 class EvalConfig(Section):
-    every_steps: int = 0              # 0: only at the end
-    at_start: bool = False            # the original's init_val
-    best_metric: str | None = None    # "<eval dataset>/<metric>"; None: the first eval dataset's val_loss
-    best_mode: Literal["max", "min"] | None = None   # None: min for val_loss / MedR / MeanR, else max
+    every_steps: int = 0  # 0: only at the end
+    at_start: bool = False  # the original's init_val
+    best_metric: str | None = None  # "<eval dataset>/<metric>"; None: the first eval dataset's val_loss
+    best_mode: Literal["max", "min"] | None = None  # None: min for val_loss / MedR / MeanR, else max
     # >0: test-time sliding window over the loaded frames (docs/ORIGINAL.md, 'Test-time evaluation')
     sliding_window_stride: int = 0
-    window_frames: int = 0            # frames per window (the model's T) when sliding
+    window_frames: int = 0  # frames per window (the model's T) when sliding
 
     def check(self, where: str) -> None:
         if self.every_steps < 0:
             raise ConfigError(f"{where}.every_steps: must be >= 0, got {self.every_steps}")
         if self.sliding_window_stride < 0 or (self.sliding_window_stride and self.window_frames < 1):
-            raise ConfigError(f"{where}.sliding_window_stride: needs {where}.window_frames >= 1 (the model's "
-                              "frames per window) and a stride >= 1")
+            raise ConfigError(
+                f"{where}.sliding_window_stride: needs {where}.window_frames >= 1 (the model's "
+                "frames per window) and a stride >= 1"
+            )
 
 
 @dataclass
 class CheckpointConfig(Section):
     every_steps: int = 1000
     keep_last: int = 3
-    load_checkpoint: str | None = None   # model-only weights to start from (fine-tune / next stage)
-    load_temporal_fix: TemporalFix = "zeros"   # how a temporal embedding with fewer rows is inflated
-    load_temporal_noise_std: float = TEMPORAL_NOISE_STD   # std of the new rows with load_temporal_fix "noise"
+    load_checkpoint: str | None = None  # model-only weights to start from (fine-tune / next stage)
+    load_temporal_fix: TemporalFix = "zeros"  # how a temporal embedding with fewer rows is inflated
+    load_temporal_noise_std: float = TEMPORAL_NOISE_STD  # std of the new rows with load_temporal_fix "noise"
 
     def check(self, where: str) -> None:
         if self.every_steps < 0 or self.keep_last < 1:
@@ -126,12 +139,13 @@ class DataSection(Section):
 
 @dataclass
 class LossSection(Section):
-    weights: dict[str, float] = field(default_factory=dict)   # dataset name -> weight of its loss (default 1)
+    weights: dict[str, float] = field(default_factory=dict)  # dataset name -> weight of its loss (default 1)
 
 
 @dataclass
 class RunConfig:
     """The whole run config, one field per JSON section (the root's key path is "", so errors read `optim.lr`)."""
+
     name: str
     output_dir: str
     model: ModelConfig
@@ -143,7 +157,7 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    raw: dict = field(default_factory=dict, metadata=INTERNAL)   # the validated JSON (what config.json holds)
+    raw: dict = field(default_factory=dict, metadata=INTERNAL)  # the validated JSON (what config.json holds)
 
     def check(self, where: str) -> None:
         """Rules across sections; also fills eval.best_metric / best_mode, whose defaults depend on data.eval."""
@@ -157,8 +171,10 @@ class RunConfig:
         if ev.best_metric is not None:
             dataset, _, metric = ev.best_metric.partition("/")
             if dataset not in eval_names:
-                raise ConfigError(f"eval.best_metric: {ev.best_metric!r} names dataset {dataset!r}, which is "
-                                  f"not in data.eval ({', '.join(eval_names) or 'none'})")
+                raise ConfigError(
+                    f"eval.best_metric: {ev.best_metric!r} names dataset {dataset!r}, which is "
+                    f"not in data.eval ({', '.join(eval_names) or 'none'})"
+                )
             if metric not in EVAL_METRICS:
                 raise ConfigError(f"eval.best_metric: unknown metric {metric!r} (one of {', '.join(EVAL_METRICS)})")
         elif eval_names:
@@ -168,12 +184,16 @@ class RunConfig:
             ev.best_mode = "min" if metric in ("val_loss",) or metric.endswith(("MedR", "MeanR")) else "max"
         if ev.sliding_window_stride:
             if ev.window_frames > self.model.video.num_frames:
-                raise ConfigError(f"eval.window_frames: {ev.window_frames} is more than the model takes "
-                                  f"(model.video.num_frames = {self.model.video.num_frames})")
+                raise ConfigError(
+                    f"eval.window_frames: {ev.window_frames} is more than the model takes "
+                    f"(model.video.num_frames = {self.model.video.num_frames})"
+                )
             for i, spec in enumerate(self.data.eval):
                 if spec.num_frames % ev.window_frames:
-                    raise ConfigError(f"data.eval[{i}].num_frames: {spec.num_frames} is not a multiple of "
-                                      f"eval.window_frames = {ev.window_frames} (sliding window)")
+                    raise ConfigError(
+                        f"data.eval[{i}].num_frames: {spec.num_frames} is not a multiple of "
+                        f"eval.window_frames = {ev.window_frames} (sliding window)"
+                    )
 
     def save(self, path: str | Path) -> None:
         atomic_write_json(path, self.raw)
@@ -240,10 +260,9 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         raise ConfigError(f"{path}: {err}") from None
 
 
-
 # ---- checks before a job is submitted, and what a stage does with the temporal embedding -----------------------
 
-TINY_ASSETS_HINT = "runs/tiny_assets"     # where configs/tiny_*.json look (pipeline.demo.tiny_assets.DEFAULT_ROOT)
+TINY_ASSETS_HINT = "runs/tiny_assets"  # where configs/tiny_*.json look (pipeline.demo.tiny_assets.DEFAULT_ROOT)
 
 
 def _must_be_local_folder(value: str) -> bool:
@@ -266,15 +285,22 @@ def check_inputs(cfg: RunConfig, world_size: int = 1) -> list[str]:
         try:
             shard_set = spec.resolve()
             if spec in cfg.data.train:
-                shardlists.check_enough_shards(len(shard_set.urls), world_size, cfg.data.options.num_workers, spec.where)
+                shardlists.check_enough_shards(
+                    len(shard_set.urls), world_size, cfg.data.options.num_workers, spec.where
+                )
         except ConfigError as err:
             problems.append(str(err))
-    for key, value in (("model.text.model", cfg.model.text.model), ("data.options.tokenizer", cfg.data.options.tokenizer)):
+    for key, value in (
+        ("model.text.model", cfg.model.text.model),
+        ("data.options.tokenizer", cfg.data.options.tokenizer),
+    ):
         if isinstance(value, str) and _must_be_local_folder(value) and not Path(value).expanduser().is_dir():
             problems.append(f"{key}: {value} is not a folder (relative paths are taken from {Path.cwd()})")
     if any(TINY_ASSETS_HINT in p for p in problems):
-        problems.append(f"{TINY_ASSETS_HINT} is missing or incomplete: write it with `make tiny-assets` "
-                        f"(python3 -m launch.tiny_assets) in the directory you submit from")
+        problems.append(
+            f"{TINY_ASSETS_HINT} is missing or incomplete: write it with `make tiny-assets` "
+            f"(python3 -m launch.tiny_assets) in the directory you submit from"
+        )
     return problems
 
 
@@ -312,19 +338,25 @@ def describe_temporal_rows(cfg: RunConfig) -> str:
     if used == rows:
         text += f"all {rows} row(s) train"
     else:
-        text += f"{_rows(0, used)} train{'s' if used == 1 else ''}, {_rows(used, rows)} get no gradient and keep " \
-                f"their initial values"
+        text += (
+            f"{_rows(0, used)} train{'s' if used == 1 else ''}, {_rows(used, rows)} get no gradient and keep "
+            f"their initial values"
+        )
     init = cfg.checkpoint.load_checkpoint
     if not init:
         return text + "; starts from a fresh model (rows are zeros)"
     fix = cfg.checkpoint.load_temporal_fix
     have = _checkpoint_frames(init)
     if have is None:
-        return (text + f"; starts from {init}: its rows are inflated to {rows} with load_temporal_fix={fix} "
-                f"only if it has fewer (its row count is known when it loads)")
+        return (
+            text + f"; starts from {init}: its rows are inflated to {rows} with load_temporal_fix={fix} "
+            f"only if it has fewer (its row count is known when it loads)"
+        )
     if have < rows:
         return text + f"; starts from {init} with {have} row(s): inflated to {rows} (load_temporal_fix={fix})"
     if have == rows:
-        return (text + f"; starts from {init} with {rows} row(s): no inflation (load_temporal_fix unused), rows "
-                f"that did not train there start from their values there (e.g. zeros after a 1-frame stage)")
+        return (
+            text + f"; starts from {init} with {rows} row(s): no inflation (load_temporal_fix unused), rows "
+            f"that did not train there start from their values there (e.g. zeros after a 1-frame stage)"
+        )
     return text + f"; starts from {init} with {have} row(s): the first {rows} are kept"

@@ -4,6 +4,7 @@ Each is used because DeepSpeed 0.19 has no public setting for it; the comment at
 DeepSpeed is imported inside the functions: it is heavy, and its import alone must not be paid by callers
 that only need the names.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,6 +14,7 @@ from typing import Iterator
 def skip_shm_comm_build() -> None:
     """Keep DeepSpeed from building its shared-memory all-reduce op when the process group is set up."""
     import deepspeed
+
     # The CPU accelerator otherwise JIT-builds this op (~80 s), which only inference all-reduce uses.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 

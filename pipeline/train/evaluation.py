@@ -12,6 +12,7 @@ duplicate keys (a loader may repeat samples to give every rank equal batches), t
 Every rank runs the same number of forward passes (ranks that run out of batches repeat their last one and
 discard the result), since a ZeRO-3 forward is a collective.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,10 @@ def sliding_windows(video: torch.Tensor, window_frames: int, stride: int) -> lis
     """
     loaded = video.shape[1]
     if loaded % window_frames:
-        raise ValueError(f"sliding window: {loaded} loaded frames are not a multiple of eval.window_frames="
-                         f"{window_frames}; set the eval dataset's num_frames to a multiple of it")
+        raise ValueError(
+            f"sliding window: {loaded} loaded frames are not a multiple of eval.window_frames="
+            f"{window_frames}; set the eval dataset's num_frames to a multiple of it"
+        )
     per_run = loaded // window_frames
     return [video[:, offset::per_run] for offset in range(0, per_run, stride)]
 
@@ -58,8 +61,10 @@ def _lockstep(batches: Iterable[dict], world_size: int, device, pad: bool) -> It
                 return
             if batch is None:
                 if last is None:
-                    raise RuntimeError("this rank's evaluation loader yielded no batch at all while others did; "
-                                       "give the evaluation set at least one batch per rank")
+                    raise RuntimeError(
+                        "this rank's evaluation loader yielded no batch at all while others did; "
+                        "give the evaluation set at least one batch per rank"
+                    )
                 yield last, False
                 continue
         elif batch is None:
@@ -77,9 +82,18 @@ def _gather(obj, world_size: int) -> list:
 
 
 @torch.no_grad()
-def embed_dataset(model: Callable, batches: Iterable[dict], *, prepare_video: Callable, tokenize: Callable,
-                  world_size: int, device, window_frames: int = 0, stride: int = 0,
-                  lockstep: bool = False) -> dict:
+def embed_dataset(
+    model: Callable,
+    batches: Iterable[dict],
+    *,
+    prepare_video: Callable,
+    tokenize: Callable,
+    world_size: int,
+    device,
+    window_frames: int = 0,
+    stride: int = 0,
+    lockstep: bool = False,
+) -> dict:
     """Embeddings of every sample on every rank: {keys, video [N, D], text [C, D], caption_video [C], primary [N]}.
 
     `model(video, input_ids, attention_mask) -> (text_emb, video_emb)`; `prepare_video(uint8) -> float input`;
@@ -90,7 +104,7 @@ def embed_dataset(model: Callable, batches: Iterable[dict], *, prepare_video: Ca
     for batch, real in _lockstep(batches, world_size, device, lockstep):
         video = prepare_video(batch["video"].to(device, non_blocking=True))
         captions = batch.get("captions")
-        if captions is not None and any(len(caps) != 1 for caps in captions):   # several captions per video
+        if captions is not None and any(len(caps) != 1 for caps in captions):  # several captions per video
             for key, caps in zip(batch["keys"], captions):
                 if not caps:
                     raise ValueError(f"evaluation sample {key!r} has no caption to score")
@@ -105,7 +119,7 @@ def embed_dataset(model: Callable, batches: Iterable[dict], *, prepare_video: Ca
         if not real:
             continue
         text_emb = outputs[0][0].float()
-        video_emb = torch.stack([out[1].float() for out in outputs]).mean(0)   # mean of clip embeddings
+        video_emb = torch.stack([out[1].float() for out in outputs]).mean(0)  # mean of clip embeddings
         base = len(keys)
         keys.extend(batch["keys"])
         videos.append(video_emb.cpu().numpy())
@@ -135,20 +149,25 @@ def _merge(parts: list[dict]) -> dict:
         for row, owner in enumerate(part["owner"]):
             key = part["keys"][owner]
             if first[key] != (r, owner):
-                continue                               # a repeated sample: its captions are already in
+                continue  # a repeated sample: its captions are already in
             if primary[index[key]] < 0:
                 primary[index[key]] = len(texts)
             texts.append(part["text"][row])
             caption_video.append(index[key])
-    return {"keys": keys, "video": video, "text": np.stack(texts), "caption_video": np.asarray(caption_video),
-            "primary": primary}
+    return {
+        "keys": keys,
+        "video": video,
+        "text": np.stack(texts),
+        "caption_video": np.asarray(caption_video),
+        "primary": primary,
+    }
 
 
 def val_loss(video: np.ndarray, text: np.ndarray, batch_size: int, loss_from_sims: Callable) -> float:
     """Mean loss over consecutive batches of `batch_size` (video, primary caption) pairs."""
     losses = []
     for start in range(0, len(video), batch_size):
-        sims = torch.from_numpy(cosine_similarity(text[start:start + batch_size], video[start:start + batch_size]))
+        sims = torch.from_numpy(cosine_similarity(text[start : start + batch_size], video[start : start + batch_size]))
         losses.append(float(loss_from_sims(sims)))
     return float(np.mean(losses))
 
@@ -157,8 +176,9 @@ def score(embeddings: dict, batch_size: int, loss_from_sims: Callable) -> dict[s
     """Retrieval metrics + val_loss + the number of videos and captions scored."""
     sims = cosine_similarity(embeddings["text"], embeddings["video"])
     metrics = retrieval_metrics(sims, embeddings["caption_video"])
-    metrics["val_loss"] = val_loss(embeddings["video"], embeddings["text"][embeddings["primary"]], batch_size,
-                                   loss_from_sims)
+    metrics["val_loss"] = val_loss(
+        embeddings["video"], embeddings["text"][embeddings["primary"]], batch_size, loss_from_sims
+    )
     metrics["num_videos"] = len(embeddings["keys"])
     metrics["num_captions"] = len(embeddings["caption_video"])
     return metrics
@@ -172,29 +192,51 @@ def evaluate_datasets(model: Callable, loaders: dict[str, tuple[Iterable[dict], 
         started = time.time()
         embeddings = embed_dataset(model, batches, **kwargs)
         results[name] = score(embeddings, batch_size, loss_from_sims)
-        log.info("eval %s: %d videos, %d captions in %.1f s: t2v R1 %.2f R5 %.2f R10 %.2f MedR %.1f | v2t R1 %.2f "
-                 "R5 %.2f R10 %.2f MedR %.1f | val_loss %.4f", name, results[name]["num_videos"],
-                 results[name]["num_captions"], time.time() - started, *(results[name][f"{d}_{m}"]
-                 for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "MedR")), results[name]["val_loss"])
+        log.info(
+            "eval %s: %d videos, %d captions in %.1f s: t2v R1 %.2f R5 %.2f R10 %.2f MedR %.1f | v2t R1 %.2f "
+            "R5 %.2f R10 %.2f MedR %.1f | val_loss %.4f",
+            name,
+            results[name]["num_videos"],
+            results[name]["num_captions"],
+            time.time() - started,
+            *(results[name][f"{d}_{m}"] for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "MedR")),
+            results[name]["val_loss"],
+        )
     return results
 
 
-def evaluate_run(model: Callable, cfg, env, device, dtype: torch.dtype, temperature: float, lockstep: bool = False,
-                 loaders: dict | None = None) -> dict[str, dict]:
+def evaluate_run(
+    model: Callable,
+    cfg,
+    env,
+    device,
+    dtype: torch.dtype,
+    temperature: float,
+    lockstep: bool = False,
+    loaders: dict | None = None,
+) -> dict[str, dict]:
     """Evaluate on every `data.eval` dataset of run config `cfg` (what training and launch/evaluate.py share).
 
     `loaders`: {dataset: (batches, batch_size)} to use instead of the config's evaluation shards.
     """
     if loaders is None:
-        loaders = {spec.name: (build_eval_loader(spec, cfg.data.options, env.rank, env.world_size), spec.batch_size)
-                   for spec in cfg.data.eval}
+        loaders = {
+            spec.name: (build_eval_loader(spec, cfg.data.options, env.rank, env.world_size), spec.batch_size)
+            for spec in cfg.data.eval
+        }
     tokenizer = load_tokenizer(cfg.data.options.tokenizer)
     return evaluate_datasets(
-        model, loaders, prepare_video=lambda v: normalize_video(v, cfg.data.options.mean, cfg.data.options.std).to(dtype),
+        model,
+        loaders,
+        prepare_video=lambda v: normalize_video(v, cfg.data.options.mean, cfg.data.options.std).to(dtype),
         tokenize=lambda texts: tokenize(tokenizer, texts, cfg.data.options.max_text_length),
-        world_size=env.world_size, device=device, window_frames=cfg.eval.window_frames,
-        stride=cfg.eval.sliding_window_stride, lockstep=lockstep,
-        loss_from_sims=lambda sims: norm_softmax_loss(sims, temperature))
+        world_size=env.world_size,
+        device=device,
+        window_frames=cfg.eval.window_frames,
+        stride=cfg.eval.sliding_window_stride,
+        lockstep=lockstep,
+        loss_from_sims=lambda sims: norm_softmax_loss(sims, temperature),
+    )
 
 
 def flatten(results: dict[str, dict]) -> dict[str, float]:

@@ -16,6 +16,7 @@ video caption i describes, so a video may have several captions (or one), in any
 The original needs texts ordered video-major with the same count per video; an explicit `caption_video`
 index is equivalent for that layout and also serves videos with differing caption counts.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -61,10 +62,10 @@ def v2t_ranks(sims: np.ndarray, caption_video: np.ndarray) -> np.ndarray:
     ranks = np.empty(sims.shape[1], dtype=np.float64)
     for video in range(sims.shape[1]):
         column = sims[:, video]
-        own = column[caption_video == video][:, None]                # [C_v, 1]
+        own = column[caption_video == video][:, None]  # [C_v, 1]
         higher = (column[None, :] > own).sum(axis=1)
-        tied = (column[None, :] == own).sum(axis=1)                  # includes the caption itself
-        ranks[video] = (higher + (tied - 1) / 2.0).min()             # mean of positions higher..higher+tied-1
+        tied = (column[None, :] == own).sum(axis=1)  # includes the caption itself
+        ranks[video] = (higher + (tied - 1) / 2.0).min()  # mean of positions higher..higher+tied-1
     return ranks
 
 
@@ -85,8 +86,7 @@ def retrieval_metrics(sims: np.ndarray, caption_video: np.ndarray | None = None)
     sims = np.asarray(sims)
     if caption_video is None:
         if sims.shape[0] != sims.shape[1]:
-            raise ValueError(f"a {sims.shape} similarity matrix needs caption_video (which video each row "
-                             "describes)")
+            raise ValueError(f"a {sims.shape} similarity matrix needs caption_video (which video each row describes)")
         caption_video = np.arange(sims.shape[0])
     out = {f"t2v_{k}": v for k, v in ranks_to_metrics(t2v_ranks(sims, caption_video)).items()}
     out.update({f"v2t_{k}": v for k, v in ranks_to_metrics(v2t_ranks(sims, caption_video)).items()})

@@ -5,6 +5,7 @@ the CLS token) are excluded, the usual practice for ViTs and BERTs (the original
 decay 0, so with `weight_decay: 0` both agree). Schedules are step-based: linear warmup from 0, then constant
 or cosine down to `min_lr_ratio * lr` at `total_steps`.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if is_no_decay(name, param) else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
-              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
     return [g for g in groups if g["params"]]
 
 

@@ -14,6 +14,7 @@ compares what a job asks -- a job script's `#SBATCH` defaults overlaid with the 
 
 Pure functions over the commands' text; launch/slurm_fit.py runs the commands.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,14 +23,25 @@ import shlex
 from dataclasses import dataclass, field
 
 # option spellings -> the field they set
-_LONG = {"--nodes": "nodes", "--ntasks-per-node": "ntasks_per_node", "--ntasks": "ntasks",
-         "--cpus-per-task": "cpus_per_task", "--gpus-per-node": "gpus_per_node", "--gres": "gres",
-         "--time": "time", "--partition": "partition"}
+_LONG = {
+    "--nodes": "nodes",
+    "--ntasks-per-node": "ntasks_per_node",
+    "--ntasks": "ntasks",
+    "--cpus-per-task": "cpus_per_task",
+    "--gpus-per-node": "gpus_per_node",
+    "--gres": "gres",
+    "--time": "time",
+    "--partition": "partition",
+}
 _SHORT = {"-N": "nodes", "-n": "ntasks", "-c": "cpus_per_task", "-t": "time", "-p": "partition"}
 # how each field is named to the user: the sbatch option and the curriculum.sh variable
-_HOW = {"nodes": ("--nodes", "NODES"), "ntasks_per_node": ("--ntasks-per-node", "TASKS_PER_NODE"),
-        "cpus_per_task": ("--cpus-per-task", "CPUS_PER_TASK"), "gpus_per_node": ("--gpus-per-node", "GPUS_PER_NODE"),
-        "time": ("--time", "TIME")}
+_HOW = {
+    "nodes": ("--nodes", "NODES"),
+    "ntasks_per_node": ("--ntasks-per-node", "TASKS_PER_NODE"),
+    "cpus_per_task": ("--cpus-per-task", "CPUS_PER_TASK"),
+    "gpus_per_node": ("--gpus-per-node", "GPUS_PER_NODE"),
+    "time": ("--time", "TIME"),
+}
 
 
 class ResourceError(ValueError):
@@ -47,7 +59,7 @@ class Node:
 class Partition:
     name: str
     state: str = "UP"
-    max_nodes: int | None = None          # None: unlimited
+    max_nodes: int | None = None  # None: unlimited
     max_time_min: float | None = None
     max_cpus_per_node: int | None = None
     nodes: list[Node] = field(default_factory=list)
@@ -60,15 +72,15 @@ def parse_time_min(text: str) -> float | None:
         return None
     days, _, rest = text.rpartition("-") if "-" in text else ("", "", text)
     parts = [float(p) for p in rest.split(":")]
-    if days:                                   # D-H, D-H:M, D-H:M:S
+    if days:  # D-H, D-H:M, D-H:M:S
         parts += [0] * (3 - len(parts))
         hours, minutes, seconds = parts
         return float(days) * 1440 + hours * 60 + minutes + seconds / 60
-    if len(parts) == 1:                        # M
+    if len(parts) == 1:  # M
         return parts[0]
-    if len(parts) == 2:                        # M:S
+    if len(parts) == 2:  # M:S
         return parts[0] + parts[1] / 60
-    hours, minutes, seconds = parts            # H:M:S
+    hours, minutes, seconds = parts  # H:M:S
     return hours * 60 + minutes + seconds / 60
 
 
@@ -100,7 +112,7 @@ def parse_sbatch_options(args: list[str]) -> dict[str, str]:
                 value = args[i] if i < len(args) else ""
             found[_SHORT[arg[:2]]] = value.lstrip("=")
         i += 1
-    if "gres" in found:                        # --gres=gpu:N asks N GPUs per node, like --gpus-per-node=N
+    if "gres" in found:  # --gres=gpu:N asks N GPUs per node, like --gpus-per-node=N
         found.setdefault("gpus_per_node", str(_gpus_in_gres(found.pop("gres"))))
     return found
 
@@ -111,7 +123,7 @@ def script_defaults(script_text: str) -> dict[str, str]:
     for line in script_text.splitlines():
         stripped = line.strip()
         if stripped.startswith("#SBATCH"):
-            args += shlex.split(stripped[len("#SBATCH"):], comments=True)
+            args += shlex.split(stripped[len("#SBATCH") :], comments=True)
         elif stripped and not stripped.startswith("#"):
             break
     return parse_sbatch_options(args)
@@ -133,23 +145,30 @@ def default_partition(partitions: dict[str, dict[str, str]]) -> str | None:
 
 def build_partition(fields: dict[str, str], sinfo_text: str) -> Partition:
     """A Partition from its `scontrol show partition -o` fields and `sinfo -h -N -p NAME -o '%N %c %G'`."""
+
     def limit(key):
         value = fields.get(key, "UNLIMITED")
         return None if value.upper() in ("UNLIMITED", "INFINITE") else int(value)
+
     nodes = {}
     for line in sinfo_text.splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[1].isdigit():
             nodes[parts[0]] = Node(parts[0], int(parts[1]), _gpus_in_gres(parts[2] if len(parts) > 2 else ""))
-    return Partition(name=fields["PartitionName"], state=fields.get("State", "UP"), max_nodes=limit("MaxNodes"),
-                     max_time_min=parse_time_min(fields.get("MaxTime", "UNLIMITED")),
-                     max_cpus_per_node=limit("MaxCPUsPerNode"), nodes=list(nodes.values()))
+    return Partition(
+        name=fields["PartitionName"],
+        state=fields.get("State", "UP"),
+        max_nodes=limit("MaxNodes"),
+        max_time_min=parse_time_min(fields.get("MaxTime", "UNLIMITED")),
+        max_cpus_per_node=limit("MaxCPUsPerNode"),
+        nodes=list(nodes.values()),
+    )
 
 
 @dataclass
 class Fit:
-    options: list[str]          # sbatch options that lower the script's defaults to what fits
-    notes: list[str]            # one line per lowered default
+    options: list[str]  # sbatch options that lower the script's defaults to what fits
+    notes: list[str]  # one line per lowered default
     nodes: int
     tasks_per_node: int
 
@@ -184,16 +203,21 @@ def fit_request(defaults: dict[str, str], given: dict[str, str], partition: Part
     def too_much(key: str, asked_value, fits, reason: str) -> None:
         option, variable = _HOW[key]
         if key in given:
-            errors.append(f"{what} asks {option}={asked_value} but {reason}: lower {option} to {fits} "
-                          f"(slurm/curriculum.sh: {variable}={fits})")
+            errors.append(
+                f"{what} asks {option}={asked_value} but {reason}: lower {option} to {fits} "
+                f"(slurm/curriculum.sh: {variable}={fits})"
+            )
         else:
             options.append(f"{option}={fits}")
-            notes.append(f"{what}: {option}={asked_value} (the script's default) does not fit: {reason}; "
-                         f"using {option}={fits}")
+            notes.append(
+                f"{what}: {option}={asked_value} (the script's default) does not fit: {reason}; using {option}={fits}"
+            )
 
     if partition.state != "UP":
-        raise ResourceError(f"{what}: {where} is {partition.state}; submit to another one (--partition, or "
-                            f"SBATCH_ARGS=--partition=NAME with curriculum.sh)")
+        raise ResourceError(
+            f"{what}: {where} is {partition.state}; submit to another one (--partition, or "
+            f"SBATCH_ARGS=--partition=NAME with curriculum.sh)"
+        )
     if not partition.nodes:
         raise ResourceError(f"{what}: {where} has no nodes (sinfo lists none)")
     most_nodes = min(len(partition.nodes), partition.max_nodes or len(partition.nodes))
@@ -203,36 +227,49 @@ def fit_request(defaults: dict[str, str], given: dict[str, str], partition: Part
     most_gpus = max(n.gpus for n in partition.nodes)
     if gpus > most_gpus:
         if most_gpus == 0:
-            errors.append(f"{what} asks {gpus} GPU(s) per node but {where} has no GPUs: to run on CPUs submit "
-                          f"with --gpus-per-node=0 --ntasks-per-node=1 (slurm/curriculum.sh: GPUS_PER_NODE=0), "
-                          f"or submit to a GPU partition (--partition)")
-            gpus = 0                           # and check the rest as the CPU job it would have to be
+            errors.append(
+                f"{what} asks {gpus} GPU(s) per node but {where} has no GPUs: to run on CPUs submit "
+                f"with --gpus-per-node=0 --ntasks-per-node=1 (slurm/curriculum.sh: GPUS_PER_NODE=0), "
+                f"or submit to a GPU partition (--partition)"
+            )
+            gpus = 0  # and check the rest as the CPU job it would have to be
             if "ntasks_per_node" not in given:
                 per_node = 1
         else:
             too_much("gpus_per_node", gpus, most_gpus, f"the nodes of {where} have at most {most_gpus} GPU(s)")
             if "gpus_per_node" not in given and "ntasks_per_node" not in given and per_node == gpus:
-                options.append(f"--ntasks-per-node={most_gpus}")          # keep one task per GPU
+                options.append(f"--ntasks-per-node={most_gpus}")  # keep one task per GPU
                 per_node = most_gpus
             gpus = most_gpus
-    capacity = sorted((min(n.cpus, partition.max_cpus_per_node or n.cpus) for n in partition.nodes
-                       if n.gpus >= gpus), reverse=True)
+    capacity = sorted(
+        (min(n.cpus, partition.max_cpus_per_node or n.cpus) for n in partition.nodes if n.gpus >= gpus), reverse=True
+    )
     if len(capacity) < nodes:
-        errors.append(f"{what} asks {nodes} node(s) with {gpus} GPU(s) each but {where} has {len(capacity)} such "
-                      f"node(s): lower --nodes to {len(capacity)} (slurm/curriculum.sh: NODES={len(capacity)})")
+        errors.append(
+            f"{what} asks {nodes} node(s) with {gpus} GPU(s) each but {where} has {len(capacity)} such "
+            f"node(s): lower --nodes to {len(capacity)} (slurm/curriculum.sh: NODES={len(capacity)})"
+        )
     elif per_node * cpus > capacity[nodes - 1]:
         cpus_on_node = capacity[nodes - 1]
-        reason = (f"{per_node} task(s) per node x {cpus} CPU(s) = {per_node * cpus} CPUs, and "
-                  f"{'the' if nodes == 1 else str(nodes)} node(s) of {where} have {cpus_on_node} CPUs")
+        reason = (
+            f"{per_node} task(s) per node x {cpus} CPU(s) = {per_node * cpus} CPUs, and "
+            f"{'the' if nodes == 1 else str(nodes)} node(s) of {where} have {cpus_on_node} CPUs"
+        )
         if per_node > cpus_on_node:
-            errors.append(f"{what} asks {per_node} tasks per node but the nodes of {where} have {cpus_on_node} "
-                          f"CPUs: lower --ntasks-per-node to at most {cpus_on_node} (slurm/curriculum.sh: "
-                          f"GPUS_PER_NODE / TASKS_PER_NODE)")
+            errors.append(
+                f"{what} asks {per_node} tasks per node but the nodes of {where} have {cpus_on_node} "
+                f"CPUs: lower --ntasks-per-node to at most {cpus_on_node} (slurm/curriculum.sh: "
+                f"GPUS_PER_NODE / TASKS_PER_NODE)"
+            )
         else:
             too_much("cpus_per_task", cpus, cpus_on_node // per_node, reason)
     if time_min is not None and partition.max_time_min is not None and time_min > partition.max_time_min:
-        too_much("time", asked["time"], _fmt_time(partition.max_time_min),
-                 f"{where} allows at most {_fmt_time(partition.max_time_min)}")
+        too_much(
+            "time",
+            asked["time"],
+            _fmt_time(partition.max_time_min),
+            f"{where} allows at most {_fmt_time(partition.max_time_min)}",
+        )
     if errors:
         raise ResourceError("\n".join(errors))
     return Fit(options=options, notes=notes, nodes=nodes, tasks_per_node=per_node)

@@ -5,6 +5,7 @@ Tags (docs/TRAINING.md):
     perf/samples_per_s, perf/samples_per_s_per_device, perf/data_wait_fraction, perf/step_time_s,
     perf/memory_gb, eval/<dataset>/<metric> (t2v_R1 ... v2t_MeanR, val_loss)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,6 +16,7 @@ class ScalarWriter:
         self._writer = None
         if log_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
+
             # purging events newer than a resumed step keeps the curve of a resumed run free of duplicates
             self._writer = SummaryWriter(str(log_dir))
 
