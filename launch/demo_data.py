@@ -19,40 +19,43 @@ from shard_tools.format import MANIFEST, read_manifest
 log = logging.getLogger("demo_data")
 
 
+# the option that sets each DemoSpec field
+OPTIONS = {
+    "seed": "--seed",
+    "train_clips": "--train-clips",
+    "images": "--images",
+    "size": "--size",
+    "num_frames": "--clip-frames",
+    "fps": "--fps",
+    "stored_frames": "--frames",
+}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     d = DemoSpec()
+    triples = len(all_triples())
+    helps = {
+        "seed": "every pixel and caption follows from it",
+        "train_clips": f"training clips (the held-out test split has one clip per (shape, colour, motion): {triples})",
+        "images": "images (captions: shape and colour)",
+        "size": "frame width and height in pixels",
+        "num_frames": "rendered frames per clip",
+        "fps": "frames per second of the rendered clips",
+        "stored_frames": "K: frames stored per clip",
+    }
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder: media/, {split}.csv, shards/{split}/")
-    parser.add_argument("--seed", type=int, default=d.seed, help="every pixel and caption follows from it")
-    parser.add_argument(
-        "--train-clips",
-        type=int,
-        default=d.train_clips,
-        help="training clips (the held-out test split always has one clip per "
-        f"(shape, colour, motion): {len(all_triples())})",
-    )
-    parser.add_argument("--images", type=int, default=d.images, help="images (captions: shape and colour)")
-    parser.add_argument("--size", type=int, default=d.size, help="frame width and height in pixels")
-    parser.add_argument("--clip-frames", type=int, default=d.num_frames, help="rendered frames per clip")
-    parser.add_argument("--fps", type=int, default=d.fps)
-    parser.add_argument("--frames", type=int, default=d.stored_frames, help="K: frames stored per clip")
+    for field, option in OPTIONS.items():
+        parser.add_argument(option, dest=field, type=int, default=getattr(d, field), help=helps[field])
     parser.add_argument("--workers", type=int, default=2, help="make-shards decode workers")
     return parser.parse_args(argv)
 
 
 def spec_from_args(args: argparse.Namespace) -> DemoSpec:
-    spec = DemoSpec(
-        seed=args.seed,
-        train_clips=args.train_clips,
-        images=args.images,
-        size=args.size,
-        num_frames=args.clip_frames,
-        fps=args.fps,
-        stored_frames=args.frames,
-    )
-    for name in ("train_clips", "images", "size", "num_frames", "fps", "stored_frames"):
-        if getattr(spec, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(spec, name)}")
+    spec = DemoSpec(**{field: getattr(args, field) for field in OPTIONS})
+    for field, option in OPTIONS.items():
+        if field != "seed" and getattr(spec, field) < 1:
+            raise ValueError(f"{option} must be at least 1, got {getattr(spec, field)}")
     if spec.num_frames < spec.stored_frames:
         raise ValueError(
             f"--clip-frames {spec.num_frames} is below --frames {spec.stored_frames}: "

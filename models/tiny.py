@@ -64,28 +64,20 @@ def write_tiny_text_model(
     if (out_dir / "config.json").exists():
         return out_dir
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
-    if arch == "bert":
-        config = BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=4 * hidden,
-            max_position_embeddings=max_positions,
-        )
-        model_cls = BertModel
-    elif arch == "distilbert":
-        config = DistilBertConfig(
-            vocab_size=tokenizer.vocab_size,
-            dim=hidden,
-            n_layers=layers,
-            n_heads=heads,
-            hidden_dim=4 * hidden,
-            max_position_embeddings=max_positions,
-        )
-        model_cls = DistilBertModel
-    else:
+    # the two architectures name the same four sizes differently: (hidden, layers, heads, feed-forward width)
+    archs = {
+        "bert": (
+            BertConfig,
+            BertModel,
+            ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
+        ),
+        "distilbert": (DistilBertConfig, DistilBertModel, ("dim", "n_layers", "n_heads", "hidden_dim")),
+    }
+    if arch not in archs:
         raise ValueError(f"arch must be 'bert' or 'distilbert', got {arch!r}")
+    config_cls, model_cls, size_names = archs[arch]
+    sizes = dict(zip(size_names, (hidden, layers, heads, 4 * hidden)))
+    config = config_cls(vocab_size=tokenizer.vocab_size, max_position_embeddings=max_positions, **sizes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_cls(config)

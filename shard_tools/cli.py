@@ -8,6 +8,7 @@ make-shards verify DIR        make-shards manifest DIR
 """
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -29,59 +30,31 @@ def _common(p: argparse.ArgumentParser, kind_choice: bool = False) -> None:
     p.add_argument("--out", required=True, help="output folder for shards, stats and manifest.json")
     p.add_argument("--name", help="shard name prefix (default: the source name)")
     if kind_choice:
-        p.add_argument(
-            "--kind",
-            choices=("video", "image"),
-            default="video",
-            help="video: K frames per sample; image: 1 frame (default video)",
-        )
+        kinds = ("video", "image")
+        p.add_argument("--kind", choices=kinds, default="video", help="video: K frames per sample; image: 1 frame")
     p.add_argument("--frames", type=int, default=8, help="K frames per video sample (default 8)")
     p.add_argument("--short-side", type=int, default=256, help="resize frames to this short side (default 256)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality 1..100 (default 90)")
     p.add_argument("--samples-per-shard", type=int, default=1000, help="input rows per shard (default 1000)")
     p.add_argument(
-        "--max-bytes",
-        type=int,
-        default=None,
-        help="start a new part file (NAME-NNNNNN-pP.tar) before a shard exceeds this size",
+        "--max-bytes", type=int, help="start a new part file (NAME-NNNNNN-pP.tar) before a shard passes this"
     )
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=ShardOptions.max_pixels,
-        help="fail sources with more pixels per frame than this (default 8192x4320)",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="decoder processes (default: all cores; 0 decodes in the main process)",
-    )
+    max_pixels = ShardOptions.max_pixels
+    p.add_argument("--max-pixels", type=int, default=max_pixels, help="fail larger frames (default 8192x4320)")
+    cores = os.cpu_count() or 1
+    p.add_argument("--workers", type=int, default=cores, help="decoder processes (default: all cores; 0: in-process)")
     p.add_argument("--threads", type=int, default=16, help="download threads (default 16)")
     p.add_argument("--task-index", type=int, default=0, help="this task's index in an array job (default 0)")
     p.add_argument("--num-tasks", type=int, default=1, help="tasks in the array job (default 1)")
     p.add_argument("--retry-failed", action="store_true", help="re-attempt only the rows that failed before")
     p.add_argument("--download", action="store_true", help="fetch media from the URL column")
-    p.add_argument(
-        "--download-timeout",
-        type=float,
-        default=DownloadSpec.timeout,
-        help="wall-clock seconds one download attempt may take, whatever the server does (default 60)",
-    )
+    timeout = DownloadSpec.timeout
+    p.add_argument("--download-timeout", type=float, default=timeout, help="seconds one download may take (default 60)")
     p.add_argument("--download-retries", type=int, default=3, help="retries after the first try (default 3)")
     p.add_argument("--download-backoff", type=float, default=1.0, help="first retry delay, doubling (default 1 s)")
-    p.add_argument(
-        "--max-download-bytes",
-        type=int,
-        default=DownloadSpec.max_bytes,
-        help="refuse downloads larger than this (default 512 MiB)",
-    )
-    p.add_argument(
-        "--decode-timeout",
-        type=float,
-        default=120.0,
-        help="seconds one file may take before its worker is killed (default 120)",
-    )
+    max_download = DownloadSpec.max_bytes
+    p.add_argument("--max-download-bytes", type=int, default=max_download, help="refuse larger (default 512 MiB)")
+    p.add_argument("--decode-timeout", type=float, default=120.0, help="seconds per file before its worker is killed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -137,22 +110,20 @@ def _rows(args):
         return sources.cc3m_rows(args.table, args.images_root), "image"
     if args.command == "msrvtt":
         return sources.msrvtt_rows(args.root, args.split, args.cut), "video"
-    return sources.table_rows(
-        args.table,
-        path_col=args.path_col,
-        url_col=args.url_col,
-        caption_col=args.caption_col,
-        key_col=args.key_col,
-        kind=args.kind,
-        media_root=args.media_root,
-        fmt=args.format,
-    ), args.kind
+    columns = {name: getattr(args, name) for name in ("path_col", "url_col", "caption_col", "key_col", "media_root")}
+    return sources.table_rows(args.table, kind=args.kind, fmt=args.format, **columns), args.kind
 
 
 def _default_name(args) -> str:
     if args.command == "msrvtt":
         return f"msrvtt_{args.cut}_{args.split}"
     return args.command
+
+
+def _from_args(options_class, args: argparse.Namespace, **given):
+    """An options dataclass whose fields come from the command-line values of the same name, then `given`."""
+    names = {f.name for f in dataclasses.fields(options_class)} & vars(args).keys()
+    return options_class(**{name: getattr(args, name) for name in names - given.keys()}, **given)
 
 
 def _run_source(args) -> int:
@@ -162,32 +133,11 @@ def _run_source(args) -> int:
             f"make-shards {args.command}: give --{root.replace('_', '-')}, or --download to fetch the URLs"
         )
     rows, kind = _rows(args)
-    options = ShardOptions(
-        name=args.name or _default_name(args),
-        kind=kind,
-        frames=args.frames,
-        short_side=args.short_side,
-        quality=args.quality,
-        samples_per_shard=args.samples_per_shard,
-        max_bytes=args.max_bytes,
-        max_pixels=args.max_pixels,
+    options = _from_args(ShardOptions, args, name=args.name or _default_name(args), kind=kind)
+    download = DownloadSpec(
+        args.download_timeout, args.download_retries, args.download_backoff, args.max_download_bytes
     )
-    run = RunOptions(
-        workers=args.workers,
-        threads=args.threads,
-        task_index=args.task_index,
-        num_tasks=args.num_tasks,
-        retry_failed=args.retry_failed,
-        download=args.download,
-        download_spec=DownloadSpec(
-            timeout=args.download_timeout,
-            retries=args.download_retries,
-            backoff=args.download_backoff,
-            max_bytes=args.max_download_bytes,
-        ),
-        decode_timeout=args.decode_timeout,
-        progress=not args.no_progress,
-    )
+    run = _from_args(RunOptions, args, download_spec=download, progress=not args.no_progress)
     report = make_shards(rows, args.out, options, run)
     rate = (report.task_rows / report.seconds) if report.seconds else 0.0
     print(

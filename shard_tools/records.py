@@ -19,18 +19,10 @@ STATS_SUFFIX = ".stats.json"
 
 
 SHARD_FIELDS = {"path": str, "samples": int, "bytes": int}
-STATS_FIELDS = {
-    "format": str,
-    "name": str,
-    "chunk": int,
-    "num_chunks": int,
-    "input_rows": int,
-    "rows": list,
-    "options": dict,
-    "shards": list,
-    "samples": list,
-    "failures": list,
-}
+# fmt: off
+STATS_FIELDS = {"format": str, "name": str, "chunk": int, "num_chunks": int, "input_rows": int, "rows": list,
+                "options": dict, "shards": list, "samples": list, "failures": list}
+# fmt: on
 
 
 def json_is(value, types) -> bool:

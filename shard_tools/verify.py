@@ -36,36 +36,19 @@ from shard_tools.records import SHARD_FIELDS, json_is, shape_problems
 # json fields every sample holds, with the types they must have
 _NUMBER = (int, float)
 _OPTIONAL_NUMBER = (int, float, type(None))
-SAMPLE_FIELDS = {
-    "key": str,
-    "kind": str,
-    "captions": list,
-    "source": dict,
-    "num_frames": int,
-    "frame_indices": list,
-    "frame_timestamps": list,
-    "duration": _OPTIONAL_NUMBER,
-    "fps": _OPTIONAL_NUMBER,
-    "width": int,
-    "height": int,
-    "extra": dict,
-}
+# fmt: off
+SAMPLE_FIELDS = {"key": str, "kind": str, "captions": list, "source": dict, "num_frames": int, "frame_indices": list,
+                 "frame_timestamps": list, "duration": _OPTIONAL_NUMBER, "fps": _OPTIONAL_NUMBER, "width": int,
+                 "height": int, "extra": dict}
+# fmt: on
 REQUIRED = tuple(SAMPLE_FIELDS)
 # fields of newer shards, type-checked where present (older shards lack them)
 OPTIONAL_SAMPLE_FIELDS = {"rotation": int, "num_source_frames": int, "row": int}
-MANIFEST_FIELDS = {
-    "format": str,
-    "name": str,
-    "kind": str,
-    "frames_per_sample": int,
-    "shards": list,
-    "total_samples": int,
-    "input_rows": int,
-    "failed": dict,
-    "options": dict,
-    "tool_version": str,
-    "stats": list,
-}
+# fmt: off
+MANIFEST_FIELDS = {"format": str, "name": str, "kind": str, "frames_per_sample": int, "shards": list,
+                   "total_samples": int, "input_rows": int, "failed": dict, "options": dict, "tool_version": str,
+                   "stats": list}
+# fmt: on
 
 
 @dataclass

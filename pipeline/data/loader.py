@@ -29,19 +29,7 @@ STATE_VERSION = 1
 
 
 def _reader_config(spec: DatasetSpec, options: LoaderOptions, train: bool) -> ReaderConfig:
-    shard_set = spec.resolve()
-    return ReaderConfig(
-        name=spec.name,
-        urls=shard_set.urls,
-        counts=shard_set.counts,
-        kind=spec.kind,
-        num_frames=spec.num_frames,
-        batch_size=spec.batch_size,
-        train=train,
-        caption_mode=spec.caption_mode,
-        options=options,
-        frames_per_sample=shard_set.frames_per_sample,
-    )
+    return ReaderConfig(spec=spec, shards=spec.resolve(), train=train, options=options)
 
 
 def _data_loader(dataset: IterableDataset, options: LoaderOptions):
@@ -124,14 +112,15 @@ class _TrainSteps(IterableDataset):
         state = copy.deepcopy(self.reader_states[logical])
         readers, streams, positions = [], [], {}
         for cfg in self.configs:
-            reader = DatasetReader(cfg, Counters.from_dict(state[cfg.name]["counters"]))
-            positions[cfg.name] = list(state[cfg.name]["position"])
+            reader = DatasetReader(cfg, Counters.from_dict(state[cfg.spec.name]["counters"]))
+            positions[cfg.spec.name] = list(state[cfg.spec.name]["position"])
             readers.append(reader)
-            streams.append(reader.train_samples(reader_index, readers_total, positions[cfg.name]))
+            streams.append(reader.train_samples(reader_index, readers_total, positions[cfg.spec.name]))
         while True:
-            step = {reader.cfg.name: reader.make_batch(stream) for reader, stream in zip(readers, streams)}
+            step = {reader.cfg.spec.name: reader.make_batch(stream) for reader, stream in zip(readers, streams)}
             after = {
-                r.cfg.name: {"position": list(positions[r.cfg.name]), "counters": r.counters.to_dict()} for r in readers
+                r.cfg.spec.name: {"position": list(positions[r.cfg.spec.name]), "counters": r.counters.to_dict()}
+                for r in readers
             }
             yield step, {"reader": logical, "state": after}
 
@@ -152,7 +141,7 @@ class TrainLoader:
         self.specs, self.options, self.rank, self.world_size = specs, options, rank, world_size
         self.configs = [_reader_config(s, options, train=True) for s in specs]
         for spec, cfg in zip(specs, self.configs):
-            shardlists.check_enough_shards(len(cfg.urls), world_size, options.num_workers, spec.where)
+            shardlists.check_enough_shards(len(cfg.shards.urls), world_size, options.num_workers, spec.where)
         self.readers = max(options.num_workers, 1)
         fresh = {"position": [0, 0, 0], "counters": Counters().to_dict()}
         self._steps = 0
@@ -202,7 +191,7 @@ class TrainLoader:
             "world_size": self.world_size,
             "num_workers": self.options.num_workers,
             "seed": self.options.seed,
-            "datasets": {c.name: len(c.urls) for c in self.configs},
+            "datasets": {c.spec.name: len(c.shards.urls) for c in self.configs},
             "steps": self._steps,
             "readers": copy.deepcopy(self._reader_states),
             "wait_s": self._wait_s,
@@ -228,7 +217,9 @@ class TrainLoader:
 
     def counters(self) -> dict:
         """Counts over the steps consumed so far: see `_flat_counters`."""
-        per_dataset = {c.name: _sum_counters(r[c.name]["counters"] for r in self._reader_states) for c in self.configs}
+        per_dataset = {
+            c.spec.name: _sum_counters(r[c.spec.name]["counters"] for r in self._reader_states) for c in self.configs
+        }
         return _flat_counters(per_dataset, self._steps, self._wait_s)
 
     def close(self) -> None:
@@ -259,7 +250,7 @@ class _EvalBatches(IterableDataset):
         worker = info.id if info else 0
         reader_index, readers_total = self.rank * self.workers + worker, self.world_size * self.workers
         reader = DatasetReader(self.config)
-        shards = range(len(self.config.urls))
+        shards = range(len(self.config.shards.urls))
         if len(shards) >= readers_total:
             samples = itertools.chain.from_iterable(
                 reader.read_shard(s, 0) for s in shards[reader_index::readers_total]

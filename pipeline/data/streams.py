@@ -24,8 +24,8 @@ import torch
 
 from pipeline.data import frames as frame_ops
 from pipeline.data import transforms
-from pipeline.data.options import LoaderOptions
-from pipeline.data.shardlists import epoch_order, stream_id, worker_shards
+from pipeline.data.options import DatasetSpec, LoaderOptions
+from pipeline.data.shardlists import ShardSet, epoch_order, stream_id, worker_shards
 from pipeline.data.tarstream import Sample, ShardReadError, iter_samples, printable
 from pipeline.data.tokenize import load_tokenizer, tokenize
 from shard_tools.format import frame_index
@@ -111,19 +111,13 @@ class Counters:
 
 @dataclass(frozen=True)
 class ReaderConfig:
-    """One dataset as a reader sees it: the spec's per-dataset settings, its resolved shards, and the shared
-    options (picklable for workers)."""
+    """One dataset as a reader sees it: its spec, its resolved shards and the shared loader options, passed
+    as they are (picklable for workers)."""
 
-    name: str
-    urls: tuple[str, ...]
-    counts: tuple[int, ...] | None
-    kind: str
-    num_frames: int
-    batch_size: int
+    spec: DatasetSpec
+    shards: ShardSet
     train: bool
-    caption_mode: str
     options: LoaderOptions
-    frames_per_sample: int | None = None  # K from the manifest: every sample stores exactly K frames
 
 
 class DatasetReader:
@@ -131,7 +125,7 @@ class DatasetReader:
 
     def __init__(self, cfg: ReaderConfig, counters: Counters | None = None):
         self.cfg = cfg
-        self.sid = stream_id(cfg.name)
+        self.sid = stream_id(cfg.spec.name)
         self.counters = counters or Counters()
         self.quiet = False
 
@@ -148,12 +142,12 @@ class DatasetReader:
         n = c.skipped[reason]
         if n <= LOG_FIRST or n % LOG_EVERY == 0:
             log.warning(
-                "%s: skipped %s (%s) in %s: %s [%d so far]", self.cfg.name, key or "-", reason, shard, detail, n
+                "%s: skipped %s (%s) in %s: %s [%d so far]", self.cfg.spec.name, key or "-", reason, shard, detail, n
             )
         bad = sum(c.skipped.values())
         if c.seen >= self.cfg.options.corrupt_check_after and bad > self.cfg.options.max_corrupt_fraction * c.seen:
             raise CorruptDataError(
-                f"dataset {self.cfg.name!r}: {bad} of {c.seen} samples unusable ({bad / c.seen:.1%} > "
+                f"dataset {self.cfg.spec.name!r}: {bad} of {c.seen} samples unusable ({bad / c.seen:.1%} > "
                 f"max_corrupt_fraction {self.cfg.options.max_corrupt_fraction:.1%}); by reason: {c.skipped}. "
                 f"Last: {reason} at {shard} key {key}: {detail}. Check the shards (make-shards verify) or "
                 f"raise data.options.max_corrupt_fraction if this is expected."
@@ -184,7 +178,7 @@ class DatasetReader:
             return None
         stored = len(numbered)
         for source, count in (
-            ("the manifest's frames_per_sample", cfg.frames_per_sample),
+            ("the manifest's frames_per_sample", cfg.shards.frames_per_sample),
             ("its json num_frames", meta.get("num_frames")),
         ):
             if count is not None and stored != count:
@@ -197,7 +191,7 @@ class DatasetReader:
             self.skip("missing_caption", shard, key, "no .txt and no json captions")
             return None
         rng = np.random.default_rng(seed)
-        wanted = 1 if cfg.kind == "image" else cfg.num_frames
+        wanted = 1 if cfg.spec.kind == "image" else cfg.spec.num_frames
         picks = frame_ops.frame_indices(stored, wanted, "rand" if cfg.train else "uniform", rng)
         caption = captions[int(rng.integers(len(captions)))] if cfg.train else (primary or captions[0])
         return RawSample(key, shard, [members[numbered[i][1]] for i in picks], caption, captions, seed, stored < wanted)
@@ -211,8 +205,8 @@ class DatasetReader:
         + samples skipped always add up to it: a shard cut off (even at a member boundary) or holding fewer
         samples than listed has its shortfall counted.
         """
-        url = self.cfg.urls[shard_index]
-        expected = self.cfg.counts[shard_index] if self.cfg.counts else None
+        url = self.cfg.shards.urls[shard_index]
+        expected = self.cfg.shards.counts[shard_index] if self.cfg.shards.counts else None
         ordinal, failure = 0, None
         try:
             for sample in iter_samples(url):
@@ -253,7 +247,7 @@ class DatasetReader:
             log.warning(
                 "%s: shard %s holds %d samples, more than the %d its manifest entry lists; the manifest "
                 "is stale or the tar repeats keys (make-shards verify)",
-                self.cfg.name,
+                self.cfg.spec.name,
                 url,
                 found,
                 expected,
@@ -290,14 +284,16 @@ class DatasetReader:
         epoch, block, emitted = position
         produced = block > 0 or emitted > 0  # whether this epoch yielded anything (guards against empty shards)
         while True:
-            shards = worker_shards(epoch_order(len(cfg.urls), cfg.options.seed, cfg.name, epoch), reader, readers)
+            shards = worker_shards(
+                epoch_order(len(cfg.shards.urls), cfg.options.seed, cfg.spec.name, epoch), reader, readers
+            )
             per_block = cfg.options.shards_per_block
             blocks = [shards[i : i + per_block] for i in range(0, len(shards), per_block)]
             if block >= len(blocks):
                 if not produced:  # unusable samples trip max_corrupt_fraction; this catches empty shards
                     raise CorruptDataError(
-                        f"dataset {cfg.name!r}: reader {reader} went through a whole epoch "
-                        f"of its shards {[cfg.urls[s] for s in shards]} without one "
+                        f"dataset {cfg.spec.name!r}: reader {reader} went through a whole epoch "
+                        f"of its shards {[cfg.shards.urls[s] for s in shards]} without one "
                         f"sample; counters: {self.counters.to_dict()}"
                     )
                 epoch, block, emitted, produced = epoch + 1, 0, 0, False
@@ -344,7 +340,7 @@ class DatasetReader:
                 continue
             clips.append(clip)
             used.append(sample)
-            if len(used) == self.cfg.batch_size:
+            if len(used) == self.cfg.spec.batch_size:
                 break
         if not used:
             return None
@@ -355,8 +351,8 @@ class DatasetReader:
             "video": torch.stack(clips),
             "text": tokenize(tokenizer, [s.caption for s in used], self.cfg.options.max_text_length),
             "keys": [s.key for s in used],
-            "dataset": self.cfg.name,
+            "dataset": self.cfg.spec.name,
         }
         if not self.cfg.train:
-            batch["captions"] = [s.captions if self.cfg.caption_mode == "all" else [s.caption] for s in used]
+            batch["captions"] = [s.captions if self.cfg.spec.caption_mode == "all" else [s.caption] for s in used]
         return batch

@@ -337,6 +337,12 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+def rawvideo_input(size: int, fps: int) -> list[str]:
+    """An ffmpeg command up to its input: raw RGB frames of size x size at `fps`, on stdin."""
+    raw_rgb = f"-f rawvideo -pix_fmt rgb24 -s {size}x{size} -r {fps}".split()
+    return [ffmpeg_exe(), "-loglevel", "error", "-y", *raw_rgb, "-i", "pipe:0"]
+
+
 def encode_clips(
     scenes: list[Scene], folder: Path, size: int, num_frames: int, fps: int, times: np.ndarray
 ) -> list[Path]:
@@ -347,47 +353,12 @@ def encode_clips(
     """
     folder.mkdir(parents=True, exist_ok=True)
     pattern = folder / ".part-%06d.mp4"
-    cmd = [
-        ffmpeg_exe(),
-        "-loglevel",
-        "error",
-        "-y",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "rgb24",
-        "-s",
-        f"{size}x{size}",
-        "-r",
-        str(fps),
-        "-i",
-        "pipe:0",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-crf",
-        "18",
-        "-pix_fmt",
-        "yuv420p",
-        "-threads",
-        "1",
-        "-g",
-        str(num_frames),
-        "-sc_threshold",
-        "0",
-        "-force_key_frames",
-        f"expr:eq(mod(n,{num_frames}),0)",
-        "-an",
-        "-f",
-        "segment",
-        "-segment_time",
-        f"{num_frames / fps}",
-        "-reset_timestamps",
-        "1",
-        "-segment_format",
-        "mp4",
-        str(pattern),
+    keyframes = f"expr:eq(mod(n,{num_frames}),0)"  # a keyframe at every clip start
+    cmd = rawvideo_input(size, fps) + [
+        *"-c:v libx264 -preset veryfast -crf 18 -pix_fmt yuv420p -threads 1".split(),
+        *["-g", str(num_frames), "-sc_threshold", "0", "-force_key_frames", keyframes, "-an"],
+        *["-f", "segment", "-segment_time", f"{num_frames / fps}", "-reset_timestamps", "1"],
+        *["-segment_format", "mp4", str(pattern)],
     ]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -419,25 +390,7 @@ def write_images(scenes: list[Scene], folder: Path, size: int) -> list[Path]:
     """One PNG per image scene (lossless; make-shards makes the JPEG), written through ffmpeg as well."""
     folder.mkdir(parents=True, exist_ok=True)
     pattern = folder / ".part-%06d.png"
-    cmd = [
-        ffmpeg_exe(),
-        "-loglevel",
-        "error",
-        "-y",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "rgb24",
-        "-s",
-        f"{size}x{size}",
-        "-r",
-        "1",
-        "-i",
-        "pipe:0",
-        "-start_number",
-        "0",
-        str(pattern),
-    ]
+    cmd = rawvideo_input(size, 1) + ["-start_number", "0", str(pattern)]
     frames = b"".join(render_frames(s, size, np.zeros(1)).tobytes() for s in scenes)
     done = subprocess.run(cmd, input=frames, capture_output=True)
     if done.returncode != 0:
