@@ -7,7 +7,7 @@
 
 Supervised, so the text side and the contrastive loss are out of the picture: the demo's video model
 (SpaceTimeTransformer: 64 px, patch 16, width 128, depth 3, 4 heads, num_frames 1) plus a linear head
-classifies the shape of demo images (pipeline.demo.render scenes rendered at 64 px: shape, colour, background,
+classifies the shape of demo images (pipeline.demo.scenes rendered at 64 px: shape, colour, background,
 position, size, angle as the demo draws them), AdamW 3e-4, batch 64, 6000 training images, 512 held-out
 images from another seed. Prints held-out accuracy (chance 0.25) every 250 steps. Figures: docs/DEMO.md.
 """
@@ -22,7 +22,7 @@ import torch
 
 from models.video_transformer import SpaceTimeTransformer
 from pipeline.data.transforms import normalize_video
-from pipeline.demo import render as demo
+from pipeline.demo import scenes as demo
 
 RES = 64
 OLD_HALF_SIZE = (0.10, 0.135)  # fit-demo/2
@@ -73,11 +73,8 @@ def main(design: str, seed: int, steps: int) -> None:
             with torch.no_grad():
                 acc = (head(model(test_x)).argmax(-1) == test_y).float().mean().item()
             model.train()
-            print(
-                f"{design} seed {seed} step {step}: loss {loss.item():.3f} held-out accuracy {acc:.3f} "
-                f"({time.time() - started:.0f} s)",
-                flush=True,
-            )
+            progress = f"{design} seed {seed} step {step}: loss {loss.item():.3f} held-out accuracy {acc:.3f}"
+            print(f"{progress} ({time.time() - started:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

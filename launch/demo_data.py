@@ -13,7 +13,8 @@ import logging
 import sys
 
 from foundation.logs import setup_logging
-from pipeline.demo.render import DemoSpec, all_triples, generate
+from pipeline.demo.render import DemoSpec, generate
+from pipeline.demo.scenes import all_triples
 from shard_tools.format import MANIFEST, read_manifest
 
 log = logging.getLogger("demo_data")

@@ -1,4 +1,4 @@
-"""The demo data generator (pipeline/demo/render.py): splits, caption grammar, determinism, the one-frame
+"""The demo data generator (pipeline/demo/scenes.py, pipeline/demo/render.py): splits, caption grammar, determinism, the one-frame
 ambiguity of motion, and real mp4s through ffmpeg."""
 
 import dataclasses
@@ -9,7 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.demo import render as demo
+from pipeline.demo import render
+from pipeline.demo import scenes as demo
 from shard_tools.sampling import segment_midpoints
 
 SIZE = 64
@@ -135,10 +136,10 @@ def test_four_frames_show_the_motion():
 
 
 def test_encode_clips_writes_one_real_mp4_per_clip(tmp_path):
-    spec = demo.DemoSpec(size=SIZE)
+    spec = render.DemoSpec(size=SIZE)
     times = demo.clip_times(spec.num_frames, spec.stored_frames)
     scenes = demo.plan_scenes(0, "train", 7, SIZE)
-    paths = demo.encode_clips(scenes, tmp_path / "clips", SIZE, spec.num_frames, spec.fps, times)
+    paths = render.encode_clips(scenes, tmp_path / "clips", SIZE, spec.num_frames, spec.fps, times)
     assert [p.name for p in paths] == [f"{s.key}.mp4" for s in scenes]
     assert sorted(p.name for p in (tmp_path / "clips").iterdir()) == sorted(p.name for p in paths)  # no leftovers
     for scene, path in zip(scenes, paths):
