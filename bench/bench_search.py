@@ -40,6 +40,12 @@ def emit(record: dict) -> dict:
     return record
 
 
+def emit_machine(**facts) -> dict:
+    """A `machine` record: the load as `uptime` reports it now, and `facts` (a bench emits one first and last)."""
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    return emit({"bench": "machine", "uptime": uptime, **facts})
+
+
 # ------------------------------------------------------------------------------------------ extraction
 
 
@@ -239,14 +245,7 @@ def main() -> None:
     from pipeline.search.collection import Collection
 
     setup_logging()
-    emit(
-        {
-            "bench": "machine",
-            "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-        }
-    )
+    emit_machine(cpus=os.cpu_count(), torch_threads=torch.get_num_threads())
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         tmp = Path(tmp)
         results = []
@@ -269,7 +268,7 @@ def main() -> None:
                 results.append(bench_recall(str(name), coll.vectors(), min(args.queries, len(coll) // 10)))
         for n in (int(s) for s in args.sizes.split(",") if s):
             results.extend(bench_scaling(n, args.dim, args.queries))
-    emit({"bench": "machine", "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()})
+    emit_machine()
 
 
 if __name__ == "__main__":

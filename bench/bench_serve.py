@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from bench_search import emit, write_clips  # noqa: E402  (bench/ is this script's folder)
+from bench_search import emit, emit_machine, write_clips  # noqa: E402  (bench/ is this script's folder)
 
 SHAPES = ("square", "triangle", "cross", "bar")
 COLOURS = ("red", "green", "blue", "yellow")
@@ -232,14 +232,7 @@ def main() -> None:
     from foundation.logs import setup_logging
 
     setup_logging()
-    emit(
-        {
-            "bench": "machine",
-            "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-            "cpus": os.cpu_count(),
-            "server_repo": args.server_repo,
-        }
-    )
+    emit_machine(cpus=os.cpu_count(), server_repo=args.server_repo)
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         tmp = Path(tmp)
         collection = Path(args.collection) if args.collection else demo_like_collection(tmp, args.collection_clips)
@@ -258,7 +251,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(60)
-    emit({"bench": "machine", "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()})
+    emit_machine()
 
 
 if __name__ == "__main__":

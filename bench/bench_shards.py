@@ -45,7 +45,7 @@ def make_media(root: Path, n: int, seed: int, kind: str) -> list[Path]:
     "image": JPEG stills (q ~ 90) at CC-3M-like sizes, 500x375 .. 1024x768. Existing files are kept."""
     import ffmpeg
 
-    from media import ffmpeg_exe
+    from pipeline.demo.render import ffmpeg_exe
 
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -147,7 +147,7 @@ def floor_ffmpeg(paths):
     """ffmpeg decoding just the frames it needs: select the 8 indices, scale, rawvideo to a pipe."""
     import av
 
-    from media import ffmpeg_exe
+    from pipeline.demo.render import ffmpeg_exe
     from shard_tools.sampling import resized_size, segment_midpoints
 
     exe = ffmpeg_exe()

@@ -4,21 +4,12 @@ Other tests import this module: `render_clip` for clips, `render_image` for stil
 inputs that must never crash make-shards. Nothing here downloads anything.
 """
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import ffmpeg
 
-
-def ffmpeg_exe() -> str:
-    """Debian's ffmpeg when on PATH, else the static binary bundled with imageio-ffmpeg."""
-    found = shutil.which("ffmpeg")
-    if found:
-        return found
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
+from pipeline.demo.render import ffmpeg_exe
 
 
 def render_clip(

@@ -48,20 +48,10 @@ def sample_members(
     members = [(f"{key}.{i:03d}.jpg", make_frame(i, height, width, marker)) for i in range(k)]
     if captions:
         members.append((f"{key}.txt", captions[0].encode()))
-    meta = {
-        "key": key,
-        "kind": kind,
-        "captions": captions or [],
-        "source": None,
-        "num_frames": k,
-        "frame_indices": list(range(k)),
-        "frame_timestamps": [i / 10 for i in range(k)],
-        "duration": k / 10,
-        "fps": 10.0,
-        "width": width,
-        "height": height,
-        "extra": {},
-    }
+    fps = 10.0  # stored frame i is source frame i of a clip at 10 fps
+    timing = {"frame_indices": list(range(k)), "frame_timestamps": [i / fps for i in range(k)], "duration": k / fps}
+    meta = {"key": key, "kind": kind, "captions": captions or [], "source": None, "num_frames": k, **timing}
+    meta |= {"fps": fps, "width": width, "height": height, "extra": {}}
     members.append((f"{key}.json", json.dumps(meta).encode()))
     return members
 

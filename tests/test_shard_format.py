@@ -3,6 +3,7 @@
 import json
 import re
 import zlib
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -10,23 +11,7 @@ import pytest
 from foundation.schema import ConfigError
 from pipeline.data import shardlists
 from pipeline.search import features
-from shard_tools.format import (
-    CAPTION_SUFFIX,
-    FORMAT,
-    MANIFEST,
-    META_SUFFIX,
-    ManifestError,
-    ManifestMissingError,
-    caption_member,
-    frame_index,
-    frame_member,
-    frame_suffix,
-    member_crc32,
-    meta_member,
-    read_manifest,
-    split_member_name,
-    write_manifest,
-)
+from shard_tools import format as fmt
 from shard_tools.rows import Row, finish_rows, safe_key
 from shard_tools.verify import verify
 from shard_tools.writer import sample_members
@@ -42,25 +27,26 @@ def test_member_names_round_trip_for_every_key_make_shards_writes(source_id):
     assert "." not in key and "/" not in key  # the rule that makes "key = name up to the first dot" hold
     assert next(finish_rows([Row(key=key, captions=["c"], path="p.mp4")])).error is None
     for i in FRAME_NUMBERS:
-        name = frame_member(key, i)
-        assert name == f"{key}.{frame_suffix(i)}"
-        assert split_member_name(name) == (key, frame_suffix(i))
-        assert frame_index(split_member_name(name)[1]) == i
-    assert split_member_name(caption_member(key)) == (key, CAPTION_SUFFIX)
-    assert split_member_name(meta_member(key)) == (key, META_SUFFIX)
-    assert frame_index(CAPTION_SUFFIX) is None and frame_index(META_SUFFIX) is None
+        name = fmt.frame_member(key, i)
+        assert name == f"{key}.{fmt.frame_suffix(i)}"
+        assert fmt.split_member_name(name) == (key, fmt.frame_suffix(i))
+        assert fmt.frame_index(fmt.split_member_name(name)[1]) == i
+    assert fmt.split_member_name(fmt.caption_member(key)) == (key, fmt.CAPTION_SUFFIX)
+    assert fmt.split_member_name(fmt.meta_member(key)) == (key, fmt.META_SUFFIX)
+    assert fmt.frame_index(fmt.CAPTION_SUFFIX) is None and fmt.frame_index(fmt.META_SUFFIX) is None
 
 
 def test_keys_with_dots_are_refused_before_they_reach_a_shard():
     """A dotted key would split wrongly ('a.b.000.jpg' -> key 'a'): rows must carry safe_key's keys."""
-    assert split_member_name(frame_member("a.b", 0)) == ("a", "b.000.jpg")
+    assert fmt.split_member_name(fmt.frame_member("a.b", 0)) == ("a", "b.000.jpg")
     row = next(finish_rows([Row(key="a.b", captions=["c"], path="p.mp4", where="t.csv line 2")]))
     assert row.error[0] == "bad_row" and "t.csv line 2" in row.error[1] and "safe_key" in row.error[1]
     assert safe_key("a.b") != safe_key("a_b")  # replaced characters never merge two ids
 
 
 def test_frame_names_are_three_digits_at_least_and_written_one_way():
-    assert [frame_suffix(i) for i in (0, 3, 42, 999, 1000)] == ["000.jpg", "003.jpg", "042.jpg", "999.jpg", "1000.jpg"]
+    names = {0: "000.jpg", 3: "003.jpg", 42: "042.jpg", 999: "999.jpg", 1000: "1000.jpg"}
+    assert {i: fmt.frame_suffix(i) for i in names} == names
     for suffix in [
         "3.jpg",
         "03.jpg",
@@ -76,14 +62,14 @@ def test_frame_names_are_three_digits_at_least_and_written_one_way():
         "json",
         "abc.jpg",
     ]:
-        assert frame_index(suffix) is None, suffix
+        assert fmt.frame_index(suffix) is None, suffix
 
 
 def test_split_member_name_keeps_folders_and_splits_at_the_base_names_first_dot():
-    assert split_member_name("dir/abc.003.jpg") == ("dir/abc", "003.jpg")
-    assert split_member_name("d.x/abc.json") == ("d.x/abc", "json")
-    assert split_member_name("abc") == ("abc", "")
-    assert split_member_name(".hidden.txt") == ("", "hidden.txt")
+    assert fmt.split_member_name("dir/abc.003.jpg") == ("dir/abc", "003.jpg")
+    assert fmt.split_member_name("d.x/abc.json") == ("d.x/abc", "json")
+    assert fmt.split_member_name("abc") == ("abc", "")
+    assert fmt.split_member_name(".hidden.txt") == ("", "hidden.txt")
 
 
 def test_the_writer_names_members_with_these_functions():
@@ -106,86 +92,86 @@ def test_the_writer_names_members_with_these_functions():
         },
     )
     members = sample_members(row, 5, decoded)
-    assert [name for name, _ in members] == [frame_member(row.key, i) for i in range(3)] + [
-        meta_member(row.key),
-        caption_member(row.key),
+    assert [name for name, _ in members] == [fmt.frame_member(row.key, i) for i in range(3)] + [
+        fmt.meta_member(row.key),
+        fmt.caption_member(row.key),
     ]
     for name, data in members:
-        key, suffix = split_member_name(name)
+        key, suffix = fmt.split_member_name(name)
         assert key == row.key
-        if (i := frame_index(suffix)) is not None:
+        if (i := fmt.frame_index(suffix)) is not None:
             assert data == decoded.jpegs[i]
-    assert dict(members)[caption_member(row.key)] == b"first"
+    assert dict(members)[fmt.caption_member(row.key)] == b"first"
 
 
 def test_member_checksum_is_crc32_as_eight_lowercase_hex_digits():
-    assert member_crc32(b"") == "00000000"
-    assert member_crc32(b"abc") == "352441c2" == f"{zlib.crc32(b'abc'):08x}"
-    assert member_crc32(b"\x00" * 5) != member_crc32(b"\x00" * 6)
+    assert fmt.member_crc32(b"") == "00000000"
+    assert fmt.member_crc32(b"abc") == "352441c2" == f"{zlib.crc32(b'abc'):08x}"
+    assert fmt.member_crc32(b"\x00" * 5) != fmt.member_crc32(b"\x00" * 6)
 
 
 def test_manifest_round_trip(tmp_path):
-    manifest = {"format": FORMAT, "name": "d", "kind": "video", "shards": [{"path": "d-000000.tar", "samples": 1}]}
-    path = write_manifest(tmp_path / "new", manifest)
-    assert path == tmp_path / "new" / MANIFEST
+    manifest = {"format": fmt.FORMAT, "name": "d", "kind": "video", "shards": [{"path": "d-000000.tar", "samples": 1}]}
+    path = fmt.write_manifest(tmp_path / "new", manifest)
+    assert path == tmp_path / "new" / fmt.MANIFEST
     assert path.read_text() == json.dumps(manifest, indent=1) + "\n"
-    assert read_manifest(path) == manifest
-    assert [p.name for p in path.parent.iterdir()] == [MANIFEST]  # no temp file left behind
+    assert fmt.read_manifest(path) == manifest
+    assert [p.name for p in path.parent.iterdir()] == [fmt.MANIFEST]  # no temp file left behind
 
 
 def test_a_missing_manifest_names_the_folder_and_what_to_do(tmp_path):
-    path = tmp_path / MANIFEST
-    with pytest.raises(ManifestMissingError) as caught:
-        read_manifest(path)
+    path = tmp_path / fmt.MANIFEST
+    with pytest.raises(fmt.ManifestMissingError) as caught:
+        fmt.read_manifest(path)
     message = str(caught.value)
     assert message.startswith(f"{path} is missing: {tmp_path} is not a finished make-shards folder")
     assert f"make-shards manifest {tmp_path}" in message
-    assert isinstance(caught.value, FileNotFoundError) and isinstance(caught.value, ManifestError)
+    assert isinstance(caught.value, FileNotFoundError) and isinstance(caught.value, fmt.ManifestError)
+
+
+def _refused_manifest(tmp_path, content: bytes, match: str | None = None) -> tuple[Path, str]:
+    """(path, message) of the ManifestError that reading a manifest of `content` raises."""
+    path = tmp_path / fmt.MANIFEST
+    path.write_bytes(content)
+    with pytest.raises(fmt.ManifestError, match=match) as caught:
+        fmt.read_manifest(path)
+    return path, str(caught.value)
 
 
 @pytest.mark.parametrize("content", [b"{", b"\xff\xfe", b"", b"[" * 100_000 + b"]" * 100_000])
 def test_a_manifest_that_is_not_json_names_the_file(tmp_path, content):
-    path = tmp_path / MANIFEST
-    path.write_bytes(content)
-    with pytest.raises(ManifestError, match=r"is unreadable .*; write it again with `make-shards manifest ") as caught:
-        read_manifest(path)
-    assert str(caught.value).startswith(f"{path} is unreadable")
+    path, message = _refused_manifest(
+        tmp_path, content, r"is unreadable .*; write it again with `make-shards manifest "
+    )
+    assert message.startswith(f"{path} is unreadable")
 
 
 @pytest.mark.parametrize("content", ["[]", "1", "null", '"fit-shards/1"'])
 def test_a_manifest_that_is_not_an_object_names_the_file(tmp_path, content):
-    path = tmp_path / MANIFEST
-    path.write_text(content)
-    with pytest.raises(ManifestError, match=r"not a manifest \(a JSON object\); write it again") as caught:
-        read_manifest(path)
-    assert str(caught.value).startswith(f"{path} holds {content}")
+    path, message = _refused_manifest(tmp_path, content.encode(), r"not a manifest \(a JSON object\); write it again")
+    assert message.startswith(f"{path} holds {content}")
 
 
 @pytest.mark.parametrize("doc", [{"format": "fit-shards/2"}, {"name": "no format"}, {"format": None}])
 def test_a_manifest_of_another_format_names_the_file(tmp_path, doc):
-    path = tmp_path / MANIFEST
-    path.write_text(json.dumps(doc))
-    with pytest.raises(ManifestError) as caught:
-        read_manifest(path)
-    assert str(caught.value) == (
-        f"{path} has format {doc.get('format')!r}, expected 'fit-shards/1' (write it with make-shards)"
-    )
+    path, message = _refused_manifest(tmp_path, json.dumps(doc).encode())
+    assert message == f"{path} has format {doc.get('format')!r}, expected 'fit-shards/1' (write it with make-shards)"
 
 
 def test_every_reader_reports_a_bad_manifest_in_its_own_terms(tmp_path):
     folder = tmp_path / "ds"
     folder.mkdir()
-    (folder / MANIFEST).write_text(json.dumps({"format": "other"}))
-    expected = f"{folder / MANIFEST} has format 'other', expected 'fit-shards/1'"
+    (folder / fmt.MANIFEST).write_text(json.dumps({"format": "other"}))
+    expected = f"{folder / fmt.MANIFEST} has format 'other', expected 'fit-shards/1'"
     with pytest.raises(ConfigError) as caught:  # the loader names the config key too
         shardlists.resolve_shards(str(folder), "data.train[0].shards")
     assert str(caught.value).startswith(f"data.train[0].shards: {expected}")
-    gone = tmp_path / "gone" / MANIFEST
+    gone = tmp_path / "gone" / fmt.MANIFEST
     with pytest.raises(ConfigError, match=re.escape(f"data.train[0].shards: {gone} is missing: ")):
         shardlists.resolve_shards(str(gone), "data.train[0].shards")
-    with pytest.raises(ManifestError, match=re.escape(expected)):
+    with pytest.raises(fmt.ManifestError, match=re.escape(expected)):
         features.pending_parts(folder, tmp_path / "out")
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'none' / MANIFEST} is missing"):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'none' / fmt.MANIFEST} is missing"):
         features.pending_parts(tmp_path / "none", tmp_path / "out")
     report = verify(folder)  # verify reports, never raises
     assert report.problems == [f"{expected} (write it with make-shards)"]

@@ -18,6 +18,7 @@ from shard_tools.api import RunOptions, ShardOptions, make_shards
 from shard_tools.sampling import resized_size, segment_midpoints
 from shard_tools.sources import cc3m_image_name
 from shard_tools.verify import verify
+from shardcli import shards_argv
 
 WEBVID_HEADER = ["videoid", "contentUrl", "duration", "page_dir", "name"]
 # (videoid, seconds, size, fps, gop): long and short GOPs, odd sizes, a portrait clip
@@ -55,19 +56,12 @@ def webvid(tmp_path_factory):
     return root
 
 
-def run_webvid(webvid, out, *extra):
-    argv = [
-        "webvid",
-        "--csv",
-        str(webvid / "results_2M_train.csv"),
-        "--videos-root",
-        str(webvid / "videos"),
-        "--out",
-        str(out),
-        "--no-progress",
-        *extra,
-    ]
-    assert cli.main(argv) == 0
+def webvid_argv(webvid, out, **options) -> list[str]:
+    return shards_argv("webvid", csv=webvid / "results_2M_train.csv", videos_root=webvid / "videos", out=out, **options)
+
+
+def run_webvid(webvid, out, **options):
+    assert cli.main(webvid_argv(webvid, out, **options)) == 0
 
 
 def tar_members(path):
@@ -93,7 +87,7 @@ def test_segment_midpoints_match_the_original_and_repeat_for_short_clips():
 
 def test_webvid_shards_follow_the_format(webvid, tmp_path):
     out = tmp_path / "out"
-    run_webvid(webvid, out, "--samples-per-shard", "3", "--workers", "2", "--short-side", "32", "--quality", "80")
+    run_webvid(webvid, out, samples_per_shard=3, workers=2, short_side=32, quality=80)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["format"] == "fit-shards/1" and manifest["kind"] == "video"
     assert manifest["frames_per_sample"] == 8 and manifest["input_rows"] == 8
@@ -142,19 +136,17 @@ def test_webvid_shards_follow_the_format(webvid, tmp_path):
 
 def test_same_input_gives_byte_identical_shards_and_tasks_equal_one_run(webvid, tmp_path):
     single = tmp_path / "single"
-    run_webvid(webvid, single, "--samples-per-shard", "2", "--workers", "2")
+    run_webvid(webvid, single, samples_per_shard=2, workers=2)
     again = tmp_path / "again"
-    run_webvid(webvid, again, "--samples-per-shard", "2", "--workers", "0")
+    run_webvid(webvid, again, samples_per_shard=2, workers=0)
     assert folder_bytes(single) == folder_bytes(again)
 
     tasks = tmp_path / "tasks"
     for task in (2, 0):
-        run_webvid(
-            webvid, tasks, "--samples-per-shard", "2", "--workers", "0", "--task-index", str(task), "--num-tasks", "3"
-        )
+        run_webvid(webvid, tasks, samples_per_shard=2, workers=0, task_index=task, num_tasks=3)
         assert not (tasks / "manifest.json").exists()  # task 1 has not run yet
     assert cli.main(["manifest", str(tasks)]) == 1  # refuses: chunk 1 is missing
-    run_webvid(webvid, tasks, "--samples-per-shard", "2", "--workers", "0", "--task-index", "1", "--num-tasks", "3")
+    run_webvid(webvid, tasks, samples_per_shard=2, workers=0, task_index=1, num_tasks=3)
     assert folder_bytes(tasks) == folder_bytes(single)  # the last task wrote the manifest
     (tasks / "manifest.json").unlink()
     assert cli.main(["manifest", str(tasks)]) == 0
@@ -163,7 +155,7 @@ def test_same_input_gives_byte_identical_shards_and_tasks_equal_one_run(webvid, 
 
 def test_max_bytes_splits_a_shard_into_parts(webvid, tmp_path):
     out = tmp_path / "out"
-    run_webvid(webvid, out, "--samples-per-shard", "4", "--workers", "0", "--max-bytes", "40000")
+    run_webvid(webvid, out, samples_per_shard=4, workers=0, max_bytes=40000)
     manifest = json.loads((out / "manifest.json").read_text())
     paths = [s["path"] for s in manifest["shards"]]
     assert len(paths) > 2 and "webvid-000000-p1.tar" in paths
@@ -175,30 +167,14 @@ def test_max_bytes_splits_a_shard_into_parts(webvid, tmp_path):
 
 def test_rerun_with_other_options_is_refused(webvid, tmp_path, capsys):
     out = tmp_path / "out"
-    run_webvid(webvid, out, "--samples-per-shard", "4", "--workers", "0")
-    argv = [
-        "webvid",
-        "--csv",
-        str(webvid / "results_2M_train.csv"),
-        "--videos-root",
-        str(webvid / "videos"),
-        "--out",
-        str(out),
-        "--no-progress",
-        "--samples-per-shard",
-        "4",
-        "--workers",
-        "0",
-        "--frames",
-        "4",
-    ]
-    assert cli.main(argv) == 2
+    run_webvid(webvid, out, samples_per_shard=4, workers=0)
+    assert cli.main(webvid_argv(webvid, out, samples_per_shard=4, workers=0, frames=4)) == 2
     assert "frames: 8 there, 4 now" in capsys.readouterr().err
 
 
 def test_verify_reports_damage(webvid, tmp_path, capsys):
     out = tmp_path / "out"
-    run_webvid(webvid, out, "--samples-per-shard", "4", "--workers", "0")
+    run_webvid(webvid, out, samples_per_shard=4, workers=0)
     assert cli.main(["verify", str(out)]) == 0
     shard = out / "webvid-000000.tar"
     members = tar_members(shard)
@@ -236,25 +212,7 @@ def test_cc3m_tsv_and_csv_layouts(tmp_path):
         + f"same image again\t{urls[0]}\n"
     )
     out = tmp_path / "out"
-    assert (
-        cli.main(
-            [
-                "cc3m",
-                "--tsv",
-                str(tsv),
-                "--images-root",
-                str(images),
-                "--out",
-                str(out),
-                "--no-progress",
-                "--workers",
-                "0",
-                "--short-side",
-                "32",
-            ]
-        )
-        == 0
-    )
+    assert cli.main(shards_argv("cc3m", tsv=tsv, images_root=images, out=out, workers=0, short_side=32)) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "image" and manifest["frames_per_sample"] == 1
     assert manifest["total_samples"] == 4 and manifest["failed"] == {"missing_field": 1}
@@ -272,23 +230,7 @@ def test_cc3m_tsv_and_csv_layouts(tmp_path):
     csv_table = tmp_path / "Validation_GCC.csv"
     csv_table.write_text("caption,thumbnailUrl\n" + "".join(f"val {i},{u}\n" for i, u in enumerate(urls)))
     out2 = tmp_path / "out2"
-    assert (
-        cli.main(
-            [
-                "cc3m",
-                "--table",
-                str(csv_table),
-                "--images-root",
-                str(images),
-                "--out",
-                str(out2),
-                "--no-progress",
-                "--workers",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert cli.main(shards_argv("cc3m", table=csv_table, images_root=images, out=out2, workers=0)) == 0
     assert json.loads((out2 / "manifest.json").read_text())["total_samples"] == 3
 
 
@@ -317,25 +259,8 @@ def _msrvtt(root: Path) -> Path:
 def test_msrvtt_train_and_1k_a_test(tmp_path):
     root = _msrvtt(tmp_path / "MSRVTT")
     for split in ("train", "test"):
-        assert (
-            cli.main(
-                [
-                    "msrvtt",
-                    "--root",
-                    str(root),
-                    "--split",
-                    split,
-                    "--cut",
-                    "jsfusion",
-                    "--out",
-                    str(tmp_path / split),
-                    "--no-progress",
-                    "--workers",
-                    "0",
-                ]
-            )
-            == 0
-        )
+        argv = shards_argv("msrvtt", root=root, split=split, cut="jsfusion", out=tmp_path / split, workers=0)
+        assert cli.main(argv) == 0
     train = {m[0]: m[5] for m in tar_members(tmp_path / "train" / "msrvtt_jsfusion_train-000000.tar")}
     assert json.loads(train["video1.json"])["captions"] == [f"video1 caption {c}" for c in range(3)]
     test = {m[0]: m[5] for m in tar_members(tmp_path / "test" / "msrvtt_jsfusion_test-000000.tar")}
@@ -344,25 +269,8 @@ def test_msrvtt_train_and_1k_a_test(tmp_path):
     assert info["captions"] == ["video2 caption 2", "video2 caption 0", "video2 caption 1"]
     assert info["extra"]["caption_index"] == 2
     assert test["video3.txt"].decode() == "video3 caption 1"
-    assert (
-        cli.main(
-            [
-                "msrvtt",
-                "--root",
-                str(root),
-                "--split",
-                "train",
-                "--cut",
-                "miech",
-                "--out",
-                str(tmp_path / "miech"),
-                "--no-progress",
-                "--workers",
-                "0",
-            ]
-        )
-        == 0
-    )
+    argv = shards_argv("msrvtt", root=root, split="train", cut="miech", out=tmp_path / "miech", workers=0)
+    assert cli.main(argv) == 0
     assert json.loads((tmp_path / "miech" / "manifest.json").read_text())["total_samples"] == 3
 
 
@@ -403,27 +311,8 @@ def test_csv_jsonl_parquet_with_pass_through_columns(tmp_path):
     results = {}
     for table in ("t.parquet", "t.jsonl", "t.tsv"):
         out = tmp_path / table.replace(".", "_")
-        assert (
-            cli.main(
-                [
-                    "csv",
-                    "--table",
-                    str(tmp_path / table),
-                    "--path-col",
-                    "file",
-                    "--caption-col",
-                    "text",
-                    "--key-col",
-                    "id",
-                    "--out",
-                    str(out),
-                    "--no-progress",
-                    "--workers",
-                    "0",
-                ]
-            )
-            == 0
-        )
+        columns = {"path_col": "file", "caption_col": "text", "key_col": "id"}
+        assert cli.main(shards_argv("csv", table=tmp_path / table, **columns, out=out, workers=0)) == 0
         data = {m[0]: m[5] for m in tar_members(out / "csv-000000.tar")}
         key = next(name for name in data if name.endswith(".json")).split(".")[0]
         assert key.startswith("v1_a_x-") and len(key) == len("v1_a_x-") + 10  # dots, slashes out; hash in

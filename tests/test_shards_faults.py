@@ -20,6 +20,7 @@ import media
 from shard_tools import cli, decode
 from shard_tools.api import RunOptions, ShardOptions, make_shards
 from shard_tools.verify import verify
+from shardcli import shards_argv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,24 +55,10 @@ def test_bad_input_corpus_never_crashes_and_every_row_gets_a_reason(tmp_path):
         f.write(b"good,good.mp4,a good clip,en\n")
         f.write(b"missing_file,nowhere.mp4,a clip that is not there,en\n")
     out = tmp_path / "out"
-    argv = [
-        "csv",
-        "--table",
-        str(table),
-        "--path-col",
-        "file",
-        "--key-col",
-        "key",
-        "--media-root",
-        str(tmp_path / "media"),
-        "--out",
-        str(out),
-        "--no-progress",
-        "--workers",
-        "2",
-        "--samples-per-shard",
-        "5",
-    ]
+    columns = {"path_col": "file", "key_col": "key"}
+    argv = shards_argv(
+        "csv", table=table, **columns, media_root=tmp_path / "media", out=out, workers=2, samples_per_shard=5
+    )
     assert cli.main(argv) == 0
     manifest = manifest_of(out)
     assert failures_of(out) == {
@@ -220,36 +207,11 @@ def test_downloads_with_injected_http_faults(tmp_path, server):
             w.writerow([n, f"{server}/{n}.mp4", f"clip {n}"])
         w.writerow(["ftp", "ftp://127.0.0.1/x.mp4", "not http"])
     out = tmp_path / "out"
-    assert (
-        cli.main(
-            [
-                "csv",
-                "--table",
-                str(table),
-                "--url-col",
-                "url",
-                "--key-col",
-                "id",
-                "--download",
-                "--download-timeout",
-                "0.5",
-                "--download-retries",
-                "2",
-                "--download-backoff",
-                "0.01",
-                "--max-download-bytes",
-                "100000",
-                "--threads",
-                "4",
-                "--workers",
-                "1",
-                "--out",
-                str(out),
-                "--no-progress",
-            ]
-        )
-        == 0
+    download = {"download_timeout": 0.5, "download_retries": 2, "download_backoff": 0.01, "max_download_bytes": 100000}
+    argv = shards_argv(
+        "csv", "--download", table=table, url_col="url", key_col="id", **download, threads=4, workers=1, out=out
     )
+    assert cli.main(argv) == 0
     assert failures_of(out) == {
         "missing": "http_404",
         "slow": "timeout",
@@ -280,23 +242,8 @@ def _make_clips(root: Path, n: int) -> Path:
 
 
 def _cmd(table, root, out):
-    return [
-        sys.executable,
-        "-m",
-        "shard_tools.cli",
-        "webvid",
-        "--csv",
-        str(table),
-        "--videos-root",
-        str(root / "videos"),
-        "--out",
-        str(out),
-        "--samples-per-shard",
-        "2",
-        "--workers",
-        "1",
-        "--no-progress",
-    ]
+    argv = shards_argv("webvid", csv=table, videos_root=root / "videos", out=out, samples_per_shard=2, workers=1)
+    return [sys.executable, "-m", "shard_tools.cli", *argv]
 
 
 def test_kill_9_then_rerun_gives_exactly_the_complete_set(tmp_path):

@@ -26,10 +26,13 @@ from shard_tools.decode import SampleError
 from shard_tools.download import DownloadSpec, fetch, request_url
 from shard_tools.rows import Row
 from shard_tools.verify import verify
+from shardcli import shards_argv
 from test_shards_faults import _make_clips, _QuietServer, failures_of, folder_bytes, manifest_of, serve_on_loopback
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+CLI = [sys.executable, "-m", "shard_tools.cli"]  # make-shards in a child process, from this checkout
+RUN = {"env": ENV, "cwd": REPO, "capture_output": True, "text": True}  # subprocess.run options for CLI
 BEHAVE_FOR = 8.0  # seconds a misbehaving route keeps misbehaving before it gives up by itself
 
 
@@ -116,26 +119,8 @@ def _url_table(path: Path, rows) -> Path:
 
 
 def _download_argv(table, out, *extra):
-    return [
-        "csv",
-        "--table",
-        str(table),
-        "--url-col",
-        "url",
-        "--key-col",
-        "id",
-        "--download",
-        "--out",
-        str(out),
-        "--no-progress",
-        "--workers",
-        "0",
-        "--download-retries",
-        "0",
-        "--threads",
-        "4",
-        *extra,
-    ]
+    options = {"url_col": "url", "key_col": "id", "workers": 0, "download_retries": 0, "threads": 4}
+    return shards_argv("csv", "--download", *extra, table=table, out=out, **options)
 
 
 # --- 1. a bad URL is one failed row -----------------------------------------------------------------
@@ -358,14 +343,8 @@ def test_retries_each_get_the_deadline_and_a_run_over_slow_servers_ends(tmp_path
     out = tmp_path / "out"
     table = _url_table(tmp_path / "urls.csv", [(r.replace("-", "_"), f"{server}/{r}.mp4") for r in routes])
     started = time.monotonic()
-    assert (
-        cli.main(
-            _download_argv(
-                table, out, "--download-timeout", "1", "--download-retries", "1", "--download-backoff", "0.01"
-            )
-        )
-        == 0
-    )
+    retries = ["--download-timeout", "1", "--download-retries", "1", "--download-backoff", "0.01"]
+    assert cli.main(_download_argv(table, out, *retries)) == 0
     assert time.monotonic() - started < BEHAVE_FOR  # 2 attempts of 1 s each, in parallel threads
     assert failures_of(out) == {"trickle_body": "timeout", "slow_headers": "timeout", "hop1": "timeout"}
     stats = json.loads((out / "csv-000000.stats.json").read_text())
@@ -377,7 +356,7 @@ def test_sigterm_during_downloads_leaves_no_scratch_folder_and_a_rerun_finishes(
     out = tmp_path / "out"
     rows = [(f"t{i}", f"{server}/trickle-body.mp4?{i}") for i in range(3)] + [("ok", f"{server}/ok.mp4")]
     table = _url_table(tmp_path / "urls.csv", rows)
-    argv = [sys.executable, "-m", "shard_tools.cli"] + _download_argv(table, out, "--download-timeout", "30")
+    argv = [*CLI, *_download_argv(table, out, "--download-timeout", "30")]
     proc = subprocess.Popen(argv, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any(p.is_dir() and any(p.iterdir()) for p in out.glob(".downloads-*")):
@@ -390,14 +369,7 @@ def test_sigterm_during_downloads_leaves_no_scratch_folder_and_a_rerun_finishes(
     assert not list(out.glob(".downloads-*")) and not list(out.glob(".*.tmp"))
     assert not list(out.glob("*.stats.json"))  # the one chunk was not finished
 
-    rerun = subprocess.run(
-        [sys.executable, "-m", "shard_tools.cli"] + _download_argv(table, out, "--download-timeout", "1.5"),
-        env=ENV,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    rerun = subprocess.run([*CLI, *_download_argv(table, out, "--download-timeout", "1.5")], **RUN, timeout=60)
     assert rerun.returncode == 0, rerun.stderr
     assert manifest_of(out)["total_samples"] == 1 and manifest_of(out)["failed"] == {"timeout": 3}
 
@@ -453,52 +425,32 @@ def test_download_that_cannot_be_stored_stops_the_run_instead_of_failing_rows(tm
     out = tmp_path / "out"
     table = _url_table(tmp_path / "urls.csv", [("ok", f"{server}/ok.mp4"), ("big", f"{server}/big.mp4")])
     argv = _download_argv(table, out)
-    limited = subprocess.run(_limited(300_000, argv), env=ENV, cwd=REPO, capture_output=True, text=True, timeout=120)
+    limited = subprocess.run(_limited(300_000, argv), **RUN, timeout=120)
     assert limited.returncode == 1, limited.stdout + limited.stderr
     assert "File too large" in limited.stderr and str(out / ".downloads-") in limited.stderr
     assert "re-run the same command" in limited.stderr and "Traceback" not in limited.stderr
     assert not list(out.glob("*.stats.json")) and not list(out.glob(".downloads-*"))
 
-    rerun = subprocess.run(
-        [sys.executable, "-m", "shard_tools.cli"] + argv, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    rerun = subprocess.run([*CLI, *argv], **RUN, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     assert set(failures_of(out)) == {"big"} and manifest_of(out)["total_samples"] == 1
 
 
 def test_shard_that_cannot_be_written_stops_with_one_message_and_a_rerun_completes(tmp_path):
     table = _make_clips(tmp_path, 6)
-    argv = [
-        "webvid",
-        "--csv",
-        str(table),
-        "--videos-root",
-        str(tmp_path / "videos"),
-        "--samples-per-shard",
-        "3",
-        "--workers",
-        "0",
-        "--no-progress",
-    ]
-    cmd = [sys.executable, "-m", "shard_tools.cli"] + argv
+    argv = shards_argv("webvid", csv=table, videos_root=tmp_path / "videos", samples_per_shard=3, workers=0)
+    cmd = [*CLI, *argv]
     reference = tmp_path / "reference"
     subprocess.run(cmd + ["--out", str(reference)], env=ENV, cwd=REPO, check=True, capture_output=True)
     shard_size = (reference / "webvid-000000.tar").stat().st_size
     out = tmp_path / "out"
-    limited = subprocess.run(
-        _limited(shard_size // 2, argv + ["--out", str(out)]),
-        env=ENV,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    limited = subprocess.run(_limited(shard_size // 2, argv + ["--out", str(out)]), **RUN, timeout=120)
     assert limited.returncode == 1, limited.stderr
     assert "Traceback" not in limited.stderr and limited.stderr.count("make-shards: error:") == 1
     assert f"cannot write {out}/.webvid-000000.tar." in limited.stderr and "File too large" in limited.stderr
     assert not list(out.glob(".*.tmp"))
 
-    rerun = subprocess.run(cmd + ["--out", str(out)], env=ENV, cwd=REPO, capture_output=True, text=True)
+    rerun = subprocess.run(cmd + ["--out", str(out)], **RUN)
     assert rerun.returncode == 0, rerun.stderr
     assert folder_bytes(out) == folder_bytes(reference)
 
@@ -549,18 +501,7 @@ def test_disk_full_at_any_write_stops_cleanly_and_a_rerun_matches_a_clean_run(
     """ENOSPC at the n-th call of each step that writes the folder: exit 1 with one message naming the
     folder, no temp left, a re-run completes."""
     table = _make_clips(tmp_path, 5)
-    argv = [
-        "webvid",
-        "--csv",
-        str(table),
-        "--videos-root",
-        str(tmp_path / "videos"),
-        "--samples-per-shard",
-        "2",
-        "--workers",
-        "0",
-        "--no-progress",
-    ]
+    argv = shards_argv("webvid", csv=table, videos_root=tmp_path / "videos", samples_per_shard=2, workers=0)
     reference = tmp_path / "reference"
     assert cli.main(argv + ["--out", str(reference)]) == 0
     out = tmp_path / "out"
@@ -613,20 +554,7 @@ def _webvid_run(tmp_path, clips: int, rows: int):
     _make_clips(tmp_path, clips)
     table = _webvid_table(tmp_path / "t.csv", rows)
     out = tmp_path / "out"
-    argv = [
-        "webvid",
-        "--csv",
-        str(table),
-        "--videos-root",
-        str(tmp_path / "videos"),
-        "--out",
-        str(out),
-        "--samples-per-shard",
-        "2",
-        "--workers",
-        "0",
-        "--no-progress",
-    ]
+    argv = shards_argv("webvid", csv=table, videos_root=tmp_path / "videos", out=out, samples_per_shard=2, workers=0)
     return table, out, argv
 
 
@@ -719,18 +647,7 @@ def test_the_same_table_resumes_even_with_the_media_moved(tmp_path, capsys):
     _make_clips(tmp_path, 6)
     table = _webvid_table(tmp_path / "t.csv", 6)
     out = tmp_path / "out"
-    argv = [
-        "webvid",
-        "--csv",
-        str(table),
-        "--out",
-        str(out),
-        "--samples-per-shard",
-        "2",
-        "--workers",
-        "0",
-        "--no-progress",
-    ]
+    argv = shards_argv("webvid", csv=table, out=out, samples_per_shard=2, workers=0)
     assert cli.main(argv + ["--videos-root", str(tmp_path / "videos")]) == 0
     (tmp_path / "videos").rename(tmp_path / "moved")
     capsys.readouterr()
@@ -750,21 +667,7 @@ def _clip_table(tmp_path, text: str, name="t.csv") -> Path:
 
 
 def _csv_argv(table, out, *extra):
-    return [
-        "csv",
-        "--table",
-        str(table),
-        "--path-col",
-        "file",
-        "--key-col",
-        "key",
-        "--out",
-        str(out),
-        "--no-progress",
-        "--workers",
-        "0",
-        *extra,
-    ]
+    return shards_argv("csv", *extra, table=table, path_col="file", key_col="key", out=out, workers=0)
 
 
 @pytest.mark.parametrize(
@@ -879,23 +782,7 @@ def test_extra_values_fail_their_row_and_extra_columns_pass_through(tmp_path):
         "0,,PT1S,p,clip 0,sports\n1,,PT1S,p,a dog, running,pets\n2,,PT1S,p,clip 2,\n"
     )
     out = tmp_path / "w"
-    assert (
-        cli.main(
-            [
-                "webvid",
-                "--csv",
-                str(webvid),
-                "--videos-root",
-                str(tmp_path / "videos"),
-                "--out",
-                str(out),
-                "--no-progress",
-                "--workers",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert cli.main(shards_argv("webvid", csv=webvid, videos_root=tmp_path / "videos", out=out, workers=0)) == 0
     assert failures_of(out) == {"1": "bad_row"}
     stats = json.loads((out / "webvid-000000.stats.json").read_text())
     assert "'pets'" in stats["failures"][0]["detail"] and "w.csv line 3" in stats["failures"][0]["detail"]
@@ -910,44 +797,12 @@ def test_extra_values_fail_their_row_and_extra_columns_pass_through(tmp_path):
     tsv = tmp_path / "cc.tsv"
     tsv.write_text(f"a caption\t{url}\nwith a\ttab inside\t{url}\n")
     out = tmp_path / "cc"
-    assert (
-        cli.main(
-            [
-                "cc3m",
-                "--tsv",
-                str(tsv),
-                "--images-root",
-                str(tmp_path),
-                "--out",
-                str(out),
-                "--no-progress",
-                "--workers",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert cli.main(shards_argv("cc3m", tsv=tsv, images_root=tmp_path, out=out, workers=0)) == 0
     assert failures_of(out) == {"000000001": "bad_row"}
     table = tmp_path / "cc.csv"
     table.write_text(f"caption,thumbnailUrl,license\na caption,{url},cc-by\n")
     out = tmp_path / "cc_csv"
-    assert (
-        cli.main(
-            [
-                "cc3m",
-                "--tsv",
-                str(table),
-                "--images-root",
-                str(tmp_path),
-                "--out",
-                str(out),
-                "--no-progress",
-                "--workers",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert cli.main(shards_argv("cc3m", tsv=table, images_root=tmp_path, out=out, workers=0)) == 0
     with tarfile.open(out / "cc3m-000000.tar") as tar:
         assert json.loads(tar.extractfile("000000000.json").read())["extra"] == {"license": "cc-by"}
 

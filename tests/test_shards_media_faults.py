@@ -16,6 +16,7 @@ from shard_tools.decode import FrameSpec, SampleError, decode_sample
 from shard_tools.rows import safe_key
 from shard_tools.sampling import resized_size
 from shard_tools.verify import verify
+from shardcli import shards_argv
 
 
 def outcome(path, kind="video", spec=FrameSpec(frames=8)):
@@ -254,29 +255,8 @@ def test_damaged_media_and_non_ascii_keys_through_make_shards(tmp_path):
         encoding="utf-8",
     )
     out = tmp_path / "out"
-    assert (
-        cli.main(
-            [
-                "csv",
-                "--table",
-                str(table),
-                "--path-col",
-                "file",
-                "--key-col",
-                "id",
-                "--media-root",
-                str(root),
-                "--out",
-                str(out),
-                "--no-progress",
-                "--workers",
-                "0",
-                "--frames",
-                "4",
-            ]
-        )
-        == 0
-    )
+    argv = shards_argv("csv", table=table, path_col="file", key_col="id", media_root=root, out=out, workers=0, frames=4)
+    assert cli.main(argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["total_samples"] == 2 and manifest["failed"] == {"decode_error": 2}
     failures = {f["key"]: f for p in out.glob("*.stats.json") for f in json.loads(p.read_text())["failures"]}
