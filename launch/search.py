@@ -20,11 +20,12 @@ import torch
 import torch.multiprocessing as mp
 
 from foundation.logs import setup_logging
-from pipeline.search import webapp
+from pipeline.search import server as search_server
 from pipeline.search.features import extract_features, merge_parts, wait_for_parts
 from pipeline.search.index import EXACT_MAX_DEFAULT, Searcher, build_collection_index
 from pipeline.search.inference import Embedder
 from pipeline.search.media import shards_from_media
+from pipeline.search.webapp import SearchApp
 from pipeline.train import distributed
 from pipeline.train.checkpoints import find_run_config
 
@@ -99,24 +100,21 @@ def parse_args(argv):
     p.add_argument("collection")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=webapp.DEFAULT_THREADS,
-        help="worker threads answering requests (slow or idle clients hold none); default %(default)s",
+    limits = (  # the server's limits: option, default, what it bounds
+        (
+            "--threads",
+            search_server.DEFAULT_THREADS,
+            "worker threads answering requests (slow or idle clients hold none)",
+        ),
+        ("--idle-timeout", search_server.DEFAULT_IDLE_TIMEOUT, "seconds before a silent connection is closed"),
+        (
+            "--max-connections",
+            search_server.DEFAULT_MAX_CONNECTIONS,
+            f"open connections at most (more wait in the kernel's queue of {search_server.BACKLOG})",
+        ),
     )
-    p.add_argument(
-        "--idle-timeout",
-        type=int,
-        default=webapp.DEFAULT_IDLE_TIMEOUT,
-        help="seconds before a silent connection is closed; default %(default)s",
-    )
-    p.add_argument(
-        "--max-connections",
-        type=int,
-        default=webapp.DEFAULT_MAX_CONNECTIONS,
-        help=f"open connections at most (more wait in the kernel's queue of {webapp.BACKLOG}); default %(default)s",
-    )
+    for option, default, what in limits:
+        p.add_argument(option, type=int, default=default, help=f"{what}; default %(default)s")
     add_searcher_args(p)
     p.set_defaults(run=cmd_serve)
     return parser.parse_args(argv)
@@ -265,8 +263,8 @@ def cmd_serve(args) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     searcher, embedder = open_search(args)
-    server = webapp.make_server(
-        webapp.SearchApp(searcher, embedder.embed_texts),
+    server = search_server.make_server(
+        SearchApp(searcher, embedder.embed_texts),
         args.host,
         args.port,
         threads=args.threads,
@@ -279,7 +277,7 @@ def cmd_serve(args) -> int:
         len(searcher.collection),
         host,
         port,
-        webapp.search_url(host, port, "a red square moves to the left"),
+        search_server.search_url(host, port, "a red square moves to the left"),
         args.threads,
     )
     try:

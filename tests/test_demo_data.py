@@ -1,5 +1,5 @@
-"""The demo data generator (pipeline/demo/scenes.py, pipeline/demo/render.py): splits, caption grammar, determinism, the one-frame
-ambiguity of motion, and real mp4s through ffmpeg."""
+"""The demo data generator (pipeline/demo/scenes.py, pipeline/demo/render.py): splits, caption grammar,
+determinism, the one-frame ambiguity of motion, and real mp4s through ffmpeg."""
 
 import dataclasses
 import re

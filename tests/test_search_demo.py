@@ -155,7 +155,8 @@ def test_demo_browser_returns_a_red_square_moving_left_first(demo, browser, tmp_
     from selenium.webdriver.common.by import By
 
     from launch import search as cli
-    from pipeline.search.webapp import SearchApp, make_server
+    from pipeline.search.server import make_server
+    from pipeline.search.webapp import SearchApp
 
     out, kind, expected = demo
     searcher, embedder = cli.open_search(cli.parse_args(["serve", str(out)]))

@@ -22,7 +22,8 @@ import pytest
 
 from pipeline.search.collection import INFO_FILE, ITEMS_FILE
 from pipeline.search.index import Searcher
-from pipeline.search.webapp import QueryEncoder, SearchApp, make_server
+from pipeline.search.server import make_server
+from pipeline.search.webapp import QueryEncoder, SearchApp
 from test_search_helpers import EVIL_CAPTION, EVIL_KEY, collection, embedder, search_shards, tar_member, tiny_weights  # noqa: F401
 
 pytestmark = pytest.mark.timeout(300)
