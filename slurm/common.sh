@@ -15,7 +15,7 @@
 # SIGUSR1 to the launcher, so that variant works too. SIGTERM (scancel, time limit, preemption by the
 # scheduler) is never answered with a requeue: whoever sent it decides what happens to the job.
 
-FIT_EXIT_PREEMPTED=75     # pipeline.train.trainer.EXIT_PREEMPTED
+FIT_EXIT_PREEMPTED=75     # foundation.preemption.EXIT_PREEMPTED
 PYTHON=${PYTHON:-python3}
 # The jobs run this checkout's code, whatever else is installed.
 export PYTHONPATH="$FIT_ROOT${PYTHONPATH:+:$PYTHONPATH}"
