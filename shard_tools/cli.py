@@ -3,6 +3,7 @@
 make-shards webvid  --csv results_2M_train.csv --videos-root videos/ --out shards/webvid
 make-shards cc3m    --tsv Train_GCC-training.tsv --images-root training/ --out shards/cc3m
 make-shards msrvtt  --root MSRVTT/ --split test --cut jsfusion --out shards/msrvtt_test
+make-shards msvd    --root MSVD/ --split test --out shards/msvd_test       (also lsmdc, didemo)
 make-shards csv     --table clips.parquet --path-col file --caption-col text --out shards/mine
 make-shards verify DIR        make-shards manifest DIR
 """
@@ -16,7 +17,7 @@ import sys
 import threading
 
 from foundation.logs import setup_logging
-from shard_tools import __version__, records, sources
+from shard_tools import __version__, didemo, lsmdc, msvd, records, sources
 from shard_tools.api import RunOptions, ShardOptions, make_shards
 from shard_tools.download import DownloadSpec
 from shard_tools.format import MANIFEST
@@ -86,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
 
+    benchmarks = {
+        "lsmdc": ("LSMDC (structured-symlinks/, frame_tar_list.txt, videos/)", lsmdc.SPLITS),
+        "msvd": ("MSVD (YouTubeClips/, youtube_mapping.txt, AllVideoDescriptions.txt)", msvd.SPLITS),
+        "didemo": ("DiDeMo ({split}_data.json, videos/), one paragraph per video", didemo.SPLITS),
+    }
+    for name, (layout, splits) in benchmarks.items():
+        p = sub.add_parser(name, help=layout)
+        p.add_argument("--root", required=True, help="the data set's folder (docs/SHARDS.md)")
+        p.add_argument("--split", choices=tuple(splits), required=True)
+        _common(p)
+
     p = sub.add_parser("csv", help="any CSV/TSV/JSONL/parquet of clips or images")
     p.add_argument("--table", "--csv", dest="table", required=True)
     p.add_argument("--format", choices=("csv", "tsv", "jsonl", "parquet"), help="default: from the suffix")
@@ -110,6 +122,9 @@ def _rows(args):
         return sources.cc3m_rows(args.table, args.images_root), "image"
     if args.command == "msrvtt":
         return sources.msrvtt_rows(args.root, args.split, args.cut), "video"
+    benchmark_rows = {"lsmdc": lsmdc.lsmdc_rows, "msvd": msvd.msvd_rows, "didemo": didemo.didemo_rows}
+    if args.command in benchmark_rows:
+        return benchmark_rows[args.command](args.root, args.split), "video"
     columns = {name: getattr(args, name) for name in ("path_col", "url_col", "caption_col", "key_col", "media_root")}
     return sources.table_rows(args.table, kind=args.kind, fmt=args.format, **columns), args.kind
 
@@ -117,6 +132,8 @@ def _rows(args):
 def _default_name(args) -> str:
     if args.command == "msrvtt":
         return f"msrvtt_{args.cut}_{args.split}"
+    if args.command in ("lsmdc", "msvd", "didemo"):
+        return f"{args.command}_{args.split}"
     return args.command
 
 

@@ -11,11 +11,11 @@ Layouts (see docs/ORIGINAL.md, 'Datasets', and docs/SHARDS.md):
 
 import json
 import os
-import pickle
 import zlib
 from pathlib import Path
 from typing import Iterator
 
+from shard_tools.annotations import AnnotationFileError, load_pickle
 from shard_tools.rows import Row, safe_key
 from shard_tools.tables import read_table
 
@@ -122,35 +122,18 @@ MSRVTT_CUTS = {
 }
 
 
-class _IndexUnpickler(pickle.Unpickler):
-    """The 1k-A caption index ships as a pickle; allow plain containers and numpy scalars, nothing else."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "dtype"),
-        ("collections", "OrderedDict"),
-    }
-
-    def find_class(self, module, name):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a caption-index pickle")
-
-
 def _load_caption_index(root: Path) -> dict:
+    advice = "it ships in MSRVTT.zip next to annotation/ (needed for the 1k-A test captions)"
     for candidate in (
         root / "jsfusion_val_caption_idx.pkl",
         root / "high-quality" / "structured-symlinks" / "jsfusion_val_caption_idx.pkl",
     ):
         if candidate.is_file():
-            with open(candidate, "rb") as f:
-                index = _IndexUnpickler(f).load()
+            index = load_pickle(candidate, advice)
+            if not isinstance(index, dict):
+                raise AnnotationFileError(candidate, f"holds a {type(index).__name__}, not a dict", advice)
             return {str(k): int(v) for k, v in index.items()}
-    raise FileNotFoundError(
-        f"{root}: jsfusion_val_caption_idx.pkl not found (needed for the 1k-A test "
-        f"captions); it ships in MSRVTT.zip next to annotation/"
-    )
+    raise FileNotFoundError(f"{root}: jsfusion_val_caption_idx.pkl not found; {advice}")
 
 
 def msrvtt_rows(root, split: str, cut: str = "jsfusion") -> Iterator[Row]:
