@@ -24,7 +24,10 @@ class DatasetSpec(Section):
     batch_size: int  # per rank, per step
     kind: Literal["video", "image"] | None = None  # from the manifest when absent
     num_frames: int = 1  # T frames per sample fed to the model (images: 1)
-    caption_mode: Literal["primary", "all"] = "primary"  # eval: "primary" caption, or "all" in batch["captions"]
+    # eval only, the benchmark's query protocol (docs/TRAINING.md, 'Benchmarks'): "primary" = one query per
+    # video, its first caption (MSR-VTT 1k-A, LSMDC); "all" = every caption its own text->video query
+    # (MSVD); "paragraph" = the video's captions joined in order into one query (DiDeMo)
+    caption_mode: Literal["primary", "all", "paragraph"] = "primary"
     num_samples: int | None = None  # total samples; only needed when no manifest gives the counts
     where: str = field(default="data", metadata=INTERNAL)  # the key path, for errors found by resolve()
     _resolved: shardlists.ShardSet | None = field(default=None, repr=False, compare=False, metadata=INTERNAL)

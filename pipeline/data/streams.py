@@ -193,7 +193,12 @@ class DatasetReader:
         rng = np.random.default_rng(seed)
         wanted = 1 if cfg.spec.kind == "image" else cfg.spec.num_frames
         picks = frame_ops.frame_indices(stored, wanted, "rand" if cfg.train else "uniform", rng)
-        caption = captions[int(rng.integers(len(captions)))] if cfg.train else (primary or captions[0])
+        if cfg.train:
+            caption = captions[int(rng.integers(len(captions)))]
+        elif cfg.spec.caption_mode == "paragraph":
+            caption = " ".join(captions)
+        else:
+            caption = primary or captions[0]
         return RawSample(key, shard, [members[numbered[i][1]] for i in picks], caption, captions, seed, stored < wanted)
 
     def read_shard(self, shard_index: int, epoch: int, keep=lambda ordinal: True, count_loss: bool = True):

@@ -4,7 +4,9 @@ For each evaluation dataset: embed every video (optionally averaging a test-time
 docs/ORIGINAL.md, 'Test-time evaluation') and its captions on every rank, gather the embeddings, drop
 duplicate keys (a loader may repeat samples to give every rank equal batches), then on every rank compute
 
-- the retrieval metrics of `pipeline.train.metrics` on the cosine similarity of all captions x all videos, and
+- the retrieval metrics of `pipeline.train.metrics` on the cosine similarity of all captions x all videos (the
+  captions a sample gives are its dataset's queries: `caption_mode` "primary" one, "all" every caption,
+  "paragraph" its captions joined; docs/TRAINING.md, 'Benchmarks'), and
 - `val_loss`: the mean NormSoftmax loss over consecutive batches of `batch_size` videos (primary captions,
   videos ordered by key, so the value does not depend on the number of ranks), as the original's
   `val_loss_{dl}`.

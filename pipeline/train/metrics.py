@@ -15,6 +15,12 @@ video caption i describes, so a video may have several captions (or one), in any
 
 The original needs texts ordered video-major with the same count per video; an explicit `caption_video`
 index is equivalent for that layout and also serves videos with differing caption counts.
+
+Which texts are the rows is the benchmark's protocol, chosen by the eval dataset's `caption_mode`
+(docs/TRAINING.md, 'Benchmarks'): one caption per video (MSR-VTT 1k-A, LSMDC: a square matrix), every
+caption of a video its own row (MSVD: t2v counts each caption-video pair once, over the gallery of distinct
+videos, as the original's author counted MSVD; v2t takes each video's best caption), or one paragraph per
+video (DiDeMo: square again).
 """
 
 from __future__ import annotations

@@ -1,0 +1,237 @@
+"""The evaluation protocols of the paper's benchmarks (docs/TRAINING.md, 'Benchmarks'): LSMDC one caption per
+clip, MSVD every caption its own text->video query, DiDeMo one paragraph per video; each on a hand-checked
+similarity matrix, the paragraph built by the loader, and end to end: shards -> loader -> launch/evaluate.py
+with the benchmark's fine-tuning config (a tiny model in place of ViT-B/16)."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from foundation.schema import ConfigError
+from launch import evaluate
+from models import FrozenInTime, TextConfig, preset, save_pretrained
+from models.tiny import write_tiny_text_model
+from pipeline.data.loader import build_eval_loader
+from pipeline.data.options import DatasetSpec, LoaderOptions
+from pipeline.data.tokenize import load_tokenizer, tokenize
+from pipeline.train.metrics import retrieval_metrics, t2v_ranks, v2t_ranks
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shardgen import sample_members, write_manifest, write_tar  # noqa: E402
+
+STORED_FRAMES = 8
+
+
+def test_lsmdc_one_caption_per_clip_hand_computed():
+    sims = np.array(
+        [
+            [0.9, 0.2, 0.1, 0.3],  # clip 0: nothing higher -> rank 0
+            [0.4, 0.3, 0.5, 0.1],  # clip 1: 0.4 and 0.5 higher -> 2
+            [0.1, 0.6, 0.6, 0.2],  # clip 2: tied with clip 1's 0.6, optimistic -> 0
+            [0.8, 0.1, 0.7, 0.2],  # clip 3: 0.8 and 0.7 higher -> 2
+        ]
+    )
+    assert t2v_ranks(sims, np.arange(4)).tolist() == [0, 2, 0, 2]
+    # columns: clip 1 [.2,.3,.6,.1] -> 1; clip 2 [.1,.5,.6,.7] -> 1; clip 3 [.3,.1,.2,.2]: 0.3 higher and
+    # its sentence tied with sentence 2 -> positions 1 and 2 averaged -> 1.5
+    assert v2t_ranks(sims, np.arange(4)).tolist() == [0, 1, 1, 1.5]
+    m = retrieval_metrics(sims)
+    assert m["t2v_R1"] == 50.0 and m["t2v_R5"] == 100.0 and m["t2v_MedR"] == 2.0 and m["t2v_MeanR"] == 2.0
+    assert m["v2t_R1"] == 25.0 and m["v2t_MedR"] == 2.0 and m["v2t_MeanR"] == 1.875
+
+
+# MSVD: videos 0, 1, 2 with 3, 1 and 2 captions, the rows in no particular order
+MSVD_SIMS = np.array(
+    [
+        [0.5, 0.7, 0.1],  # video 0: 0.7 higher -> 1
+        [0.2, 0.9, 0.3],  # video 1: -> 0
+        [0.8, 0.1, 0.8],  # video 0: tied with video 2, optimistic -> 0
+        [0.6, 0.4, 0.3],  # video 2: 0.6 and 0.4 higher -> 2
+        [0.3, 0.2, 0.1],  # video 0: -> 0
+        [0.2, 0.5, 0.4],  # video 2: 0.5 higher -> 1
+    ]
+)
+MSVD_CAPTION_VIDEO = np.array([0, 1, 0, 2, 0, 2])
+
+
+def test_msvd_every_caption_is_its_own_query_hand_computed():
+    ranks = t2v_ranks(MSVD_SIMS, MSVD_CAPTION_VIDEO)
+    assert ranks.tolist() == [1, 0, 0, 2, 0, 1]
+    # each caption-video pair counted once: its video's rank among the distinct videos, written out
+    pairs = [(MSVD_SIMS[c] > MSVD_SIMS[c, v]).sum() for c, v in enumerate(MSVD_CAPTION_VIDEO)]
+    assert ranks.tolist() == pairs
+    # v2t, best caption: video 0's captions score 0.5, 0.8, 0.3 in its column and 0.8 is first -> 0; video 2's
+    # column [.1,.3,.8,.3,.1,.4]: caption 5 (0.4) behind 0.8 -> 1, caption 3 (0.3) tied with row 1 -> 2.5
+    assert v2t_ranks(MSVD_SIMS, MSVD_CAPTION_VIDEO).tolist() == [0, 0, 1]
+    m = retrieval_metrics(MSVD_SIMS, MSVD_CAPTION_VIDEO)
+    assert m["t2v_R1"] == 50.0 and m["t2v_R5"] == 100.0  # 3 of 6 captions
+    assert m["t2v_MedR"] == 1.5 and m["t2v_MeanR"] == pytest.approx(1 + 4 / 6)
+    assert m["v2t_R1"] == pytest.approx(200 / 3) and m["v2t_MedR"] == 1.0 and m["v2t_MeanR"] == pytest.approx(4 / 3)
+    # one query per video (its first caption, "primary") would count differently: 1 of 3
+    first = [0, 1, 3]
+    assert retrieval_metrics(MSVD_SIMS[first])["t2v_R1"] == pytest.approx(100 / 3)
+
+
+def test_msvd_matches_the_originals_t2v_with_padded_and_masked_queries():
+    """The original's t2v_metrics needs an equal query count per video: pad video-major, mask the padding."""
+    per_video = np.bincount(MSVD_CAPTION_VIDEO).max()
+    padded = np.full((3 * per_video, 3), -5.0)
+    mask = np.zeros(3 * per_video, bool)
+    for video in range(3):
+        rows = MSVD_SIMS[MSVD_CAPTION_VIDEO == video]
+        padded[video * per_video : video * per_video + len(rows)] = rows
+        mask[video * per_video : video * per_video + len(rows)] = True
+    dists = -padded  # the original: first position of the true distance in the sorted row
+    sorted_dists = np.sort(dists, axis=1)
+    gt = dists[np.arange(len(dists)), np.arange(len(dists)) // per_video][:, None]
+    original = np.array([np.where(row == g)[0][0] for row, g in zip(sorted_dists, gt)])[mask]
+    ours = t2v_ranks(MSVD_SIMS, MSVD_CAPTION_VIDEO)
+    order = np.argsort(MSVD_CAPTION_VIDEO, kind="stable")  # video-major, as the padding lays them out
+    assert ours[order].tolist() == original.tolist()
+
+
+def test_didemo_paragraph_is_one_query_per_video_hand_computed():
+    # one row per video (its paragraph), the whole video the target: square, recall counts videos
+    paragraph_sims = np.array([[0.7, 0.2, 0.1], [0.3, 0.6, 0.5], [0.4, 0.2, 0.3]])
+    assert t2v_ranks(paragraph_sims, np.arange(3)).tolist() == [0, 0, 1]  # paragraph 2: 0.4 beats its 0.3
+    assert v2t_ranks(paragraph_sims, np.arange(3)).tolist() == [0, 0, 1]  # video 2's column [.1,.5,.3]
+    m = retrieval_metrics(paragraph_sims)
+    assert m["t2v_R1"] == pytest.approx(200 / 3) and m["t2v_MedR"] == 1.0 and m["t2v_MeanR"] == pytest.approx(4 / 3)
+
+
+# ---- shards in each benchmark's sample layout (docs/SHARDS.md) ----------------------------------------------
+
+LSMDC = {f"1012_Unbreakable_{i:02d}": [f"SOMEONE looks up at shot {i}."] for i in range(5)}
+MSVD = {
+    "-4wsuPCjDBc_5_15": [f"a man is slicing tomato {j}" for j in range(5)],
+    "-_hbPLsZvvo_18_25": ["a dog runs"],
+    "0hyZ__3YhZc_279_283": [f"a woman is dancing {j}" for j in range(3)],
+    "bQJQGoJF7_k_162_169": [f"someone cooks dish {j}" for j in range(40)],
+}
+DIDEMO_MOMENTS = {
+    "26292851_N04_4253489686_265c3c8051": ["someone kicks the bug.", "the bug moves.", "a hand appears."],
+    "10015567_N08_3655084291_d8b58466fa": ["a dog jumps.", "the camera pans left."],
+    "98765432_N00_1234567890_abcdef0123": ["people walk.", "a car passes.", "lights turn on.", "it rains."],
+}
+
+
+def _write_benchmark(folder: Path, name: str, samples: dict[str, list[str]]) -> Path:
+    """Two shards of `name` holding {key: captions} (the json's captions; the .txt holds the first)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = sorted(samples)
+    shards = []
+    for s, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :])):
+        path = folder / f"{name}-{s:06d}.tar"
+        write_tar(path, [m for key in part for m in sample_members(key, "video", STORED_FRAMES, samples[key])])
+        shards.append({"path": path.name, "samples": len(part), "bytes": path.stat().st_size})
+    write_manifest(folder, name, "video", STORED_FRAMES, shards)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("benchmarks")
+    text = write_tiny_text_model(root / "text", arch="distilbert", hidden=32, layers=1, heads=2)
+    cfg = preset("tiny")
+    cfg.text = TextConfig(model=str(text), pretrained=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = FrozenInTime(cfg)
+    paragraphs = {key: [" ".join(moments)] for key, moments in DIDEMO_MOMENTS.items()}  # the make-shards layout
+    return {
+        "root": root,
+        "text": text,
+        "weights": save_pretrained(model, cfg, root / "weights"),
+        "shards": {
+            "lsmdc": _write_benchmark(root / "lsmdc_test", "lsmdc_test", LSMDC),
+            "msvd": _write_benchmark(root / "msvd_test", "msvd_test", MSVD),
+            "didemo": _write_benchmark(root / "didemo_test", "didemo_test", paragraphs),
+            "didemo_moments": _write_benchmark(root / "didemo_moments", "didemo_moments", DIDEMO_MOMENTS),
+        },
+    }
+
+
+def _options(text: Path) -> dict:
+    return {
+        "num_workers": 0,
+        "input_res": 32,
+        "eval_resize": 32,
+        "eval_crop": 32,
+        "tokenizer": str(text),
+        "max_text_length": 64,
+    }
+
+
+def test_paragraph_mode_joins_a_videos_captions_in_order_into_one_query(tiny):
+    spec = DatasetSpec.from_dict(
+        {
+            "name": "didemo",
+            "shards": str(tiny["shards"]["didemo_moments"]),
+            "batch_size": 2,
+            "num_frames": 4,
+            "caption_mode": "paragraph",
+        },
+        "data.eval[0]",
+    )
+    options = LoaderOptions.from_dict(_options(tiny["text"]), "data.options")
+    batches = list(build_eval_loader(spec, options, 0, 1))
+    captions = {key: caps for b in batches for key, caps in zip(b["keys"], b["captions"])}
+    assert captions == {key: [" ".join(moments)] for key, moments in DIDEMO_MOMENTS.items()}
+    tokenizer = load_tokenizer(str(tiny["text"]))
+    for batch in batches:  # the tokenized caption (val_loss, one-caption batches) is the paragraph too
+        expected = tokenize(tokenizer, [c for caps in batch["captions"] for c in caps], 64)
+        assert torch.equal(batch["text"]["input_ids"], expected["input_ids"])
+
+
+@pytest.mark.parametrize(
+    "dataset, videos, queries",
+    [
+        ("lsmdc", len(LSMDC), len(LSMDC)),
+        ("msvd", len(MSVD), sum(len(c) for c in MSVD.values())),  # 49 captions, each its own query
+        ("didemo", len(DIDEMO_MOMENTS), len(DIDEMO_MOMENTS)),  # one paragraph per video
+    ],
+)
+def test_finetune_config_evaluates_end_to_end(tiny, dataset, videos, queries, capsys):
+    """launch/evaluate.py with configs/finetune_<dataset>_4f.json, its eval sets pointed at tiny shards."""
+    shards = tiny["shards"][dataset]
+    out = tiny["root"] / f"{dataset}_metrics.json"
+    sets = [
+        f'model={{"preset": "tiny", "text": {{"model": "{tiny["text"]}"}}}}',
+        f"data.options={json.dumps(_options(tiny['text']))}",
+        f"output_dir={tiny['root'] / dataset}",
+        f"data.train[0].shards={shards}",
+        *(f"data.eval[{i}].{key}={value}" for i in (0, 1) for key, value in (("shards", shards), ("batch_size", 2))),
+    ]
+    code = evaluate.main(
+        [
+            "--checkpoint",
+            str(tiny["weights"]),
+            "--config",
+            f"configs/finetune_{dataset}_4f.json",
+            *(arg for s in sets for arg in ("--set", s)),
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err[-3000:]
+    metrics = json.loads(out.read_text())["metrics"]
+    assert set(metrics) == {f"{dataset}_val", f"{dataset}_test"}
+    test = metrics[f"{dataset}_test"]
+    assert test["num_videos"] == videos and test["num_captions"] == queries
+    assert metrics[f"{dataset}_val"] == test  # the same shards under both names
+    for direction in ("t2v", "v2t"):
+        assert 0 <= test[f"{direction}_R1"] <= test[f"{direction}_R5"] <= test[f"{direction}_R10"] <= 100
+    assert test["t2v_R5"] == 100.0  # at most 5 videos: every query's video is in its top 5
+    assert np.isfinite(test["val_loss"])
+
+
+def test_an_unknown_caption_mode_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"data\.eval\[2\]\.caption_mode"):
+        DatasetSpec.from_dict(
+            {"name": "msvd", "shards": "x", "batch_size": 2, "caption_mode": "pairs"},
+            "data.eval[2]",
+        )
