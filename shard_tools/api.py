@@ -4,8 +4,10 @@
     report = make_shards(rows, "out/webvid", ShardOptions(name="webvid"), RunOptions(workers=4))
 
 `rows` is an iterable of `shard_tools.rows.Row` or of plain dicts (`key`, `path` or `url`, `caption` or
-`captions`, optional `kind`, `id`, `extra`). Row i belongs to chunk i // samples_per_shard; task I of N
-handles the chunks c with c % N == I, so array tasks write disjoint parts of the same dataset.
+`captions`, optional `kind`, `id`, `extra`, `span`, `video_key`). Row i belongs to chunk i // samples_per_shard;
+task I of N handles the chunks c with c % N == I, so array tasks write disjoint parts of the same dataset.
+Rows with a span (clips cut from a longer video) that name the same media are one decode task: the video
+is fetched once, opened once and decoded forward once for all of this task's spans of it.
 """
 
 import contextlib
@@ -24,7 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from shard_tools import records
-from shard_tools.decode import FrameSpec, SampleError, decode_sample
+from shard_tools.decode import Decoded, FrameSpec, SampleError, decode_sample, decode_spans
 from shard_tools.download import DownloadSpec, fetch
 from shard_tools.format import FORMAT, MANIFEST
 from shard_tools.records import LocalWriteError
@@ -82,6 +84,7 @@ class RunOptions:
     decode_timeout: float = 120.0
     progress: bool = True
     decoder: object = decode_sample  # (path, kind, FrameSpec) -> Decoded; tests inject crashing ones
+    span_decoder: object = decode_spans  # (path, spans, FrameSpec) -> [Decoded | (reason, detail)] per span
 
 
 @dataclass
@@ -263,8 +266,14 @@ class _Progress:
         self.bar.close()
 
 
+def _spans(members) -> list | None:
+    """The spans a decode task cuts from its video, or None for a whole-file task."""
+    return [row.span for _, _, row in members] if members[0][2].span is not None else None
+
+
 def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
-    tasks = deque()
+    tasks = deque()  # decode tasks: [(chunk, index, row)], one row or every span row of one source video
+    by_media: dict = {}  # (path, url) -> the decode task gathering that video's spans
     writers: dict[int, ChunkWriter] = {}
     try:
         for chunk, rows, kept in plan:
@@ -274,8 +283,14 @@ def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
                 if index in kept:
                     with _writing(out_dir, writer):
                         writer.add_sample(index, row.key, kept[index])
+                elif row.span is not None and row.error is None:
+                    media = (row.path, row.url)
+                    if media not in by_media:
+                        by_media[media] = []
+                        tasks.append(by_media[media])
+                    by_media[media].append((chunk, index, row))
                 else:
-                    tasks.append((chunk, index, row))
+                    tasks.append([(chunk, index, row)])
             if kept:  # a retry rewrites this chunk: it is no longer complete until re-recorded
                 with _writing(out_dir):
                     (out_dir / records.stats_name(options.name, chunk)).unlink(missing_ok=True)
@@ -285,15 +300,34 @@ def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
     if not tasks and not writers:
         return
     stop = threading.Event()  # set when the run ends early: download threads give up at once
-    progress = _Progress(len(tasks), run.progress)
+    progress = _Progress(sum(map(len, tasks)), run.progress)
     pool = downloads = scratch = None
     by_id = {}
 
     def deliver(task_id, status, payload):
-        chunk, index, row = by_id.pop(task_id)
+        members = by_id.pop(task_id)
+        spans = _spans(members)
+        if status == "ok" and spans is not None:
+            if not isinstance(payload, list) or len(payload) != len(spans):
+                count = len(payload) if isinstance(payload, list) else type(payload).__name__
+                problem = ("decode_error", f"{members[0][2].path}: {count} results for {len(spans)} spans")
+                payload = [problem] * len(spans)
+            for member, result in zip(members, payload):
+                deliver_row(*member, *(("error", result) if isinstance(result, tuple) else ("ok", result)))
+        else:
+            for member in members:
+                deliver_row(*member, status, payload)
+        downloaded = row_tmp.pop(task_id, None)
+        if downloaded:
+            with _writing(downloaded):
+                Path(downloaded).unlink(missing_ok=True)
+
+    def deliver_row(chunk, index, row, status, payload):
         writer = writers[chunk]
         if status == "ok":
             try:
+                if row.span is not None:  # the sample json names the video its span was cut from
+                    payload = Decoded(payload.jpegs, {**payload.meta, "video_key": row.video_key})
                 members = sample_members(row, index, payload)
             except Exception as e:  # an unusable decoder result costs this sample, not the run
                 status, payload = (
@@ -317,21 +351,17 @@ def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
                     },
                 )
         progress.step(status == "ok")
-        downloaded = row_tmp.pop(task_id, None)
-        if downloaded:
-            with _writing(downloaded):
-                Path(downloaded).unlink(missing_ok=True)
         if writer.complete:
             with _writing(out_dir, writer):
                 _finish_chunk(writer, out_dir, options, fingerprint, inputs, report)
             del writers[chunk]
 
     row_tmp: dict = {}
-    ready: deque = deque()  # (task_id, path, kind)
+    ready: deque = deque()  # (task_id, path, kind, spans)
     fetching: dict = {}  # future -> task_id
     window = max(4 * max(run.workers, 1), 8) + (run.threads if run.download else 0)
     try:
-        pool = DecodePool(run.workers, run.decoder, run.decode_timeout) if run.workers > 0 else None
+        pool = DecodePool(run.workers, run.decoder, run.decode_timeout, run.span_decoder) if run.workers > 0 else None
         if run.download:
             downloads = ThreadPoolExecutor(run.threads, thread_name_prefix="download")
             with _writing(out_dir):
@@ -342,17 +372,17 @@ def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
             del writers[chunk]
         while tasks or ready or fetching or (pool and pool.busy()):
             while tasks and len(ready) + len(fetching) + (pool.busy() if pool else 0) < window:
-                chunk, index, row = tasks.popleft()
-                task_id = index
-                by_id[task_id] = (chunk, index, row)
+                members = tasks.popleft()
+                _, task_id, row = members[0]  # a task is named by its first row's index
+                by_id[task_id] = members
                 if row.error:
                     deliver(task_id, "error", row.error)
                 elif run.download and row.url:
-                    dest = os.path.join(scratch, f"{index:09d}")  # not the key: any key makes a file name
+                    dest = os.path.join(scratch, f"{task_id:09d}")  # not the key: any key makes a file name
                     row_tmp[task_id] = dest
                     fetching[downloads.submit(fetch, row.url, dest, run.download_spec, row.kind, stop)] = task_id
                 elif row.path:
-                    ready.append((task_id, row.path, row.kind))
+                    ready.append((task_id, row.path, row.kind, _spans(members)))
                 else:
                     deliver(
                         task_id,
@@ -363,7 +393,8 @@ def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
                 task_id = fetching.pop(future)
                 try:
                     future.result()
-                    ready.append((task_id, row_tmp[task_id], by_id[task_id][2].kind))
+                    members = by_id[task_id]
+                    ready.append((task_id, row_tmp[task_id], members[0][2].kind, _spans(members)))
                 except SampleError as e:
                     deliver(task_id, "error", (e.reason, e.detail))
                 except LocalWriteError:
@@ -372,9 +403,12 @@ def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
                     deliver(task_id, "error", ("connection_error", f"{type(e).__name__}: {e}"))
             if pool is None:
                 if ready:
-                    task_id, path, kind = ready.popleft()
+                    task_id, path, kind, spans = ready.popleft()
                     try:
-                        decoded = run.decoder(path, kind, options.frame_spec(kind))
+                        if spans is None:
+                            decoded = run.decoder(path, kind, options.frame_spec(kind))
+                        else:
+                            decoded = run.span_decoder(path, spans, options.frame_spec(kind))
                     except SampleError as e:
                         deliver(task_id, "error", (e.reason, e.detail))
                     except Exception as e:  # same contract as a worker process: one sample lost
@@ -385,8 +419,8 @@ def _execute(plan, out_dir, options, run, report, fingerprint, inputs):
                     time.sleep(0.01)
                 continue
             while ready and pool.idle():
-                task_id, path, kind = ready.popleft()
-                pool.submit(task_id, path, kind, options.frame_spec(kind))
+                task_id, path, kind, spans = ready.popleft()
+                pool.submit(task_id, path, kind, options.frame_spec(kind), spans)
             for task_id, status, payload in pool.poll(0.05 if (pool.busy() or fetching) else 0):
                 deliver(task_id, status, payload)
     except BaseException:

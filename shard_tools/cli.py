@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-col", default="caption")
     p.add_argument("--key-col", help="column with unique ids (default: the row number)")
     p.add_argument("--media-root", help="base of relative paths (default: the table's folder)")
+    p.add_argument("--start-col", help="column with a span's start (seconds or H:MM:SS.mmm); one span per row")
+    p.add_argument("--end-col", help="column with a span's end; with --start-col, --key-col names the video")
+    p.add_argument(
+        "--spans-col", help="column listing a video's [start, end] spans, parallel to a caption list (Panda-70M)"
+    )
     _common(p, kind_choice=True)
 
     p = sub.add_parser("verify", help="read every shard and frame of DIR, check against the manifest")
@@ -125,7 +130,8 @@ def _rows(args):
     benchmark_rows = {"lsmdc": lsmdc.lsmdc_rows, "msvd": msvd.msvd_rows, "didemo": didemo.didemo_rows}
     if args.command in benchmark_rows:
         return benchmark_rows[args.command](args.root, args.split), "video"
-    columns = {name: getattr(args, name) for name in ("path_col", "url_col", "caption_col", "key_col", "media_root")}
+    names = ("path_col", "url_col", "caption_col", "key_col", "media_root", "start_col", "end_col", "spans_col")
+    columns = {name: getattr(args, name) for name in names}
     return sources.table_rows(args.table, kind=args.kind, fmt=args.format, **columns), args.kind
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import simplejpeg
 
 from shard_tools.sampling import resized_size, segment_midpoints
+from shard_tools.spans import span_frame_indices
 
 
 class SampleError(Exception):
@@ -64,6 +65,22 @@ class Decoded:
 
 def decode_sample(path: str, kind: str, spec: FrameSpec) -> Decoded:
     """Decode `path` as a video (K frames) or an image (1 frame). Raises SampleError on any failure."""
+    decode = _decode_image if kind == "image" else _decode_video
+    return _with_stream(path, kind, spec, lambda container, stream: decode(container, stream, spec, path))
+
+
+def decode_spans(path: str, spans: list[tuple[float, float]], spec: FrameSpec) -> list:
+    """The K frames of every span (start, end in seconds) of the video `path`, opened once and decoded
+    forward once: one Decoded per span, or (reason, detail) for a span that fails on its own (it starts
+    at or after the video's end). A failure of the file itself raises SampleError (it costs every span)."""
+    return _with_stream(
+        path, "video", spec, lambda container, stream: _decode_spans(container, stream, spans, spec, path)
+    )
+
+
+def _with_stream(path: str, kind: str, spec: FrameSpec, decode):
+    """Open `path`, check its first video stream and run decode(container, stream); every failure is a
+    SampleError."""
     try:
         size = os.path.getsize(path)
     except OSError as e:
@@ -91,9 +108,7 @@ def decode_sample(path: str, kind: str, spec: FrameSpec) -> Decoded:
                 )
             if stream.codec_context.codec.intra_only:  # stills, MJPEG: no seek can miss a reference
                 stream.codec_context.options = {"err_detect": "explode"}
-            if kind == "image":
-                return _decode_image(container, stream, spec, path)
-            return _decode_video(container, stream, spec, path)
+            return decode(container, stream)
     except SampleError:
         raise
     except (av.error.FFmpegError, ValueError, IndexError, ZeroDivisionError, OverflowError) as e:
@@ -191,16 +206,10 @@ def _index_packets(container, stream, path: str) -> tuple[list[int], list[int], 
     return pts, keys, end
 
 
-def _decode_video(container, stream, spec: FrameSpec, path: str) -> Decoded:
-    frame_pts, key_pts, end_pts = _index_packets(container, stream, path)
-    n = len(frame_pts)
-    indices = segment_midpoints(n, spec.frames)
-    targets = sorted(set(frame_pts[i] for i in indices))
-    tb = float(stream.time_base)
-    # timestamps and duration come from the frames present, never from the header (which can lie)
-    start = frame_pts[0]
+def _decode_frames(container, stream, frame_pts, key_pts, targets, spec: FrameSpec, path: str):
+    """({pts: jpeg} of the frames at `targets` (sorted pts), upright size) in one forward decode: a seek
+    only to a keyframe beyond the current position (or back, for a target already passed)."""
     upright = None
-
     decoded: dict[int, bytes] = {}
     frames_iter = None
     position = None  # pts of the last decoded frame, None before the first seek
@@ -229,11 +238,27 @@ def _decode_video(container, stream, spec: FrameSpec, path: str) -> Decoded:
         else:
             raise SampleError("decode_error", f"{path}: stream ended before frame at pts {target}")
     _drain(stream, path, frames_iter)
-    duration = (end_pts - start) * tb
+    return decoded, upright
+
+
+def _timing(stream, frame_pts, end_pts) -> tuple[float, float | None]:
+    """(duration in seconds, frames per second) from the frames present, never from the header (which can
+    lie)."""
+    duration = (end_pts - frame_pts[0]) * float(stream.time_base)
     if duration > 0:
-        fps = n / duration
-    else:
-        fps = float(stream.average_rate) if stream.average_rate else None
+        return duration, len(frame_pts) / duration
+    return duration, float(stream.average_rate) if stream.average_rate else None
+
+
+def _decode_video(container, stream, spec: FrameSpec, path: str) -> Decoded:
+    frame_pts, key_pts, end_pts = _index_packets(container, stream, path)
+    n = len(frame_pts)
+    indices = segment_midpoints(n, spec.frames)
+    targets = sorted(set(frame_pts[i] for i in indices))
+    tb = float(stream.time_base)
+    start = frame_pts[0]
+    decoded, upright = _decode_frames(container, stream, frame_pts, key_pts, targets, spec, path)
+    duration, fps = _timing(stream, frame_pts, end_pts)
     width, height, rotation = upright
     meta = {
         "frame_indices": indices,
@@ -246,3 +271,48 @@ def _decode_video(container, stream, spec: FrameSpec, path: str) -> Decoded:
         "num_source_frames": n,
     }
     return Decoded([decoded[frame_pts[i]] for i in indices], meta)
+
+
+def _decode_spans(container, stream, spans, spec: FrameSpec, path: str) -> list:
+    frame_pts, key_pts, end_pts = _index_packets(container, stream, path)
+    tb = float(stream.time_base)
+    times = [(p - frame_pts[0]) * tb for p in frame_pts]
+    frame_ms = [round(t, 3) for t in times]
+    duration, fps = _timing(stream, frame_pts, end_pts)
+    video_end = round(duration, 3)
+    picks: list = []  # per span: (indices, end used) or (reason, detail)
+    for start, end in spans:
+        if start >= video_end:
+            picks.append(
+                ("span_out_of_range", f"{path}: the span starts at {start:g} s, the video ends at {duration:g} s")
+            )
+        else:
+            end_used = min(end, video_end)  # a span past the end is clipped to it (docs/SHARDS.md)
+            picks.append((span_frame_indices(frame_ms, start, end_used, spec.frames), end_used))
+    wanted = sorted({frame_pts[i] for pick in picks if isinstance(pick[0], list) for i in pick[0]})
+    decoded, upright = (
+        _decode_frames(container, stream, frame_pts, key_pts, wanted, spec, path) if wanted else ({}, None)
+    )
+    results = []
+    for (start, end), pick in zip(spans, picks):
+        if not isinstance(pick[0], list):
+            results.append(pick)
+            continue
+        indices, end_used = pick
+        width, height, rotation = upright
+        meta = {
+            "frame_indices": indices,
+            # from the span's start; a span shorter than a frame shows, from its start, a frame begun before it
+            "frame_timestamps": [round(max(0.0, times[i] - start), 6) for i in indices],
+            "duration": round(end_used - start, 6),
+            "fps": round(fps, 6) if fps else None,
+            "width": width,
+            "height": height,
+            "rotation": rotation,
+            "num_source_frames": len(frame_pts),
+            "span": [start, end_used],
+            "span_end_clipped": end_used < end,
+            "video_duration": round(duration, 6),
+        }
+        results.append(Decoded([decoded[frame_pts[i]] for i in indices], meta))
+    return results

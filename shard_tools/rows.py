@@ -11,6 +11,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from shard_tools.spans import parse_span
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -26,6 +28,8 @@ class Row:
     error: tuple[str, str] | None = None  # (reason, detail) when the row is unusable as read
     where: str = ""  # "file.csv line 12", for error messages
     media_ref: str | None = None  # the media as the table names it (path column before the root)
+    span: tuple[float, float] | None = None  # (start, end) seconds in the source video; None: the whole file
+    video_key: str | None = None  # with a span: the key of its source video (spans of one video share it)
 
     def source(self) -> dict:
         return {"id": self.source_id, "path": self.path, "url": self.url}
@@ -73,6 +77,8 @@ def finish_rows(rows):
         )
         if row.error is None and row.kind not in ("video", "image"):
             row.error = ("bad_row", f"{row.where}: kind {row.kind!r} is neither video nor image")
+        if row.error is None and row.span is not None:
+            row.error = _span_problem(row)
         if row.error is None and not isinstance(row.captions, list):
             row.error = ("bad_row", f"{row.where}: captions must be a list of texts, got {row.captions!r:.80}")
         if row.error is None:
@@ -98,6 +104,17 @@ def finish_rows(rows):
         yield row
 
 
+def _span_problem(row: Row) -> tuple[str, str] | None:
+    """(reason, detail) if a row's span is unusable; a usable one is normalised to float seconds."""
+    if row.kind != "video":
+        return ("bad_row", f"{row.where}: a span needs a video row, this one is {row.kind!r}")
+    try:
+        row.span = parse_span(*row.span)
+    except (TypeError, ValueError) as e:
+        return ("bad_span", f"{row.where}: span {row.span!r:.80}: {e}")
+    return None
+
+
 def _as_text(value):
     """Paths, URLs and ids as text (or None): they go into the JSON stats records as they are."""
     return value if value is None or isinstance(value, str) else str(value)
@@ -105,8 +122,9 @@ def _as_text(value):
 
 def row_from_record(record: dict, index: int, kind: str = "video") -> Row:
     """A Row from a plain dict (the library API): keys `key`, `path` or `url`, `caption` or `captions`,
-    optional `kind`, `id`, `extra`. Unknown keys go to `extra`. A record that is not usable (not a dict,
-    captions not a list, extra not a dict) gives a Row that fails as `bad_row`, never an exception."""
+    optional `kind`, `id`, `extra`, `span` ([start, end] in seconds or time strings), `video_key`. Unknown keys
+    go to `extra`. A record that is not usable (not a dict, captions not a list, extra not a dict) gives
+    a Row that fails as `bad_row`, never an exception."""
     where = f"record {index}"
     if not isinstance(record, dict):
         return Row(
@@ -116,7 +134,7 @@ def row_from_record(record: dict, index: int, kind: str = "video") -> Row:
             where=where,
             error=("bad_row", f"{where}: a {type(record).__name__}, not a dict: {str(record)[:80]!r}"),
         )
-    known = {"key", "path", "url", "caption", "captions", "kind", "id", "extra"}
+    known = {"key", "path", "url", "caption", "captions", "kind", "id", "extra", "span", "video_key"}
     captions = record.get("captions")
     if captions is None:
         captions = [record.get("caption")]
@@ -141,6 +159,8 @@ def row_from_record(record: dict, index: int, kind: str = "video") -> Row:
         extra=extra,
         where=where,
         media_ref=_as_text(path),
+        span=record.get("span"),
+        video_key=_as_text(record.get("video_key")),
     )
     if problem:
         row.error = ("bad_row", f"{where}: {problem}")
@@ -150,21 +170,18 @@ def row_from_record(record: dict, index: int, kind: str = "video") -> Row:
 def input_fingerprint(row: Row) -> bytes:
     """The bytes of a row that the input fingerprint (records.check_input) covers: the row as its table
     gives it (key, captions, kind, url, id, media reference, pass-through columns, read error), not the
-    resolved media path, so moving the media root or restoring files for --retry-failed is no change."""
-    return (
-        json.dumps(
-            [
-                row.key,
-                row.captions,
-                row.kind,
-                row.url,
-                row.source_id,
-                row.media_ref,
-                row.extra,
-                list(row.error) if row.error else None,
-            ],
-            default=str,
-            ensure_ascii=True,
-        ).encode()
-        + b"\n"
-    )
+    resolved media path, so moving the media root or restoring files for --retry-failed is no change. A span
+    row adds its span and video key (whole-file rows keep the fingerprint they always had)."""
+    fields = [
+        row.key,
+        row.captions,
+        row.kind,
+        row.url,
+        row.source_id,
+        row.media_ref,
+        row.extra,
+        list(row.error) if row.error else None,
+    ]
+    if row.span is not None:
+        fields += [list(row.span), row.video_key]
+    return json.dumps(fields, default=str, ensure_ascii=True).encode() + b"\n"

@@ -6,7 +6,8 @@ Layouts (see docs/ORIGINAL.md, 'Datasets', and docs/SHARDS.md):
   unsigned CRC32 of the URL in `{images_root}` (optionally with an extension).
 - MSR-VTT: MSRVTT.zip (`annotation/MSR_VTT.json`, `high-quality/structured-symlinks/*.txt`,
   `videos/all/{id}.mp4`), split lists chosen by cut.
-- csv: any table with configurable columns; the other columns pass through to the json's `extra`.
+- csv: any table with configurable columns; the other columns pass through to the json's `extra`; optional
+  time spans (start/end columns, or a list of spans per video) make every span a sample.
 """
 
 import json
@@ -17,6 +18,7 @@ from typing import Iterator
 
 from shard_tools.annotations import AnnotationFileError, load_pickle
 from shard_tools.rows import Row, safe_key
+from shard_tools.spans import literal_list, parse_span
 from shard_tools.tables import read_table
 
 WEBVID_COLUMNS = ("videoid", "contentUrl", "duration", "page_dir", "name")
@@ -200,15 +202,43 @@ def table_rows(
     kind="video",
     media_root=None,
     fmt=None,
+    start_col=None,
+    end_col=None,
+    spans_col=None,
 ) -> Iterator[Row]:
     """Rows from any table. Relative paths resolve against `media_root` (default: the table's folder).
-    Keys: `key_col` made dot-free, else the row number. Other columns go to `extra`."""
+    Keys: `key_col` made dot-free, else the row number. Other columns go to `extra`.
+
+    Clips by time span (docs/SHARDS.md, 'Clips by time span'): with `start_col` and `end_col` every table
+    row is one span of the video named by `key_col`, keyed `{video key}_{n}` for the video's n-th row in the
+    table; with `spans_col` every table row is one video whose cell lists its spans ([start, end] pairs)
+    parallel to the list in `caption_col` (Panda-70M), keyed `{video key}_{position in the list}`."""
     if not path_col and not url_col:
         raise ValueError("csv source: give --path-col or --url-col (or both)")
+    if bool(start_col) != bool(end_col):
+        raise ValueError("csv source: give --start-col and --end-col together (one span per row)")
+    if start_col and spans_col:
+        raise ValueError("csv source: give either --start-col/--end-col (one span per row) or --spans-col, not both")
+    if (start_col or spans_col) and kind != "video":
+        raise ValueError("csv source: spans cut clips from videos; they need --kind video")
+    if start_col and not key_col:
+        raise ValueError(
+            "csv source: --start-col/--end-col need --key-col, the source video's id (rows of the same video "
+            "are its spans, keyed {video key}_{n})"
+        )
     root = Path(media_root) if media_root else Path(table_path).resolve().parent
-    used = {c for c in (path_col, url_col, caption_col, key_col) if c}
-    options = {caption_col: "--caption-col", key_col: "--key-col", path_col: "--path-col", url_col: "--url-col"}
+    used = {c for c in (path_col, url_col, caption_col, key_col, start_col, end_col, spans_col) if c}
+    options = {
+        caption_col: "--caption-col",
+        key_col: "--key-col",
+        path_col: "--path-col",
+        url_col: "--url-col",
+        start_col: "--start-col",
+        end_col: "--end-col",
+        spans_col: "--spans-col",
+    }
     hint = "name the columns with " + ", ".join(f"{opt} (now {col!r})" for col, opt in options.items() if col)
+    spans_seen: dict[str, int] = {}  # video key -> spans so far (one-span-per-row layout)
     for index, (where, rec) in enumerate(read_table(table_path, fmt, required=sorted(used), hint=hint)):
         key_value = _text(rec.get(key_col)) if key_col else f"{index:09d}"
         row = Row(
@@ -219,23 +249,84 @@ def table_rows(
             source_id=str(key_value) if key_col and key_value else None,
             extra={k: v for k, v in rec.items() if k not in used and k != "__error__"},
         )
+        if start_col:
+            _start_end_span(row, rec, start_col, end_col, spans_seen)
         if "__error__" in rec:
             row.error = ("bad_row", f"{where}: {rec['__error__']}")
+        else:
+            _media(row, rec, root, path_col, url_col, caption_col, key_col)
+        if spans_col and row.error is None:
+            yield from _span_list_rows(row, rec.get(spans_col), rec.get(caption_col), spans_col, caption_col)
+        else:
             yield row
-            continue
-        path = _text(rec.get(path_col)) if path_col else None
-        url = _text(rec.get(url_col)) if url_col else None
-        if not isinstance(path, (str, type(None))) or not isinstance(url, (str, type(None))):
-            row.error = ("bad_row", f"{where}: the path or url column holds a {type(path or url).__name__}, not text")
-            yield row
-            continue
-        row.path = str(root / path) if path else None
-        row.media_ref = path or None
-        row.url = url or None
-        needed = [c for c in (caption_col, key_col) if c] + ([path_col] if path_col and not url else [])
-        missing = _missing(rec, needed, caption_col)
-        if not path and not url:
-            missing += [c for c in (path_col, url_col) if c and c not in missing]
-        if missing:
-            row.error = ("missing_field", f"{where}: empty or missing column(s) {', '.join(missing)}")
+
+
+def _media(row: Row, rec: dict, root: Path, path_col, url_col, caption_col, key_col) -> None:
+    """Set the row's media (path, url) from its columns, or its error when they are unusable or missing."""
+    path = _text(rec.get(path_col)) if path_col else None
+    url = _text(rec.get(url_col)) if url_col else None
+    if not isinstance(path, (str, type(None))) or not isinstance(url, (str, type(None))):
+        row.error = ("bad_row", f"{row.where}: the path or url column holds a {type(path or url).__name__}, not text")
+        return
+    row.path = str(root / path) if path else None
+    row.media_ref = path or None
+    row.url = url or None
+    needed = [c for c in (caption_col, key_col) if c] + ([path_col] if path_col and not url else [])
+    missing = _missing(rec, needed, caption_col)
+    if not path and not url:
+        missing += [c for c in (path_col, url_col) if c and c not in missing]
+    if missing:
+        row.error = row.error or ("missing_field", f"{row.where}: empty or missing column(s) {', '.join(missing)}")
+
+
+def _start_end_span(row: Row, rec: dict, start_col: str, end_col: str, spans_seen: dict) -> None:
+    """One span per table row: key `{video key}_{n}`, n counting the video's rows in table order (a row of
+    the video that fails still takes its number, so the keys of the others never move)."""
+    video_key = row.key
+    number = spans_seen.get(video_key, 0)
+    spans_seen[video_key] = number + 1
+    row.video_key = video_key or None
+    row.key = f"{video_key}_{number}" if video_key else ""
+    start, end = _text(rec.get(start_col)), _text(rec.get(end_col))
+    try:
+        row.span = parse_span(start, end)
+    except ValueError as e:
+        row.span = (start, end)
+        row.error = ("bad_span", f"{row.where}: {start_col} {start!r}, {end_col} {end!r}: {e}")
+
+
+def _span_list_rows(video: Row, spans_cell, captions_cell, spans_col: str, caption_col: str) -> Iterator[Row]:
+    """The rows of one video's span list (the Panda-70M layout). Lists that cannot be read, or that differ
+    in length, make the table row one failed row (keyed by the video key): its span count is unknown."""
+    try:
+        spans = literal_list(_text(spans_cell), f"{spans_col} {str(spans_cell)[:40]!r}")
+        captions = literal_list(_text(captions_cell), f"{caption_col} {str(captions_cell)[:40]!r}")
+        if len(spans) != len(captions):
+            raise ValueError(f"{spans_col} lists {len(spans)} spans but {caption_col} lists {len(captions)} captions")
+        if not spans:
+            raise ValueError(f"{spans_col} lists no span")
+    except ValueError as e:
+        video.error = ("bad_span", f"{video.where}: {e}")
+        yield video
+        return
+    for number, (span, caption) in enumerate(zip(spans, captions)):
+        row = Row(
+            key=f"{video.key}_{number}",
+            captions=[_text(caption)],
+            kind=video.kind,
+            path=video.path,
+            url=video.url,
+            source_id=video.source_id,
+            extra=video.extra,
+            where=f"{video.where} span {number}",
+            media_ref=video.media_ref,
+            video_key=video.key,
+        )
+        try:
+            if not isinstance(span, (list, tuple)) or len(span) != 2:
+                raise ValueError(f"{str(span)[:60]!r} is not a [start, end] pair")
+            row.span = parse_span(*span)
+        except ValueError as e:
+            row.span = tuple(span) if isinstance(span, (list, tuple)) else (span,)
+            row.error = ("bad_span", f"{row.where}: {e}")
         yield row

@@ -1,6 +1,7 @@
 """Supervised, long-lived decoder processes: a crash or a hang costs one sample, never the run.
 
-Each worker owns a pipe and decodes one file at a time. The parent knows which task every worker
+Each worker owns a pipe and decodes one file at a time (a whole-file sample, or all the spans of one
+source video in a single pass). The parent knows which task every worker
 holds, so when a worker dies (segfault, abort, OOM kill) or exceeds the per-file timeout, exactly that
 task fails (`worker_crash` / `decode_timeout`) and a fresh worker takes the slot. multiprocessing.Pool
 would hang on a lost task and ProcessPoolExecutor would fail every pending task (media_stack.md 4).
@@ -14,7 +15,7 @@ from multiprocessing.connection import wait
 from shard_tools.decode import SampleError
 
 
-def _worker_main(conn, decoder) -> None:
+def _worker_main(conn, decoder, span_decoder) -> None:
     while True:
         try:
             task = conn.recv()
@@ -22,9 +23,9 @@ def _worker_main(conn, decoder) -> None:
             return
         if task is None:
             return
-        task_id, path, kind, spec = task
+        task_id, path, kind, spec, spans = task
         try:
-            decoded = decoder(path, kind, spec)
+            decoded = decoder(path, kind, spec) if spans is None else span_decoder(path, spans, spec)
             reply = (task_id, "ok", decoded)
         except SampleError as e:
             reply = (task_id, "error", (e.reason, e.detail))
@@ -34,9 +35,9 @@ def _worker_main(conn, decoder) -> None:
 
 
 class _Worker:
-    def __init__(self, ctx, decoder):
+    def __init__(self, ctx, decoder, span_decoder):
         self.conn, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_main, args=(child, decoder), daemon=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, decoder, span_decoder), daemon=True)
         self.proc.start()
         child.close()
         self.task = None  # (task_id, path) while busy
@@ -44,13 +45,14 @@ class _Worker:
 
 
 class DecodePool:
-    """`submit` a task to an idle worker, `poll` for finished ones: [(task_id, "ok"|"error", payload)]."""
+    """`submit` a task to an idle worker, `poll` for finished ones: [(task_id, "ok"|"error", payload)].
+    A task with `spans` runs span_decoder(path, spans, spec); its "ok" payload is one result per span."""
 
-    def __init__(self, workers: int, decoder, timeout: float):
+    def __init__(self, workers: int, decoder, timeout: float, span_decoder=None):
         self._ctx = mp.get_context("spawn")
-        self._decoder = decoder
+        self._decoders = (decoder, span_decoder)
         self.timeout = timeout
-        self._workers = [_Worker(self._ctx, decoder) for _ in range(workers)]
+        self._workers = [_Worker(self._ctx, *self._decoders) for _ in range(workers)]
         self.restarts = 0
 
     def idle(self) -> int:
@@ -59,11 +61,11 @@ class DecodePool:
     def busy(self) -> int:
         return len(self._workers) - self.idle()
 
-    def submit(self, task_id, path: str, kind: str, spec) -> None:
+    def submit(self, task_id, path: str, kind: str, spec, spans=None) -> None:
         worker = next(w for w in self._workers if w.task is None)
         worker.task, worker.started = (task_id, path), time.monotonic()
         try:
-            worker.conn.send((task_id, path, kind, spec))
+            worker.conn.send((task_id, path, kind, spec, spans))
         except (BrokenPipeError, OSError):
             pass  # the worker died between tasks; poll() reports it as a crash for this task
 
@@ -107,7 +109,7 @@ class DecodePool:
 
     def _replace(self, worker: _Worker) -> None:
         worker.conn.close()
-        self._workers[self._workers.index(worker)] = _Worker(self._ctx, self._decoder)
+        self._workers[self._workers.index(worker)] = _Worker(self._ctx, *self._decoders)
         self.restarts += 1
 
     def close(self, wait: float = 5.0) -> None:
