@@ -48,21 +48,25 @@ def _split_clips(mapping: Path, split: str) -> list[tuple[int, str, str]]:
     return clips
 
 
-def _captions_from_txt(path: Path) -> dict[str, list[tuple[str, str | None]]]:
-    """clip -> [(where, caption)], caption None for a line that holds a clip name and no caption."""
-    captions: dict[str, list[tuple[str, str | None]]] = {}
+# clip -> [(caption, None) or (None, why a caption line of the clip holds no caption)]
+Captions = dict[str, list[tuple[str | None, str | None]]]
+
+
+def _captions_from_txt(path: Path) -> Captions:
+    captions: Captions = {}
     for line_no, line in read_lines(path, _ADVICE):
         if line.startswith("#"):
             continue
         clip, _, caption = line.partition(" ")
-        captions.setdefault(clip, []).append((f"{path.name} line {line_no}", caption.strip() or None))
+        caption = caption.strip()
+        problem = None if caption else f"{path.name} line {line_no} holds no caption"
+        captions.setdefault(clip, []).append((caption or None, problem))
     return captions
 
 
-def _captions_from_csv(path: Path) -> dict[str, list[tuple[str, str | None]]]:
-    """clip -> [(where, caption)] from the English rows of the corpus CSV; caption None for a row that
-    cannot be read or has no description. A row that names no clip stops the run naming its line."""
-    captions: dict[str, list[tuple[str, str | None]]] = {}
+def _captions_from_csv(path: Path) -> Captions:
+    """The English rows of the corpus CSV. A row that names no clip stops the run naming its line."""
+    captions: Captions = {}
     needed = ("VideoID", "Start", "End", "Language", "Description")
     hint = "the MSVD corpus CSV has VideoID,Start,End,WorkerID,Source,AnnotationTime,Language,Description"
     for where, rec in read_table(path, "csv", required=needed, hint=hint):
@@ -75,12 +79,16 @@ def _captions_from_csv(path: Path) -> dict[str, list[tuple[str, str | None]]]:
                 f"{where} names no clip (VideoID {video!r}, Start {start!r}, End {end!r})",
                 "fix or delete that line",
             )
-        caption = None if "__error__" in rec else (rec.get("Description") or "").strip() or None
-        captions.setdefault(f"{video}_{int(start)}_{int(end)}", []).append((where, caption))
+        caption = (rec.get("Description") or "").strip()
+        if "__error__" in rec:
+            entry = (None, f"{where}: {rec['__error__']}")
+        else:
+            entry = (caption, None) if caption else (None, f"{where} has no Description")
+        captions.setdefault(f"{video}_{int(start)}_{int(end)}", []).append(entry)
     return captions
 
 
-def _load_captions(root: Path) -> tuple[str, dict[str, list[tuple[str, str | None]]]]:
+def _load_captions(root: Path) -> tuple[str, Captions]:
     if (root / DESCRIPTION_TXT).is_file():
         return DESCRIPTION_TXT, _captions_from_txt(root / DESCRIPTION_TXT)
     for name in CORPUS_CSVS:
@@ -92,7 +100,8 @@ def _load_captions(root: Path) -> tuple[str, dict[str, list[tuple[str, str | Non
 def msvd_rows(root, split: str) -> Iterator[Row]:
     """Key: the clip name (`{youtube id}_{start}_{end}`, already WebDataset-safe); captions: every English
     caption of the clip in file order; `extra`: youtube_id, start, end (seconds) and the vid alias. A caption
-    line without a caption (or a CSV row that cannot be read) fails its clip as `bad_row`, naming the line."""
+    line of the clip without a caption (or a CSV row that cannot be read) is left out of `captions` and named
+    in `extra.dropped_captions`; a clip left with no caption fails as `missing_field`."""
     if split not in SPLITS:
         raise ValueError(f"--split {split!r}: use one of {', '.join(SPLITS)}")
     root = Path(root)
@@ -104,15 +113,17 @@ def msvd_rows(root, split: str) -> Iterator[Row]:
         row = Row(key=safe_key(clip), captions=[], kind="video", source_id=clip, where=where, extra={"alias": alias})
         parts = _CLIP.match(clip)
         entries = captions.get(clip, [])
-        unreadable = [at for at, caption in entries if caption is None]
+        texts = [caption for caption, _ in entries if caption]
+        dropped = [problem for _, problem in entries if problem]
+        if dropped:
+            row.extra["dropped_captions"] = dropped
         if parts is None:
             row.error = ("bad_row", f"{where}: clip name {clip!r} is not {{youtube id}}_{{start}}_{{end}}")
-        elif not entries:
-            row.error = ("missing_field", f"{where}: clip {clip} has no English caption in {captions_file}")
-        elif unreadable:
-            row.error = ("bad_row", f"{where}: clip {clip} has a caption line without a caption ({unreadable[0]})")
+        elif not texts:
+            also = f" ({len(dropped)} line(s) without one: {dropped[0]})" if dropped else ""
+            row.error = ("missing_field", f"{where}: clip {clip} has no English caption in {captions_file}{also}")
         else:
-            row.captions = [caption for _, caption in entries]
+            row.captions = texts
             row.extra.update(youtube_id=parts["youtube_id"], start=int(parts["start"]), end=int(parts["end"]))
             row.path = str(root / "YouTubeClips" / f"{clip}.avi")
             row.media_ref = f"YouTubeClips/{clip}.avi"

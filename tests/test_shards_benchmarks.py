@@ -184,6 +184,7 @@ def msvd_root(tmp_path_factory) -> Path:
     root = _msvd_tree(tmp_path_factory.mktemp("MSVD"))
     lines = ["# Video descriptions, one per line: clip name, then the description", "#"]
     lines += [f"{clip} {caption}" for clip, (_, captions, _) in MSVD_CLIPS.items() for caption in captions]
+    lines += ["f-24IxG9ijw_25_40"]  # a clip name without its caption
     (root / "AllVideoDescriptions.txt").write_text("\n".join(lines) + "\n")
     return root
 
@@ -203,7 +204,10 @@ def test_msvd_keeps_every_caption_of_a_clip_and_splits_by_vid_number(msvd_root, 
     failed = failures(out)
     assert failed["f-24IxG9ijw_25_40"][0] == "missing_field"
     assert "youtube_mapping.txt line 5" in failed["f-24IxG9ijw_25_40"][1]
-    assert "AllVideoDescriptions.txt" in failed["f-24IxG9ijw_25_40"][1]
+    assert (
+        "AllVideoDescriptions.txt (1 line(s) without one: AllVideoDescriptions.txt line"
+        in failed["f-24IxG9ijw_25_40"][1]
+    )
     assert failed["f9Won2JpOEU_60_80"][0] == "missing_file"
     assert "YouTubeClips/f9Won2JpOEU_60_80.avi" in failed["f9Won2JpOEU_60_80"][1]
     assert verified(out)
@@ -213,7 +217,7 @@ def test_msvd_keeps_every_caption_of_a_clip_and_splits_by_vid_number(msvd_root, 
     assert samples(tmp_path / "train")[key := "-_hbPLsZvvo_18_25"]["captions"] == MSVD_CLIPS[key][1]
 
 
-def test_msvd_corpus_csv_keeps_english_rows_and_fails_a_clip_with_a_broken_line(tmp_path, capsys):
+def test_msvd_corpus_csv_keeps_english_rows_and_names_a_line_without_a_caption(tmp_path, capsys):
     root = _msvd_tree(tmp_path / "MSVD")
     table = root / "MSR Video Description Corpus.csv"
     with open(table, "w", newline="", encoding="utf-8") as f:
@@ -228,9 +232,10 @@ def test_msvd_corpus_csv_keeps_english_rows_and_fails_a_clip_with_a_broken_line(
     assert make("msvd", root, "test", tmp_path / "out") == 0
     got = samples(tmp_path / "out")
     assert got["eyhzdC936uk_15_27"]["captions"] == MSVD_CLIPS["eyhzdC936uk_15_27"][1]  # English only, in order
-    reason, detail = failures(tmp_path / "out")["0hyZ__3YhZc_279_283"]
-    assert reason == "bad_row" and "MSR Video Description Corpus.csv line" in detail
-    assert manifest(tmp_path / "out")["input_rows"] == 4
+    cat = got["0hyZ__3YhZc_279_283"]
+    assert cat["captions"] == ["a cat jumps"]
+    assert cat["extra"]["dropped_captions"] == ["MSR Video Description Corpus.csv line 92 has no Description"]
+    assert manifest(tmp_path / "out")["input_rows"] == 4 and manifest(tmp_path / "out")["total_samples"] == 2
 
     (root / "youtube_mapping.txt").write_text("eyhzdC936uk_15_27 vid1301\nf-24IxG9ijw_25_40\n")
     assert make("msvd", root, "test", tmp_path / "out2") == 2
