@@ -1,16 +1,19 @@
 """The evaluation protocols of the paper's benchmarks (docs/TRAINING.md, 'Benchmarks'): LSMDC one caption per
 clip, MSVD every caption its own text->video query, DiDeMo one paragraph per video; each on a hand-checked
-similarity matrix, the paragraph built by the loader, and end to end: shards -> loader -> launch/evaluate.py
-with the benchmark's fine-tuning config (a tiny model in place of ViT-B/16)."""
+similarity matrix, the paragraph built by the loader, and end to end: a small tree in the data set's shipped
+layout (real videos from ffmpeg) -> make-shards lsmdc|msvd|didemo -> loader -> launch/evaluate.py with the
+benchmark's fine-tuning config (a tiny model in place of ViT-B/16)."""
 
 import json
-import sys
+import pickle
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import media
 from foundation.schema import ConfigError
 from launch import evaluate
 from models import FrozenInTime, TextConfig, preset, save_pretrained
@@ -19,11 +22,11 @@ from pipeline.data.loader import build_eval_loader
 from pipeline.data.options import DatasetSpec, LoaderOptions
 from pipeline.data.tokenize import load_tokenizer, tokenize
 from pipeline.train.metrics import retrieval_metrics, t2v_ranks, v2t_ranks
+from shard_tools import cli
+from shardcli import shards_argv
+from shardgen import sample_members, write_manifest, write_tar
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shardgen import sample_members, write_manifest, write_tar  # noqa: E402
-
-STORED_FRAMES = 8
+STORED_FRAMES = 4
 
 
 def test_lsmdc_one_caption_per_clip_hand_computed():
@@ -103,33 +106,69 @@ def test_didemo_paragraph_is_one_query_per_video_hand_computed():
     assert m["t2v_R1"] == pytest.approx(200 / 3) and m["t2v_MedR"] == 1.0 and m["t2v_MeanR"] == pytest.approx(4 / 3)
 
 
-# ---- shards in each benchmark's sample layout (docs/SHARDS.md) ----------------------------------------------
+# ---- each data set in its shipped layout, through make-shards (docs/SHARDS.md) ---------------------------------
 
-LSMDC = {f"1012_Unbreakable_{i:02d}": [f"SOMEONE looks up at shot {i}."] for i in range(5)}
-MSVD = {
-    "-4wsuPCjDBc_5_15": [f"a man is slicing tomato {j}" for j in range(5)],
-    "-_hbPLsZvvo_18_25": ["a dog runs"],
-    "0hyZ__3YhZc_279_283": [f"a woman is dancing {j}" for j in range(3)],
-    "bQJQGoJF7_k_162_169": [f"someone cooks dish {j}" for j in range(40)],
+MOVIE = "1012_Unbreakable"
+LSMDC = {
+    f"{MOVIE}_00.00.{10 + 5 * i:02d}.000-00.00.{13 + 5 * i:02d}.500": [["SOMEONE", "looks", f"up{i}"]] for i in range(4)
+}
+MSVD = {  # clip: (vid number, captions); vid 1301 and up are the test split
+    "-4wsuPCjDBc_5_15": (1301, [f"a man is slicing tomato {j}" for j in range(5)]),
+    "-_hbPLsZvvo_18_25": (1302, ["a dog runs"]),
+    "0hyZ__3YhZc_279_283": (1303, [f"a woman is dancing {j}" for j in range(3)]),
 }
 DIDEMO_MOMENTS = {
-    "26292851_N04_4253489686_265c3c8051": ["someone kicks the bug.", "the bug moves.", "a hand appears."],
-    "10015567_N08_3655084291_d8b58466fa": ["a dog jumps.", "the camera pans left."],
-    "98765432_N00_1234567890_abcdef0123": ["people walk.", "a car passes.", "lights turn on.", "it rains."],
+    "26292851@N04_4253489686_265c3c8051.mov": ["someone kicks the bug.", "the bug moves.", "a hand appears."],
+    "10015567@N08_3655084291_d8b58466fa.m4v": ["a dog jumps.", "the camera pans left."],
+    "98765432@N00_1234567890_abcdef0123.mp4": ["people walk.", "a car passes.", "lights turn on.", "it rains."],
 }
 
 
-def _write_benchmark(folder: Path, name: str, samples: dict[str, list[str]]) -> Path:
-    """Two shards of `name` holding {key: captions} (the json's captions; the .txt holds the first)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    keys = sorted(samples)
-    shards = []
-    for s, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :])):
-        path = folder / f"{name}-{s:06d}.tar"
-        write_tar(path, [m for key in part for m in sample_members(key, "video", STORED_FRAMES, samples[key])])
-        shards.append({"path": path.name, "samples": len(part), "bytes": path.stat().st_size})
-    write_manifest(folder, name, "video", STORED_FRAMES, shards)
-    return folder
+def _video(path: Path, codec: str = "mpeg4") -> None:
+    """A short real video (MPEG-4 Part 2 as LSMDC's and MSVD's .avi files; H.264 for DiDeMo's)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = ["-f", "lavfi", "-i", "testsrc2=s=64x48:r=10:d=0.8"]
+    subprocess.run([media.ffmpeg_exe(), "-loglevel", "error", "-y", *source, "-c:v", codec, str(path)], check=True)
+
+
+def _lsmdc_tree(root: Path) -> Path:
+    lists = root / "structured-symlinks"
+    lists.mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        (lists / f"{split}_list.txt").write_text("".join(f"{clip}\n" for clip in LSMDC) if split == "test" else "")
+    (lists / "raw-captions.pkl").write_bytes(pickle.dumps(LSMDC))
+    (root / "frame_tar_list.txt").write_text("".join(f"/frames/{MOVIE}/{clip}.tar\n" for clip in LSMDC))
+    for clip in LSMDC:
+        _video(root / "videos" / MOVIE / f"{clip}.avi")
+    return root
+
+
+def _msvd_tree(root: Path) -> Path:
+    root.mkdir(parents=True)
+    (root / "youtube_mapping.txt").write_text("".join(f"{clip} vid{n}\n" for clip, (n, _) in MSVD.items()))
+    lines = [f"{clip} {caption}" for clip, (_, captions) in MSVD.items() for caption in captions]
+    (root / "AllVideoDescriptions.txt").write_text("# clip name, then the description\n" + "\n".join(lines) + "\n")
+    for clip in MSVD:
+        _video(root / "YouTubeClips" / f"{clip}.avi")
+    return root
+
+
+def _didemo_tree(root: Path) -> Path:
+    root.mkdir(parents=True)
+    moments = [(video, moment) for video, moments in DIDEMO_MOMENTS.items() for moment in moments]
+    entries = [
+        {"annotation_id": n, "description": moment, "video": video, "times": [[0, 1]] * 4, "num_segments": 6}
+        for n, (video, moment) in enumerate(moments)
+    ]
+    (root / "test_data.json").write_text(json.dumps(entries))
+    for video in DIDEMO_MOMENTS:
+        _video(root / "videos" / video, codec="libx264")
+    return root
+
+
+def _make_shards(source: str, root: Path, out: Path) -> Path:
+    assert cli.main(shards_argv(source, root=root, split="test", out=out, workers=0, frames=STORED_FRAMES)) == 0
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -141,16 +180,22 @@ def tiny(tmp_path_factory):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = FrozenInTime(cfg)
-    paragraphs = {key: [" ".join(moments)] for key, moments in DIDEMO_MOMENTS.items()}  # the make-shards layout
+    moments = root / "didemo_moments"  # moments as separate captions, for the loader's own paragraph
+    moments.mkdir()
+    shard = moments / "didemo_moments-000000.tar"
+    captions = {f"v{i}": moments for i, moments in enumerate(DIDEMO_MOMENTS.values())}
+    write_tar(shard, [m for key, caps in captions.items() for m in sample_members(key, "video", STORED_FRAMES, caps)])
+    entry = {"path": shard.name, "samples": len(captions), "bytes": shard.stat().st_size}
+    write_manifest(moments, "didemo_moments", "video", STORED_FRAMES, [entry])
     return {
         "root": root,
         "text": text,
         "weights": save_pretrained(model, cfg, root / "weights"),
         "shards": {
-            "lsmdc": _write_benchmark(root / "lsmdc_test", "lsmdc_test", LSMDC),
-            "msvd": _write_benchmark(root / "msvd_test", "msvd_test", MSVD),
-            "didemo": _write_benchmark(root / "didemo_test", "didemo_test", paragraphs),
-            "didemo_moments": _write_benchmark(root / "didemo_moments", "didemo_moments", DIDEMO_MOMENTS),
+            "lsmdc": _make_shards("lsmdc", _lsmdc_tree(root / "LSMDC"), root / "lsmdc_test"),
+            "msvd": _make_shards("msvd", _msvd_tree(root / "MSVD"), root / "msvd_test"),
+            "didemo": _make_shards("didemo", _didemo_tree(root / "DiDeMo"), root / "didemo_test"),
+            "didemo_moments": moments,
         },
     }
 
@@ -180,7 +225,7 @@ def test_paragraph_mode_joins_a_videos_captions_in_order_into_one_query(tiny):
     options = LoaderOptions.from_dict(_options(tiny["text"]), "data.options")
     batches = list(build_eval_loader(spec, options, 0, 1))
     captions = {key: caps for b in batches for key, caps in zip(b["keys"], b["captions"])}
-    assert captions == {key: [" ".join(moments)] for key, moments in DIDEMO_MOMENTS.items()}
+    assert captions == {f"v{i}": [" ".join(moments)] for i, moments in enumerate(DIDEMO_MOMENTS.values())}
     tokenizer = load_tokenizer(str(tiny["text"]))
     for batch in batches:  # the tokenized caption (val_loss, one-caption batches) is the paragraph too
         expected = tokenize(tokenizer, [c for caps in batch["captions"] for c in caps], 64)
@@ -191,7 +236,7 @@ def test_paragraph_mode_joins_a_videos_captions_in_order_into_one_query(tiny):
     "dataset, videos, queries",
     [
         ("lsmdc", len(LSMDC), len(LSMDC)),
-        ("msvd", len(MSVD), sum(len(c) for c in MSVD.values())),  # 49 captions, each its own query
+        ("msvd", len(MSVD), sum(len(c) for _, c in MSVD.values())),  # 9 captions, each its own query
         ("didemo", len(DIDEMO_MOMENTS), len(DIDEMO_MOMENTS)),  # one paragraph per video
     ],
 )
