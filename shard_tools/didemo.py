@@ -5,12 +5,15 @@ Under `root`: `{train,val,test}_data.json` as LocalizingMoments ships them (a li
 "num_segments"}`; chunks are 5 s, a pair (s, e) covers s*5 s to (e+1)*5 s) and the videos in `videos/`,
 named as `video` gives them (`{user}_{photo id}_{secret}.{ext}`, the Flickr download) or with `.mp4` added
 (`{video}.mp4`, the AWS download). The whole video is the target; its caption is one paragraph.
+An optional `{split}_list.txt` (collaborative-experts' split lists, which CLIP4Clip also reads: one `video`
+name per line) chooses the split's videos: 1,004 test videos instead of the JSON's 1,037.
 """
 
+import dataclasses
 from pathlib import Path
 from typing import Iterator
 
-from shard_tools.annotations import AnnotationFileError, load_json
+from shard_tools.annotations import AnnotationFileError, load_json, read_lines
 from shard_tools.rows import Row, safe_key
 
 SPLITS = ("train", "val", "test")
@@ -54,12 +57,28 @@ def _video_path(videos: Path, video: str) -> Path:
     return videos / video
 
 
+def _listed(rows: dict[str, Row], list_path: Path, json_name: str) -> dict[str, Row]:
+    """The rows of the videos `list_path` names, in its order, then those of entries naming no video."""
+    listed: dict[str, Row] = {}
+    for line_no, video in read_lines(list_path, _ADVICE):
+        where = f"{list_path.name} line {line_no}"
+        row = rows.get(video)
+        if row is None:
+            problem = ("missing_field", f"{where}: video {video} has no moment in {json_name}")
+            row = Row(key=safe_key(video), captions=[], source_id=video, where=where, media_ref=video, error=problem)
+        # a copy: a video listed twice is two rows (the second fails as duplicate_key)
+        listed[f"{line_no}\0{video}"] = dataclasses.replace(row, where=where, extra=dict(row.extra))
+    return listed | {name: row for name, row in rows.items() if name.startswith("\0")}
+
+
 def didemo_rows(root, split: str) -> Iterator[Row]:
     """Rows in the order videos first appear in the JSON. Key: the `video` name made WebDataset-safe (it holds
     a dot and an `@`, so it gets rows.safe_key's hash suffix); `source.id` keeps it. Captions: one
     paragraph, the video's descriptions in file order joined by spaces. `extra.moments`: each description
     with its annotation id, chunk pairs and their seconds. An entry that is not an object or names no video
-    is a failed row of its own (`bad_row`); one with a bad description or times fails its video's row."""
+    is a failed row of its own (`bad_row`); one with a bad description or times fails its video's row.
+    With `{split}_list.txt`, the rows are its videos in its order (a listed video without a moment fails
+    as `missing_field`), then the entries that name no video; moments of unlisted videos are not read."""
     if split not in SPLITS:
         raise ValueError(f"--split {split!r}: use one of {', '.join(SPLITS)}")
     root = Path(root)
@@ -96,6 +115,9 @@ def didemo_rows(root, split: str) -> Iterator[Row]:
             row.error = ("bad_row", f"{where}: {problem} (video {video})")
         if moment:
             row.extra["moments"].append(moment)
+    list_path = root / f"{split}_list.txt"
+    if list_path.is_file():
+        rows = _listed(rows, list_path, path.name)
     for row in rows.values():
         if row.error is None and row.source_id is not None:
             row.captions = [" ".join(m["description"] for m in row.extra["moments"])]

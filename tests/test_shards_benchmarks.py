@@ -330,3 +330,27 @@ def test_didemo_broken_annotation_file_is_named(didemo_root, tmp_path, capsys):
     assert "holds a JSON dict, not a list of moments" in capsys.readouterr().err
     assert make("didemo", root, "train", tmp_path / "out") == 2
     assert f"{root / 'train_data.json'} not found" in capsys.readouterr().err
+
+
+def test_didemo_split_list_chooses_the_videos(didemo_root, tmp_path):
+    root = tmp_path / "DiDeMo"
+    root.mkdir()
+    (root / "test_data.json").write_text((didemo_root / "test_data.json").read_text())
+    (root / "videos").symlink_to(didemo_root / "videos")
+    unlisted = "00000000@N00_0000000000_0000000000.mov"  # in the list, no moment in the JSON
+    (root / "test_list.txt").write_text(f"{AWS}\n{FLICKR}\n{unlisted}\n{AWS}\n")
+    out = tmp_path / "out"
+    assert make("didemo", root, "test", out) == 0
+    m = manifest(out)
+    # four listed rows and the two entries that name no video; GONE and BROKEN are not in the list
+    assert m["input_rows"] == 6 and m["total_samples"] == 2
+    assert m["failed"] == {"missing_field": 1, "duplicate_key": 1, "bad_row": 2}
+    got = samples(out)
+    assert [got[k]["row"] for k in (safe_key(AWS), safe_key(FLICKR))] == [0, 1]
+    assert got[safe_key(AWS)]["captions"] == ["the dog jumps up. the dog sits"]
+    failed = failures(out)
+    assert failed[safe_key(unlisted)] == (
+        "missing_field",
+        f"test_list.txt line 3: video {unlisted} has no moment in test_data.json",
+    )
+    assert verified(out)
