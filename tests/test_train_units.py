@@ -31,6 +31,30 @@ def test_configs_in_the_repo_validate():
         assert cfg.optim.total_steps > 0 and cfg.data.train
     cfg = load_config("configs/pretrain_4f.json")
     assert cfg.checkpoint.load_checkpoint and {s.name: s.num_frames for s in cfg.data.train} == {"cc3m": 1, "webvid": 4}
+    # the benchmarks' fine-tuning configs: each evaluates val and test under its protocol, selects on val
+    for benchmark, caption_mode in (("lsmdc", "primary"), ("msvd", "all"), ("didemo", "paragraph")):
+        cfg = load_config(f"configs/finetune_{benchmark}_4f.json")
+        assert [s.shards for s in cfg.data.train] == [f"data/shards/{benchmark}_train"]
+        assert {s.name: (s.shards, s.caption_mode) for s in cfg.data.eval} == {
+            f"{benchmark}_{split}": (f"data/shards/{benchmark}_{split}", caption_mode) for split in ("val", "test")
+        }
+        assert cfg.eval.best_metric == f"{benchmark}_val/val_loss" and cfg.checkpoint.load_checkpoint
+
+
+def test_zero_shot_benchmark_entries_in_the_docs_load_into_the_pretraining_configs():
+    """docs/TRAINING.md's `--set 'data.eval=[...]'` for zero-shot checks on all four benchmarks."""
+    docs = open("docs/TRAINING.md").read()
+    snippet = docs[docs.index("--set 'data.eval=") + len("--set '") :]
+    snippet = snippet[: snippet.index("'")]
+    for name in ("pretrain_1f", "pretrain_4f"):
+        cfg = load_config(f"configs/{name}.json", [snippet])
+        assert {s.name: s.caption_mode for s in cfg.data.eval} == {
+            "msrvtt_1ka": "primary",
+            "lsmdc_test": "primary",
+            "msvd_test": "all",
+            "didemo_test": "paragraph",
+        }
+        assert cfg.eval.best_metric == "msrvtt_1ka/t2v_R1"
 
 
 def test_config_errors_name_the_key_path(tmp_path):
