@@ -4,35 +4,44 @@ Under `root`:
 - `YouTubeClips/{clip}.avi`, the clip name being `{youtube id}_{start}_{end}` (whole seconds in the source
   video; the id may itself hold `_`, so it is split from the right);
 - `youtube_mapping.txt`: `{clip} vid{N}` per line. The standard split is by N: 1-1200 train, 1201-1300 val,
-  1301-1970 test (the lists collaborative-experts and CLIP4Clip ship are these same clips);
+  1301-1970 test (collaborative-experts' val_list.txt starts at vid1201);
 - the English captions, about 40 per clip: `AllVideoDescriptions.txt` (`{clip} {caption}` per line, `#`
   lines are comments), or else the multilingual corpus CSV Microsoft ships (`MSR Video Description
   Corpus.csv`, also found as `video_corpus.csv`: `VideoID,Start,End,...,Language,Description`), of which
   the rows with Language `English` are read.
+The retrieval papers' packaging (collaborative-experts' tarball, CLIP4Clip's msvd_data.zip) is read too:
+without `youtube_mapping.txt`, the split is `{split}_list.txt` (one clip per line); without a caption file
+above, the captions are `raw-captions.pkl` (clip -> list of token lists, loaded by the restricted unpickler).
 """
 
 import re
 from pathlib import Path
 from typing import Iterator
 
-from shard_tools.annotations import AnnotationFileError, read_lines
+from shard_tools.annotations import AnnotationFileError, load_pickle, read_lines
 from shard_tools.rows import Row, safe_key
 from shard_tools.tables import read_table
 
 SPLITS = {"train": range(1, 1201), "val": range(1201, 1301), "test": range(1301, 1971)}
 DESCRIPTION_TXT = "AllVideoDescriptions.txt"
 CORPUS_CSVS = ("MSR Video Description Corpus.csv", "video_corpus.csv")
+CAPTION_PICKLE = "raw-captions.pkl"
 _ADVICE = (
-    f"--root must be the MSVD folder holding YouTubeClips/, youtube_mapping.txt and {DESCRIPTION_TXT} "
-    f"(or the corpus CSV, {' or '.join(CORPUS_CSVS)})"
+    f"--root must be the MSVD folder holding YouTubeClips/, youtube_mapping.txt (or {{split}}_list.txt) and "
+    f"{DESCRIPTION_TXT} (or the corpus CSV, {' or '.join(CORPUS_CSVS)}, or {CAPTION_PICKLE})"
 )
 _CLIP = re.compile(r"^(?P<youtube_id>.+)_(?P<start>\d+)_(?P<end>\d+)$")
 _ALIAS = re.compile(r"^vid(\d+)$")
 
 
-def _split_clips(mapping: Path, split: str) -> list[tuple[int, str, str]]:
-    """(line number, clip, alias) of the split's clips, in the file's order. A line that is not
-    `{clip} vid{N}` cannot be placed in any split, so it stops the run naming the line."""
+def _split_clips(root: Path, split: str) -> list[tuple[str, str, str | None]]:
+    """(where, clip, vid alias or None) of the split's clips, in file order: from youtube_mapping.txt,
+    else from `{split}_list.txt`. A mapping line that is not `{clip} vid{N}` cannot be placed in any split,
+    so it stops the run naming the line."""
+    mapping = root / "youtube_mapping.txt"
+    if not mapping.is_file() and (root / f"{split}_list.txt").is_file():
+        lines = read_lines(root / f"{split}_list.txt", _ADVICE)
+        return [(f"{split}_list.txt line {line_no}", clip, None) for line_no, clip in lines]
     clips = []
     for line_no, line in read_lines(mapping, _ADVICE):
         fields = line.split()
@@ -44,7 +53,7 @@ def _split_clips(mapping: Path, split: str) -> list[tuple[int, str, str]]:
                 "fix or restore that line (the file ships with MSVD, 1970 lines)",
             )
         if int(number.group(1)) in SPLITS[split]:
-            clips.append((line_no, fields[0], fields[1]))
+            clips.append((f"{mapping.name} line {line_no}", fields[0], fields[1]))
     return clips
 
 
@@ -88,29 +97,49 @@ def _captions_from_csv(path: Path) -> Captions:
     return captions
 
 
+def _captions_from_pickle(path: Path) -> Captions:
+    """raw-captions.pkl: clip -> list of captions, each a list of tokens (joined with spaces) or a text."""
+    loaded = load_pickle(path, _ADVICE)
+    if not isinstance(loaded, dict):
+        raise AnnotationFileError(path, f"holds a {type(loaded).__name__}, not a dict of clip -> captions", _ADVICE)
+    captions: Captions = {}
+    for clip, entries in loaded.items():
+        for entry in entries if isinstance(entries, (list, tuple)) else [entries]:
+            if isinstance(entry, (list, tuple)) and all(isinstance(token, str) for token in entry):
+                entry = " ".join(entry)
+            if isinstance(entry, str) and entry.strip():
+                captions.setdefault(str(clip), []).append((entry.strip(), None))
+            else:
+                problem = f"{path.name} holds {entry!r:.60} as a caption of {clip}"
+                captions.setdefault(str(clip), []).append((None, problem))
+    return captions
+
+
 def _load_captions(root: Path) -> tuple[str, Captions]:
     if (root / DESCRIPTION_TXT).is_file():
         return DESCRIPTION_TXT, _captions_from_txt(root / DESCRIPTION_TXT)
     for name in CORPUS_CSVS:
         if (root / name).is_file():
             return name, _captions_from_csv(root / name)
+    if (root / CAPTION_PICKLE).is_file():
+        return CAPTION_PICKLE, _captions_from_pickle(root / CAPTION_PICKLE)
     raise FileNotFoundError(f"{root / DESCRIPTION_TXT} not found: {_ADVICE}")
 
 
 def msvd_rows(root, split: str) -> Iterator[Row]:
     """Key: the clip name (`{youtube id}_{start}_{end}`, already WebDataset-safe); captions: every English
-    caption of the clip in file order; `extra`: youtube_id, start, end (seconds) and the vid alias. A caption
+    caption of the clip in file order; `extra`: youtube_id, start, end (seconds) and the vid alias (with
+    youtube_mapping.txt). A caption
     line of the clip without a caption (or a CSV row that cannot be read) is left out of `captions` and named
     in `extra.dropped_captions`; a clip left with no caption fails as `missing_field`."""
     if split not in SPLITS:
         raise ValueError(f"--split {split!r}: use one of {', '.join(SPLITS)}")
     root = Path(root)
-    mapping = root / "youtube_mapping.txt"
-    clips = _split_clips(mapping, split)
+    clips = _split_clips(root, split)
     captions_file, captions = _load_captions(root)
-    for line_no, clip, alias in clips:
-        where = f"{mapping.name} line {line_no}"
-        row = Row(key=safe_key(clip), captions=[], kind="video", source_id=clip, where=where, extra={"alias": alias})
+    for where, clip, alias in clips:
+        extra = {"alias": alias} if alias else {}
+        row = Row(key=safe_key(clip), captions=[], kind="video", source_id=clip, where=where, extra=extra)
         parts = _CLIP.match(clip)
         entries = captions.get(clip, [])
         texts = [caption for caption, _ in entries if caption]

@@ -247,6 +247,35 @@ def test_msvd_corpus_csv_keeps_english_rows_and_names_a_line_without_a_caption(t
     assert "AllVideoDescriptions.txt not found: --root must be the MSVD folder" in capsys.readouterr().err
 
 
+def test_msvd_retrieval_packaging_lists_and_caption_pickle(msvd_root, tmp_path):
+    """collaborative-experts' / CLIP4Clip's files: {split}_list.txt and raw-captions.pkl (token lists)."""
+    root = tmp_path / "msvd_data"
+    root.mkdir()
+    (root / "YouTubeClips").symlink_to(msvd_root / "YouTubeClips")
+    (root / "test_list.txt").write_text("0hyZ__3YhZc_279_283\neyhzdC936uk_15_27\nf-24IxG9ijw_25_40\n")
+    captions = {
+        "0hyZ__3YhZc_279_283": [["a", "cat", "jumps"], None, ["the", "cat", "leaps"]],
+        "eyhzdC936uk_15_27": [["a", "dog", "runs"]],
+        "f-24IxG9ijw_25_40": [],
+    }
+    (root / "raw-captions.pkl").write_bytes(pickle.dumps(captions))
+    out = tmp_path / "out"
+    assert make("msvd", root, "test", out) == 0
+    m = manifest(out)
+    assert m["input_rows"] == 3 and m["total_samples"] == 2 and m["failed"] == {"missing_field": 1}
+    cat = samples(out)["0hyZ__3YhZc_279_283"]
+    assert cat["captions"] == ["a cat jumps", "the cat leaps"]
+    assert cat["extra"] == {
+        "dropped_captions": ["raw-captions.pkl holds None as a caption of 0hyZ__3YhZc_279_283"],
+        "youtube_id": "0hyZ__3YhZc",
+        "start": 279,
+        "end": 283,
+    }
+    reason, detail = failures(out)["f-24IxG9ijw_25_40"]
+    assert reason == "missing_field" and detail.startswith("test_list.txt line 3: clip f-24IxG9ijw_25_40 has no")
+    assert verified(out)
+
+
 # ---- DiDeMo --------------------------------------------------------------------------------------------
 
 FLICKR = "26292851@N04_4253489686_265c3c8051.mov"  # kept under its Flickr name
