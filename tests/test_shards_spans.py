@@ -21,6 +21,7 @@ from shard_tools import cli, sources
 from shard_tools.api import RunOptions, ShardOptions, make_shards
 from shard_tools.decode import decode_spans
 from shard_tools.spans import parse_seconds
+from shard_tools.verify import verify
 
 FPS = 10
 LEVEL = 4  # grey level step per frame index: 60 frames fit 0..236 with room for codec rounding
@@ -224,6 +225,22 @@ def test_span_list_layout_panda70m_through_the_command_line(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["input_rows"] == span_rows
     assert manifest["total_samples"] + sum(manifest["failed"].values()) == span_rows
+    assert verify(out).ok
+
+
+def test_retry_failed_redoes_the_spans_of_a_video_that_was_missing(tmp_path):
+    counter_video(tmp_path / "A.mp4", 60)
+    table, span_rows = panda_table(tmp_path, {"vidA": "A.mp4", "vidB": "B.mp4"})
+    common = ["csv", "--table", table, "--path-col", "url", "--key-col", "videoID", "--spans-col", "timestamp"]
+    common += ["--frames", "4", "--workers", "0"]
+    run_cli(*common, "--out", tmp_path / "out")
+    failures = failures_of(tmp_path / "out")
+    assert [key for key, (reason, _) in failures.items() if reason == "missing_file"] == ["vidB_0", "vidB_2"]
+    counter_video(tmp_path / "B.mp4", 40)
+    run_cli(*common, "--retry-failed", "--out", tmp_path / "out")
+    check_panda_output(tmp_path / "out", span_rows)
+    run_cli(*common, "--out", tmp_path / "clean")
+    assert (tmp_path / "out" / "csv-000000.tar").read_bytes() == (tmp_path / "clean" / "csv-000000.tar").read_bytes()
 
 
 def test_task_slicing_splits_a_video_at_chunk_boundaries_and_each_task_decodes_only_its_spans(tmp_path):
