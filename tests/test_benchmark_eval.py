@@ -124,10 +124,10 @@ DIDEMO_MOMENTS = {
 }
 
 
-def _video(path: Path, codec: str = "mpeg4") -> None:
+def _video(path: Path, codec: str = "mpeg4", seconds: float = 0.8) -> None:
     """A short real video (MPEG-4 Part 2 as LSMDC's and MSVD's .avi files; H.264 for DiDeMo's)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    source = ["-f", "lavfi", "-i", "testsrc2=s=64x48:r=10:d=0.8"]
+    source = ["-f", "lavfi", "-i", f"testsrc2=s=64x48:r=10:d={seconds}"]
     subprocess.run([media.ffmpeg_exe(), "-loglevel", "error", "-y", *source, "-c:v", codec, str(path)], check=True)
 
 
@@ -166,8 +166,30 @@ def _didemo_tree(root: Path) -> Path:
     return root
 
 
+PANDA = {  # Panda-70M's layout: one row per source video, its spans and their captions as parallel lists
+    "clipA": ([["0:00:00.000", "0:00:01.000"], ["0:00:01.000", "0:00:02.500"]], ["a ball rolls", "a ball stops"]),
+    "clipB": ([["0:00:00.500", "0:00:02.000"], ["0:00:00.000", "0:00:03.000"]], ["a cat sits", "a cat sits down"]),
+}
+
+
+def _panda_table(root: Path) -> Path:
+    """Two 3-second source videos and a JSON-lines table of their spans."""
+    rows = []
+    for key, (spans, captions) in PANDA.items():
+        _video(root / f"{key}.mp4", codec="libx264", seconds=3)
+        rows.append({"videoID": key, "path": f"{key}.mp4", "timestamp": spans, "caption": captions})
+    (root / "panda.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root / "panda.jsonl"
+
+
 def _make_shards(source: str, root: Path, out: Path) -> Path:
     assert cli.main(shards_argv(source, root=root, split="test", out=out, workers=0, frames=STORED_FRAMES)) == 0
+    return out
+
+
+def _make_spans(table: Path, out: Path) -> Path:
+    columns = {"key_col": "videoID", "path_col": "path", "spans_col": "timestamp", "caption_col": "caption"}
+    assert cli.main(shards_argv("csv", table=table, out=out, workers=0, frames=STORED_FRAMES, **columns)) == 0
     return out
 
 
@@ -196,6 +218,7 @@ def tiny(tmp_path_factory):
             "msvd": _make_shards("msvd", _msvd_tree(root / "MSVD"), root / "msvd_test"),
             "didemo": _make_shards("didemo", _didemo_tree(root / "DiDeMo"), root / "didemo_test"),
             "didemo_moments": moments,
+            "spans": _make_spans(_panda_table(root / "panda"), root / "spans_test"),
         },
     }
 
@@ -238,25 +261,29 @@ def test_paragraph_mode_joins_a_videos_captions_in_order_into_one_query(tiny):
         ("lsmdc", len(LSMDC), len(LSMDC)),
         ("msvd", len(MSVD), sum(len(c) for _, c in MSVD.values())),  # 9 captions, each its own query
         ("didemo", len(DIDEMO_MOMENTS), len(DIDEMO_MOMENTS)),  # one paragraph per video
+        ("spans", 4, 4),  # clips cut from two long videos by time span, each its own target (the MSR-VTT recipe)
     ],
 )
 def test_finetune_config_evaluates_end_to_end(tiny, dataset, videos, queries, capsys):
     """launch/evaluate.py with configs/finetune_<dataset>_4f.json, its eval sets pointed at tiny shards."""
     shards = tiny["shards"][dataset]
+    config, names = f"configs/finetune_{dataset}_4f.json", (f"{dataset}_val", f"{dataset}_test")
+    if dataset == "spans":  # span clips evaluate like any clip set: MSR-VTT's config with one eval set
+        config, names = "configs/finetune_msrvtt_4f.json", ("msrvtt_1ka",)
     out = tiny["root"] / f"{dataset}_metrics.json"
     sets = [
         f'model={{"preset": "tiny", "text": {{"model": "{tiny["text"]}"}}}}',
         f"data.options={json.dumps(_options(tiny['text']))}",
         f"output_dir={tiny['root'] / dataset}",
         f"data.train[0].shards={shards}",
-        *(f"data.eval[{i}].{key}={value}" for i in (0, 1) for key, value in (("shards", shards), ("batch_size", 2))),
+        *(f"data.eval[{i}].{key}={v}" for i in range(len(names)) for key, v in (("shards", shards), ("batch_size", 2))),
     ]
     code = evaluate.main(
         [
             "--checkpoint",
             str(tiny["weights"]),
             "--config",
-            f"configs/finetune_{dataset}_4f.json",
+            config,
             *(arg for s in sets for arg in ("--set", s)),
             "--out",
             str(out),
@@ -264,10 +291,10 @@ def test_finetune_config_evaluates_end_to_end(tiny, dataset, videos, queries, ca
     )
     assert code == 0, capsys.readouterr().err[-3000:]
     metrics = json.loads(out.read_text())["metrics"]
-    assert set(metrics) == {f"{dataset}_val", f"{dataset}_test"}
-    test = metrics[f"{dataset}_test"]
+    assert set(metrics) == set(names)
+    test = metrics[names[-1]]
     assert test["num_videos"] == videos and test["num_captions"] == queries
-    assert metrics[f"{dataset}_val"] == test  # the same shards under both names
+    assert all(metrics[name] == test for name in names)  # the same shards under both names
     for direction in ("t2v", "v2t"):
         assert 0 <= test[f"{direction}_R1"] <= test[f"{direction}_R5"] <= test[f"{direction}_R10"] <= 100
     assert test["t2v_R5"] == 100.0  # at most 5 videos: every query's video is in its top 5
