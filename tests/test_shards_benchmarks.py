@@ -33,6 +33,16 @@ def make(source: str, root: Path, split: str, out: Path) -> int:
     return cli.main(shards_argv(source, root=root, split=split, out=out, workers=0, frames=4))
 
 
+def made(source: str, root: Path, split: str, out: Path, rows: int, failed: dict) -> dict[str, dict]:
+    """Run make-shards (it must succeed) and check its manifest: named {source}_{split}, `rows` input rows,
+    each one a sample or a failed row (`failed`: reason -> count). Returns key -> sample json."""
+    assert make(source, root, split, out) == 0
+    m, got = manifest(out), samples(out)
+    assert m["name"] == f"{source}_{split}" and m["input_rows"] == rows and m["failed"] == failed
+    assert m["total_samples"] == len(got) == rows - sum(failed.values())
+    return got
+
+
 def samples(out: Path) -> dict[str, dict]:
     """key -> sample json of every sample in the folder's shards."""
     found = {}
@@ -99,12 +109,8 @@ def lsmdc_root(tmp_path_factory) -> Path:
 
 def test_lsmdc_one_caption_per_clip_and_every_clip_accounted_for(lsmdc_root, tmp_path):
     out = tmp_path / "lsmdc"
-    assert make("lsmdc", lsmdc_root, "test", out) == 0
-    m = manifest(out)
-    assert m["name"] == "lsmdc_test" and m["input_rows"] == 6 and m["total_samples"] == 2
-    assert m["failed"] == {"missing_field": 2, "bad_row": 1, "missing_file": 1}
+    got = made("lsmdc", lsmdc_root, "test", out, rows=6, failed={"missing_field": 2, "bad_row": 1, "missing_file": 1})
     first, second = f"{MOVIE}_00.00.49.560-00.00.53.196", f"{MOVIE}_00.01.02.000-00.01.04.500"
-    got = samples(out)
     assert set(got) == {safe_key(first), safe_key(second)}
     assert got[safe_key(first)]["captions"] == ["SOMEONE looks up ."]
     assert got[safe_key(first)]["source"]["id"] == first
@@ -191,11 +197,7 @@ def msvd_root(tmp_path_factory) -> Path:
 
 def test_msvd_keeps_every_caption_of_a_clip_and_splits_by_vid_number(msvd_root, tmp_path):
     out = tmp_path / "test"
-    assert make("msvd", msvd_root, "test", out) == 0
-    m = manifest(out)
-    assert m["name"] == "msvd_test" and m["input_rows"] == 4 and m["total_samples"] == 2
-    assert m["failed"] == {"missing_field": 1, "missing_file": 1}
-    got = samples(out)
+    got = made("msvd", msvd_root, "test", out, rows=4, failed={"missing_field": 1, "missing_file": 1})
     assert set(got) == {"eyhzdC936uk_15_27", "0hyZ__3YhZc_279_283"}
     dog = got["eyhzdC936uk_15_27"]
     assert dog["captions"] == [f"a dog runs in a field, take {i}" for i in range(40)]
@@ -320,11 +322,7 @@ def didemo_root(tmp_path_factory) -> Path:
 
 def test_didemo_one_paragraph_per_video_with_its_moments(didemo_root, tmp_path):
     out = tmp_path / "didemo"
-    assert make("didemo", didemo_root, "test", out) == 0
-    m = manifest(out)
-    assert m["name"] == "didemo_test" and m["input_rows"] == 6 and m["total_samples"] == 2
-    assert m["failed"] == {"missing_file": 1, "bad_row": 3}
-    got = samples(out)
+    got = made("didemo", didemo_root, "test", out, rows=6, failed={"missing_file": 1, "bad_row": 3})
     assert set(got) == {safe_key(FLICKR), safe_key(AWS)}
     bug = got[safe_key(FLICKR)]
     assert bug["captions"] == ["someone kicks the bug towards some rocks. the camera pans left the bug stops"]
@@ -369,12 +367,8 @@ def test_didemo_split_list_chooses_the_videos(didemo_root, tmp_path):
     unlisted = "00000000@N00_0000000000_0000000000.mov"  # in the list, no moment in the JSON
     (root / "test_list.txt").write_text(f"{AWS}\n{FLICKR}\n{unlisted}\n{AWS}\n")
     out = tmp_path / "out"
-    assert make("didemo", root, "test", out) == 0
-    m = manifest(out)
     # four listed rows and the two entries that name no video; GONE and BROKEN are not in the list
-    assert m["input_rows"] == 6 and m["total_samples"] == 2
-    assert m["failed"] == {"missing_field": 1, "duplicate_key": 1, "bad_row": 2}
-    got = samples(out)
+    got = made("didemo", root, "test", out, rows=6, failed={"missing_field": 1, "duplicate_key": 1, "bad_row": 2})
     assert [got[k]["row"] for k in (safe_key(AWS), safe_key(FLICKR))] == [0, 1]
     assert got[safe_key(AWS)]["captions"] == ["the dog jumps up. the dog sits"]
     failed = failures(out)
