@@ -98,16 +98,16 @@ class LoaderOptions(Section):
     # The original's flip. Set 0 when captions name directions ("moves to the left"): a flipped clip
     # then contradicts its caption (the demo does; WebVid captions say left/right too).
     hflip_p: float = 0.5
-    eval_resize: int = 256
+    eval_resize: int = 256  # evaluation: resize the short side to this, centre-crop eval_crop, then input_res
     eval_crop: int = 256
-    tokenizer: str = "distilbert-base-uncased"
-    max_text_length: int = 128
-    shuffle_buffer: int = 1000
-    shards_per_block: int = 2
-    seed: int = 0
-    max_corrupt_fraction: float = 0.05
-    corrupt_check_after: int = 1000
-    prefetch_factor: int = 2
+    tokenizer: str = "distilbert-base-uncased"  # hub name or local folder
+    max_text_length: int = 128  # tokens; padding is to the longest caption of the batch
+    shuffle_buffer: int = 1000  # samples each reader holds for shuffling
+    shards_per_block: int = 2  # shards one reader reads interleaved at a time (the unit of exact resume)
+    seed: int = 0  # shard order, shuffling, frame picks and augmentation all follow from it
+    max_corrupt_fraction: float = 0.05  # stop (CorruptDataError) when more of a reader's samples are unusable,
+    corrupt_check_after: int = 1000  # once it has seen at least this many (docs/LOADER.md)
+    prefetch_factor: int = 2  # passed to the DataLoader, as pin_memory
     pin_memory: bool = False
 
     def check(self, where: str) -> None:
