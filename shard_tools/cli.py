@@ -5,6 +5,8 @@ make-shards cc3m    --tsv Train_GCC-training.tsv --images-root training/ --out s
 make-shards msrvtt  --root MSRVTT/ --split test --cut jsfusion --out shards/msrvtt_test
 make-shards msvd    --root MSVD/ --split test --out shards/msvd_test       (also lsmdc, didemo)
 make-shards csv     --table clips.parquet --path-col file --caption-col text --out shards/mine
+make-shards csv     --table panda70m.csv --url-col url --key-col videoID --spans-col timestamp \
+                    --caption-col caption --download --out shards/panda      (clips by time span)
 make-shards verify DIR        make-shards manifest DIR
 """
 
@@ -25,6 +27,13 @@ from shard_tools.records import LocalWriteError, OptionsMismatch
 from shard_tools.verify import verify
 
 log = logging.getLogger("make-shards")
+
+DESCRIPTION = """Pack video and image datasets into WebDataset tar shards: K pre-sampled JPEG frames, the captions
+and a json per sample, a manifest per folder (docs/SHARDS.md). Every input row ends as a sample or as a
+failed row with its reason; a re-run resumes. `make-shards SOURCE --help` lists a source's options.
+
+examples:
+""" + __doc__.split("\n\n")[1]
 
 
 def _common(p: argparse.ArgumentParser, kind_choice: bool = False) -> None:
@@ -61,7 +70,7 @@ def _common(p: argparse.ArgumentParser, kind_choice: bool = False) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="make-shards", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="make-shards", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"make-shards {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="SOURCE|verify|manifest")
