@@ -5,8 +5,7 @@ make-shards cc3m    --tsv Train_GCC-training.tsv --images-root training/ --out s
 make-shards msrvtt  --root MSRVTT/ --split test --cut jsfusion --out shards/msrvtt_test
 make-shards msvd    --root MSVD/ --split test --out shards/msvd_test       (also lsmdc, didemo)
 make-shards csv     --table clips.parquet --path-col file --caption-col text --out shards/mine
-make-shards csv     --table panda70m.csv --url-col url --key-col videoID --spans-col timestamp \
-                    --caption-col caption --download --out shards/panda      (clips by time span)
+make-shards csv     --table panda.csv --url-col url --key-col videoID --spans-col timestamp --download --out O
 make-shards verify DIR        make-shards manifest DIR
 """
 
