@@ -42,7 +42,7 @@ class SampleError(Exception):
         self.detail = detail
 
 
-# File suffixes taken as images (one frame each) when a folder of media is read, e.g. by search
+# File suffixes taken as images (one frame each) and as videos when a folder of media is read (search's --media)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
 
